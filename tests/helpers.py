@@ -58,3 +58,70 @@ def write_s3gen_checkpoint(
     else:
         torch.save(full, path)
     return path
+
+
+# -- training fixtures ------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+CORPUS_CLIP = REPO / "data" / "corpus" / "librivox" / "sense_and_sensibility_01_austen_64kb-0870.flac"
+
+
+def write_clips(folder: Path, count: int = 5, seconds: float = 0.6) -> Path:
+    """``clip0.wav`` ... from real speech; with 5 clips the split is 4 train / 1 validation."""
+    import soundfile as sf
+
+    audio, rate = sf.read(str(CORPUS_CLIP), dtype="float32")
+    length = int(seconds * rate)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        sf.write(str(folder / f"clip{i}.wav"), audio[i * length : (i + 1) * length], rate)
+    return folder
+
+
+def compose(overrides: list[str], tmp_path: Path):
+    """The real config, composed as ``train/fit.py`` would, with outputs under ``tmp_path``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import train.config  # noqa: F401  (resolvers)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(
+            "train",
+            overrides=[
+                f"paths.log_dir={tmp_path / 'checkpoints'}",
+                f"paths.output_dir={tmp_path / 'run'}",
+                *overrides,
+            ],
+        )
+
+
+TINY_STUDENT = ["student.dim=32", "student.intermediate_dim=64", "student.num_layers=1"]
+
+
+def read_wandb_history(path: Path) -> list[dict]:
+    """History rows of an offline ``run-*.wandb`` file (a LevelDB-style log of protobuf Records)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    header = 7  # b":W&B" + 2-byte magic + 1-byte version
+    block, rows, pending, pos = 32 * 1024, [], b"", header
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:  # block trailer padding
+            pos += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: one whole Record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+                )
+    return rows

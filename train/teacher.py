@@ -108,6 +108,7 @@ def load_teacher(
             downloaded (only that file), honouring the HF cache and ``HF_HUB_OFFLINE``.
         config: HiFTGenerator arguments; default: the file's ``config`` metadata if it has
             one, else Chatterbox's configuration.
+        device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when available).
         dtype: ``float32`` or ``bfloat16`` (the STFT stages always run in float32).
         fold_weight_norm: fold weight norm into plain weights for faster inference.
     """
@@ -134,6 +135,8 @@ def load_teacher(
     if fold_weight_norm:
         model.fold_weight_norm()
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     model.weights_id = weights_fingerprint(state)  # cache key for anything derived from these weights
     return model

@@ -1,0 +1,143 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+from helpers import small_config, write_clips
+
+import train.datamodule as datamodule_module
+from train.datamodule import SegmentSampler, TensorCache, VocoderDataModule
+from train.hift import HiFTGenerator
+
+
+@pytest.fixture
+def teacher() -> HiFTGenerator:
+    torch.manual_seed(0)
+    model = HiFTGenerator(**small_config()).eval().requires_grad_(False)
+    model.weights_id = "test-teacher"
+    return model
+
+
+def make(tmp_path, **kwargs) -> VocoderDataModule:
+    defaults = {
+        "audio_dirs": [str(tmp_path / "clips")],
+        "cache_dir": str(tmp_path / "cache"),
+        "segment_frames": 8,
+        "batch_size": 2,
+    }
+    return VocoderDataModule(**{**defaults, **kwargs})
+
+
+def test_prepare_caches_mel_audio_and_teacher_and_serves_segments(tmp_path, teacher):
+    write_clips(tmp_path / "clips")
+    dm = make(tmp_path, teacher=teacher)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 4 and len(dm.val_set) == 1
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["mel"].shape == (2, 80, 8)
+    assert batch["audio"].shape == batch["teacher"].shape == (2, 8 * 480)
+    val = next(iter(dm.val_dataloader()))
+    assert val["teacher"].shape[-1] == val["mel"].shape[-1] * 480
+
+
+def test_second_prepare_reuses_the_cache_without_the_teacher(tmp_path, teacher, monkeypatch):
+    write_clips(tmp_path / "clips")
+    calls = []
+    real = datamodule_module.synthesize
+    monkeypatch.setattr(datamodule_module, "synthesize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    make(tmp_path, teacher=teacher).prepare_data()
+    assert len(calls) == 5
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}
+    make(tmp_path, teacher=teacher).prepare_data()
+    assert len(calls) == 5  # nothing recomputed
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")} == files
+    # another teacher (other weights) gets its own entries
+    other = HiFTGenerator(**small_config()).eval().requires_grad_(False)
+    other.weights_id = "other-teacher"
+    make(tmp_path, teacher=other).prepare_data()
+    assert len(calls) == 10
+
+
+def test_teacher_targets_are_reproducible(tmp_path, teacher):
+    write_clips(tmp_path / "clips", count=2)
+    a, b = (
+        make(tmp_path, teacher=teacher, cache_dir=str(tmp_path / "a")),
+        make(tmp_path, teacher=teacher, cache_dir=str(tmp_path / "b")),
+    )
+    for dm in (a, b):
+        dm.prepare_data()
+        dm.setup()
+    torch.testing.assert_close(a.val_set[0]["teacher"], b.val_set[0]["teacher"], rtol=0, atol=0)
+
+
+def test_unusable_files_are_skipped_named_and_counted(tmp_path, caplog):
+    clips = write_clips(tmp_path / "clips", count=3)
+    (clips / "corrupt.wav").write_bytes(b"RIFF not really a wav file")
+    (clips / "empty.flac").write_bytes(b"")
+    import soundfile as sf
+
+    sf.write(str(clips / "short.wav"), np.zeros(2000, dtype="float32"), 16000)  # 3 frames < 8
+    dm = make(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        dm.prepare_data()
+    skipped = {name for name, _ in dm.skipped}
+    assert skipped == {"corrupt.wav", "empty.flac", "short.wav"}
+    assert "corrupt.wav" in caplog.text and "short.wav" in caplog.text
+    dm.setup()
+    assert len(dm.train_set) + len(dm.val_set) == 3
+
+
+def test_nothing_usable_is_a_clear_error(tmp_path):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "bad.wav").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"no usable utterances.*1 skipped"):
+        make(tmp_path).prepare_data()
+
+
+def test_missing_folder_names_the_option(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data\.audio_dirs.*nowhere"):
+        make(tmp_path, audio_dirs=[str(tmp_path / "nowhere")])
+
+
+def test_precomputed_mels_with_and_without_paired_audio(tmp_path, teacher):
+    mels, audio = tmp_path / "mels", tmp_path / "audio"
+    mels.mkdir()
+    np.save(mels / "a.npy", np.random.randn(80, 12).astype("float32") - 5)
+    torch.save(torch.randn(80, 10) - 5, mels / "b.pt")
+    np.save(mels / "bad.npy", np.zeros((100, 12), dtype="float32"))
+    write_clips(audio, count=1)
+    (audio / "clip0.wav").rename(audio / "a.wav")
+    # without a teacher, only the mel with paired audio has a target
+    dm = make(tmp_path, audio_dirs=[], mel_dir=str(mels), paired_audio_dir=str(audio))
+    dm.prepare_data()
+    assert {n for n, _ in dm.skipped} == {"b.pt", "bad.npy"}
+    # with a teacher both mels are usable; the bad one is still skipped, named
+    dm = make(tmp_path, audio_dirs=[], mel_dir=str(mels), paired_audio_dir=str(audio), teacher=teacher)
+    dm.prepare_data()
+    assert [n for n, _ in dm.skipped] == ["bad.npy"]
+    dm.setup()
+    items = [dm.train_set.entries[0], *dm.val_set.entries]
+    assert {u.name for u, _ in items} == {"a.npy", "b.pt"}
+
+
+def test_cache_writes_are_atomic(tmp_path, monkeypatch):
+    cache = TensorCache(tmp_path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        cache.save("mel", "abcd", {"mel": torch.zeros(1)})
+    assert ("mel", "abcd") not in cache
+    assert list(tmp_path.rglob("*")) == [tmp_path / "mel", tmp_path / "mel" / "ab"]
+
+
+def test_sampler_is_a_function_of_seed_and_epoch():
+    a, b = SegmentSampler(6, seed=3), SegmentSampler(6, seed=3)
+    b.set_epoch(1)
+    first, second = list(a), list(a)  # a advances by itself
+    assert sorted(first) == list(range(6)) and sorted(second) == list(range(6, 12))
+    assert list(b) == second

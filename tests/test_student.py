@@ -1,0 +1,57 @@
+import huggingface_hub.constants
+import pytest
+import torch
+
+from train.hub import WeightsUnavailableError
+from train.student import VocosStudent, build_student, load_vocos_state_dict, warm_start
+
+
+@pytest.mark.parametrize("frames", [1, 8, 50])
+def test_t_frames_give_t_times_480_samples(frames):
+    student = build_student(dim=32, intermediate_dim=64, num_layers=1)
+    assert isinstance(student, VocosStudent)
+    assert student(torch.randn(2, 80, frames)).shape == (2, frames * 480)
+
+
+def test_full_size_student_has_the_documented_parameter_count():
+    assert sum(p.numel() for p in build_student().parameters()) == 13_919_618
+
+
+def test_wrong_mel_shape_is_rejected():
+    with pytest.raises(ValueError, match=r"\(B, 80, T\)"):
+        build_student(dim=32, intermediate_dim=64, num_layers=1)(torch.randn(1, 100, 10))
+
+
+def vocos_mel_24khz_like(dim: int = 32) -> dict:
+    """A state dict in the layout of charactr/vocos-mel-24khz: 100 mels in, n_fft 1024 head."""
+    donor = build_student(input_channels=100, dim=dim, intermediate_dim=64, num_layers=1, n_fft=1024, hop_length=256)
+    state = donor.state_dict()
+    state["feature_extractor.mel_spec.spectrogram.window"] = torch.ones(1024)  # present in the real file
+    return state
+
+
+def test_warm_start_copies_what_fits_and_lists_the_rest(tmp_path, caplog):
+    state = vocos_mel_24khz_like()
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.yaml").write_text("feature_extractor: {}\n")
+    with caplog.at_level("INFO"):
+        student = build_student(dim=32, intermediate_dim=64, num_layers=1, init_from=str(tmp_path))
+    own = student.state_dict()
+    torch.testing.assert_close(own["backbone.convnext.0.dwconv.weight"], state["backbone.convnext.0.dwconv.weight"])
+    copied, reinitialised = warm_start(student, state)
+    assert "backbone.embed.weight" in reinitialised and "head.out.weight" in reinitialised
+    assert "backbone.convnext.0.pwconv1.weight" in copied and "backbone.norm.weight" in copied
+    assert "re-initialised" in caplog.text and "head.out.weight" in caplog.text
+
+
+def test_missing_local_warm_start_names_the_option(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"student\.init_from=null"):
+        load_vocos_state_dict(str(tmp_path))  # a directory without pytorch_model.bin
+    with pytest.raises(FileNotFoundError, match=r"student\.init_from=null"):
+        load_vocos_state_dict(str(tmp_path / "missing"))
+
+
+def test_hub_warm_start_offline_names_the_option(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsUnavailableError, match=r"charactr/vocos-mel-24khz.*student\.init_from=null"):
+        load_vocos_state_dict("charactr/vocos-mel-24khz")

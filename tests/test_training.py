@@ -1,0 +1,227 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import (
+    CONF,
+    REPO,
+    TINY_STUDENT,
+    compose,
+    read_wandb_history,
+    small_config,
+    write_clips,
+    write_s3gen_checkpoint,
+)
+
+from train.hift import HiFTGenerator
+from train.hub import WeightsUnavailableError
+from train.pipeline import build, fit
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture
+def clips(tmp_path):
+    return write_clips(tmp_path / "clips")
+
+
+@pytest.fixture
+def teacher_ckpt(tmp_path):
+    torch.manual_seed(0)
+    return write_s3gen_checkpoint(tmp_path / "s3gen.safetensors", HiFTGenerator(**small_config()))
+
+
+def data_overrides(clips) -> list[str]:
+    return [f"data.audio_dirs=[{clips}]", "data.segment_frames=8", "data.batch_size=2", "data.val_max_frames=50"]
+
+
+def local_overrides(clips, teacher_ckpt) -> list[str]:
+    return [*data_overrides(clips), f"teacher.checkpoint={teacher_ckpt}", "teacher.device=cpu", "logger=csv"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment, tmp_path, clips, teacher_ckpt):
+    overrides = [
+        f"experiment={experiment}",
+        *data_overrides(clips),
+        "logger=csv",
+        "student.init_from=null",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32",
+    ]
+    cfg = compose(overrides, tmp_path)
+    if cfg.get("teacher"):
+        cfg = compose([*overrides, f"teacher.checkpoint={teacher_ckpt}", "teacher.device=cpu"], tmp_path)
+    datamodule, module, trainer = build(cfg)
+    assert (datamodule.teacher is None) == (cfg.get("teacher") is None)
+    assert trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_distill_offline_stops_before_training_with_the_ways_out(tmp_path, clips, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cfg = compose(["experiment=distill", *data_overrides(clips), f"teacher.cache_dir={tmp_path / 'hf'}"], tmp_path)
+    with pytest.raises(WeightsUnavailableError) as err:
+        build(cfg)
+    for option in ("teacher.checkpoint=", "student.init_from=null", "experiment=finetune"):
+        assert option in str(err.value)
+
+
+@pytest.mark.slow
+def test_distill_runs_end_to_end_from_a_chatterbox_checkpoint(tmp_path, clips, teacher_ckpt):
+    cfg = compose(
+        [
+            "experiment=distill",
+            *local_overrides(clips, teacher_ckpt),
+            *TINY_STUDENT,
+            "student.init_from=null",
+            "trainer=cpu",
+            "trainer.precision=32",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "module.mel_only_steps=1",
+            "data.num_workers=0",
+        ],
+        tmp_path,
+    )
+    metrics = fit(cfg)
+    final = metrics["final"]
+    assert "train/loss_d" in final and "train/adv_mpd" in final and "train/adv_mrd" in final  # GAN after step 1
+    assert final["val/mel_distance_teacher"] > 0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "checkpoints" / "cache" / "teacher").rglob("*.pt"))
+
+
+def test_finetune_runs_a_few_steps(tmp_path, clips):
+    cfg = compose(
+        [
+            "experiment=finetune",
+            *data_overrides(clips),
+            *TINY_STUDENT,
+            "logger=csv",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+        ],
+        tmp_path,
+    )
+    metrics = fit(cfg)
+    assert metrics["initial"]["val/mel_distance_audio"] > 0
+    assert "val/mel_distance_audio" in metrics["final"]
+
+
+def tiny_run(tmp_path, clips, name, *extra):
+    return compose(
+        [
+            "experiment=tiny",
+            "~teacher",
+            "module.target_weights={teacher:0,audio:1}",
+            *data_overrides(clips),
+            "data.batch_size=1",
+            f"paths.output_dir={tmp_path / name}",
+            "validate_first=false",
+            *extra,
+        ],
+        tmp_path,
+    )
+
+
+@pytest.mark.slow
+def test_resume_continues_with_step_count_and_optimizer_state(tmp_path, clips):
+    """4 steps, stop, resume to 8 == 8 straight steps (same 8-step schedule, as for an interrupted run)."""
+    schedule = "module.scheduler.total_steps=8"
+    fit(tiny_run(tmp_path, clips, "straight", "trainer.max_steps=8", schedule))
+    fit(tiny_run(tmp_path, clips, "first", "trainer.max_steps=4", schedule))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = tiny_run(tmp_path, clips, "resumed", "trainer.max_steps=8", schedule, f"ckpt_path={last}")
+    fit(resumed)
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 8
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        for state_a, state_b in zip(opt_a["state"].values(), opt_b["state"].values(), strict=True):
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(state_a[key], state_b[key])
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(value, b["state_dict"][key])
+
+
+@pytest.mark.slow
+def test_tiny_student_overfits_one_clip(tmp_path):
+    """Learning really happens: S3Gen mel distance on one clip falls from > 1.5 to < 0.6 within 150 steps."""
+    clip = write_clips(tmp_path / "one", count=1, seconds=0.5)
+    cfg = compose(
+        [
+            "experiment=tiny",
+            "~teacher",
+            "module.target_weights={teacher:0,audio:1}",
+            "module.discriminators=null",
+            f"data.audio_dirs=[{clip}]",
+            "data.segment_frames=25",
+            "data.batch_size=1",
+            "student.dim=64",
+            "student.intermediate_dim=128",
+            "student.num_layers=2",
+            "trainer.max_steps=150",
+            "trainer.val_check_interval=150",
+            "module.scheduler.warmup_steps=10",
+            "module.optimizer_g.lr=2e-3",
+            "callbacks.model_checkpoint=null",
+        ],
+        tmp_path,
+    )
+    metrics = fit(cfg)
+    before, after = metrics["initial"]["val/mel_distance_audio"], metrics["final"]["val/mel_distance_audio"]
+    assert before > 1.5
+    assert after < 0.6, (before, after)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_scalars_and_audio(tmp_path, clips, monkeypatch):
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_run(tmp_path, clips, "wb", "logger=wandb", "trainer.max_steps=2", "trainer.val_check_interval=2")
+    fit(cfg)
+    import wandb
+
+    wandb.finish()
+    runs = list((tmp_path / "wb").rglob("offline-run-*"))
+    assert len(runs) == 1
+    history = read_wandb_history(next(runs[0].glob("run-*.wandb")))
+    logged = {key: value for row in history for key, value in row.items()}
+    assert logged["train/loss_g"] > 0 and logged["val/mel_distance_audio"] > 0
+    assert logged["val/audio_0/captions"] == ["audio", "student"]
+    assert list((runs[0] / "files" / "media" / "audio").rglob("*.wav"))
+    assert list((runs[0] / "files" / "media" / "images").rglob("*.png"))
+    assert not (REPO / "wandb").exists()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path, clips):
+    """`trainer=ddp_cpu`: two gloo processes launched by Lightning from the real entry point."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        str(REPO / "train" / "fit.py"),
+        "experiment=tiny",
+        "trainer=ddp_cpu",
+        "~teacher",
+        "module.target_weights={teacher:0,audio:1}",
+        *data_overrides(clips),
+        "data.batch_size=1",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        f"paths.log_dir={tmp_path / 'checkpoints'}",
+        f"hydra.run.dir={out}",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "world_size: 2" in (result.stdout + result.stderr) or "GLOBAL_RANK: 1" in (result.stdout + result.stderr)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4

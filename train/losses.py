@@ -1,0 +1,68 @@
+"""Spectral reconstruction losses and distances that do not hinge on exact phase."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+from train.mel import S3GenMel
+
+
+class MultiResolutionMelLoss(nn.Module):
+    """Mean L1 distance between log-mels at several STFT resolutions (24 kHz audio)."""
+
+    def __init__(
+        self,
+        sample_rate: int = 24_000,
+        n_ffts: tuple[int, ...] = (512, 1024, 2048),
+        n_mels: tuple[int, ...] = (40, 80, 128),
+    ) -> None:
+        super().__init__()
+        self.mels = nn.ModuleList(
+            torchaudio.transforms.MelSpectrogram(
+                sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=m, power=1.0, center=True
+            )
+            for n_fft, m in zip(n_ffts, n_mels, strict=True)
+        )
+
+    def forward(self, y_hat: Tensor, y: Tensor) -> Tensor:
+        y_hat, y = y_hat.float(), y.float()
+        loss = y_hat.new_zeros(())
+        for mel in self.mels:
+            loss = loss + (mel(y_hat).clamp(min=1e-5).log() - mel(y).clamp(min=1e-5).log()).abs().mean()
+        return loss / len(self.mels)
+
+
+class MultiResolutionSTFTLoss(nn.Module):
+    """Spectral convergence + log-magnitude L1, averaged over STFT resolutions."""
+
+    def __init__(self, n_ffts: tuple[int, ...] = (512, 1024, 2048)) -> None:
+        super().__init__()
+        self.n_ffts = n_ffts
+        for n_fft in n_ffts:
+            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def magnitudes(self, y: Tensor, n_fft: int) -> Tensor:
+        window = getattr(self, f"window_{n_fft}")
+        spec = torch.stft(y.float(), n_fft, n_fft // 4, window=window, return_complex=True)
+        return spec.abs().clamp(min=1e-5)
+
+    def forward(self, y_hat: Tensor, y: Tensor) -> Tensor:
+        loss = y_hat.new_zeros((), dtype=torch.float32)
+        for n_fft in self.n_ffts:
+            m_hat, m = self.magnitudes(y_hat, n_fft), self.magnitudes(y, n_fft)
+            convergence = torch.linalg.norm(m - m_hat, dim=(-2, -1)) / torch.linalg.norm(m, dim=(-2, -1))
+            loss = loss + convergence.mean() + (m.log() - m_hat.log()).abs().mean()
+        return loss / len(self.n_ffts)
+
+
+class S3GenMelDistance(nn.Module):
+    """Mean absolute difference of S3Gen log-mels: the yardstick the student is judged by."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mel = S3GenMel()
+
+    def forward(self, y_hat: Tensor, y: Tensor) -> Tensor:
+        return (self.mel(y_hat.float()) - self.mel(y.float())).abs().mean()

@@ -1,0 +1,217 @@
+"""Training: the student generator against the teacher's (or the real) waveform, as a GAN.
+
+Manual optimisation: a discriminator step, then a generator step, schedulers stepped by
+hand. The discriminator steps through its raw optimizer so that ``trainer.global_step``
+(and so ``trainer.max_steps``, checkpoints and schedules) counts generator updates only.
+Mixed precision: use ``bf16-mixed`` or 32-bit (no loss scaler is applied to that step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+from vocos.loss import DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss
+
+from train.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, S3GenMelDistance
+from train.mel import SAMPLE_RATE
+
+TARGETS = ("teacher", "audio")
+
+
+def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> LambdaLR:
+    """Linear warm-up to the base learning rate, then cosine decay to ``min_ratio`` of it."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+class VocoderDistillation(LightningModule):
+    """Args:
+    generator: the student (``mel (B, 80, T) -> wav (B, T * 480)``).
+    discriminators: name -> module with vocos' interface ``d(y, y_hat) -> (real, fake, fmap_real,
+        fmap_fake)``; ``None`` entries are dropped; none at all trains on reconstruction losses alone.
+    optimizer_g, optimizer_d: partial optimizers taking parameters.
+    scheduler: partial scheduler taking an optimizer (applied to both).
+    target_weights: weight of each target in the reconstruction losses: ``teacher`` (HiFT's
+        waveform, distillation), ``audio`` (ground truth, fine-tuning) or a mix. The GAN's
+        "real" signal is the target of larger weight.
+    mel_only_steps: generator updates trained with reconstruction losses alone before the
+        discriminators join.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        optimizer_g: Callable[..., Optimizer],
+        optimizer_d: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[[Optimizer], LambdaLR] | None = None,
+        discriminators: Mapping[str, nn.Module] | None = None,
+        target_weights: Mapping[str, float] | None = None,
+        mel_loss_weight: float = 45.0,
+        stft_loss_weight: float = 0.0,
+        adversarial_weight: float = 1.0,
+        feature_matching_weight: float = 2.0,
+        discriminator_weights: Mapping[str, float] | None = None,
+        mel_only_steps: int = 0,
+        grad_clip: float = 1000.0,
+        num_logged_audio: int = 2,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        # plain dicts, so checkpoints load with torch.load(weights_only=True)
+        target_weights = {k: float(v) for k, v in (target_weights or {"teacher": 1.0}).items()}
+        discriminator_weights = {k: float(v) for k, v in (discriminator_weights or {}).items()}
+        self.save_hyperparameters(ignore=["generator", "discriminators", "optimizer_g", "optimizer_d", "scheduler"])
+        self.generator = generator
+        self.discriminators = nn.ModuleDict({k: v for k, v in (discriminators or {}).items() if v is not None})
+        if self.discriminators and optimizer_d is None:
+            raise ValueError("module.optimizer_d is required when module.discriminators is set")
+        if set(target_weights) - set(TARGETS) or not any(target_weights.values()):
+            raise ValueError(f"module.target_weights: use keys {TARGETS} with a positive weight; got {target_weights}")
+        self.target_weights = {k: v for k, v in target_weights.items() if v}
+        self.real_target = max(self.target_weights, key=self.target_weights.get)
+        self.optimizer_g = optimizer_g
+        self.optimizer_d = optimizer_d
+        self.scheduler = scheduler
+        self.mel_loss = MultiResolutionMelLoss()
+        self.stft_loss = MultiResolutionSTFTLoss()
+        self.mel_distance = S3GenMelDistance()
+        self.disc_loss = DiscriminatorLoss()
+        self.gen_loss = GeneratorLoss()
+        self.fm_loss = FeatureMatchingLoss()
+        self.disc_weights = discriminator_weights
+
+    # -- optimisation -------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizers = [self.optimizer_g(self.generator.parameters())]
+        if self.discriminators:
+            optimizers.append(self.optimizer_d(self.discriminators.parameters()))
+        if self.scheduler is None:
+            return optimizers
+        return optimizers, [{"scheduler": self.scheduler(opt), "interval": "step"} for opt in optimizers]
+
+    def targets(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        missing = [name for name in self.target_weights if name not in batch]
+        if missing:
+            raise ValueError(
+                f"module.target_weights needs {missing} targets but the data provides {sorted(batch)}; "
+                "`teacher` targets need a teacher (`teacher=hift`), `audio` targets need audio"
+            )
+        return {name: batch[name] for name in self.target_weights}
+
+    def reconstruction_loss(self, y_hat: Tensor, targets: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        total, parts = y_hat.new_zeros((), dtype=torch.float32), {}
+        for name, y in targets.items():
+            weight = self.target_weights[name]
+            mel = self.mel_loss(y_hat, y)
+            parts[f"mel_{name}"] = mel
+            total = total + weight * self.hparams.mel_loss_weight * mel
+            if self.hparams.stft_loss_weight:
+                stft = self.stft_loss(y_hat, y)
+                parts[f"stft_{name}"] = stft
+                total = total + weight * self.hparams.stft_loss_weight * stft
+        return total, parts
+
+    def gan_active(self) -> bool:
+        return bool(self.discriminators) and self.global_step >= self.hparams.mel_only_steps
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        opt_g = optimizers[0]
+        targets = self.targets(batch)
+        real = targets[self.real_target]
+        y_hat = self.generator(batch["mel"])
+        logs: dict[str, Tensor] = {}
+
+        if self.gan_active():
+            opt_d = optimizers[1]
+            loss_d = real.new_zeros(())
+            for name, disc in self.discriminators.items():
+                real_scores, fake_scores, _, _ = disc(y=real, y_hat=y_hat.detach())
+                loss, _, _ = self.disc_loss(real_scores, fake_scores)
+                loss_d = loss_d + self.disc_weights.get(name, 1.0) * loss.squeeze() / len(real_scores)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            torch.nn.utils.clip_grad_norm_(self.discriminators.parameters(), self.hparams.grad_clip)
+            opt_d.optimizer.step()  # raw step: global_step counts generator updates only
+            logs["train/loss_d"] = loss_d.detach()
+
+        loss_g, parts = self.reconstruction_loss(y_hat, targets)
+        if self.gan_active():
+            for name, disc in self.discriminators.items():
+                _, fake_scores, fmap_real, fmap_fake = disc(y=real, y_hat=y_hat)
+                adversarial, _ = self.gen_loss(fake_scores)
+                matching = self.fm_loss(fmap_real, fmap_fake)
+                weight = self.disc_weights.get(name, 1.0)
+                loss_g = loss_g + weight * (
+                    self.hparams.adversarial_weight * adversarial.squeeze() / len(fake_scores)
+                    + self.hparams.feature_matching_weight * matching.squeeze() / len(fmap_real)
+                )
+                logs[f"train/adv_{name}"] = adversarial.detach().squeeze()
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        self.clip_gradients(opt_g, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        logs["train/lr"] = torch.tensor(opt_g.param_groups[0]["lr"])  # the rate this update used
+        opt_g.step()
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
+
+        logs["train/loss_g"] = loss_g.detach()
+        logs.update({f"train/{k}": v.detach() for k, v in parts.items()})
+        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=real.shape[0])
+        self.log("train/mel", parts[f"mel_{self.real_target}"].detach(), prog_bar=True, batch_size=real.shape[0])
+
+    def lr_schedulers(self) -> list[Any] | None:  # a list even for one scheduler
+        schedulers = super().lr_schedulers()
+        return [schedulers] if schedulers is not None and not isinstance(schedulers, list) else schedulers
+
+    # -- validation ----------------------------------------------------------------
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        y_hat = self.generator(batch["mel"])
+        for name, y in self.targets(batch).items():
+            self.log(f"val/mel_distance_{name}", self.mel_distance(y_hat, y), sync_dist=True, batch_size=1)
+            self.log(f"val/stft_distance_{name}", self.stft_loss(y_hat, y), sync_dist=True, batch_size=1)
+        if batch_idx < self.hparams.num_logged_audio:
+            self.log_media(batch_idx, batch["mel"], y_hat, self.targets(batch)[self.real_target])
+
+    def log_media(self, index: int, mel: Tensor, y_hat: Tensor, target: Tensor) -> None:
+        """Audio pair and a mel-spectrogram comparison, for loggers that take media (W&B)."""
+        if not isinstance(self.logger, WandbLogger) or self.trainer.sanity_checking:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        student_mel = self.mel_distance.mel(y_hat.float())[0].cpu()
+        target_mel = self.mel_distance.mel(target.float())[0].cpu()
+        fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+        for ax, spec, title in zip(axes, (target_mel, student_mel), (self.real_target, "student"), strict=True):
+            ax.imshow(spec.numpy(), origin="lower", aspect="auto", vmin=-11.5, vmax=2)
+            ax.set_title(title)
+        fig.tight_layout()
+        step = self.global_step
+        self.logger.log_image(f"val/mel_{index}", [fig], step=step)
+        plt.close(fig)
+        audios = [target[0].float().cpu().numpy(), y_hat[0].float().cpu().numpy()]
+        self.logger.log_audio(
+            f"val/audio_{index}",
+            audios,
+            step=step,
+            sample_rate=[SAMPLE_RATE] * 2,
+            caption=[self.real_target, "student"],
+        )

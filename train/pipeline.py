@@ -1,0 +1,74 @@
+"""Build everything from a composed config and train: what ``train/fit.py`` runs."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import hydra
+import lightning
+from hydra.errors import InstantiationException
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from train import config  # noqa: F401  (registers the config resolvers)
+from train.hub import WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+# Checkpoints hold the weights after each update, which is what we want.
+warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+
+OFFLINE_HINT = (
+    "Without the Hugging Face Hub: `teacher.checkpoint=/path/to/s3gen.safetensors` gives a local teacher, "
+    "`student.init_from=null` starts the student from scratch, or `experiment=finetune` trains on "
+    "ground-truth audio with no teacher at all."
+)
+
+
+def instantiate_dict(nodes: DictConfig | None) -> list[Any]:
+    """Instantiate every non-null entry of a name -> config mapping (loggers, callbacks)."""
+    return [hydra.utils.instantiate(node) for node in (nodes or {}).values() if node is not None]
+
+
+def instantiate_with_weights(node: DictConfig) -> Any:
+    """Instantiate a node that downloads weights; unavailable weights end the run with the ways out."""
+    try:
+        return hydra.utils.instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, WeightsUnavailableError):
+            raise WeightsUnavailableError(f"{err.__cause__}\n{OFFLINE_HINT}") from None
+        raise
+
+
+def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
+    """(datamodule, module, trainer) from the config. Weights are fetched before anything trains."""
+    lightning.seed_everything(cfg.seed, workers=True)
+    teacher = instantiate_with_weights(cfg.teacher) if cfg.get("teacher") else None
+    generator = instantiate_with_weights(cfg.student)
+    datamodule = hydra.utils.instantiate(cfg.data, teacher=teacher)
+    module = hydra.utils.instantiate(cfg.module, generator=generator)
+    loggers: list[Logger] = instantiate_dict(cfg.get("logger"))
+    callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks"))
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks or None)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return datamodule, module, trainer
+
+
+def fit(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """Train (or resume from ``cfg.ckpt_path``).
+
+    Returns ``{"initial": ..., "final": ...}`` metrics; ``initial`` is a validation pass
+    before the first update (with ``validate_first``; empty when resuming).
+    """
+    datamodule, module, trainer = build(cfg)
+    initial: dict[str, float] = {}
+    if cfg.get("validate_first") and not cfg.get("ckpt_path"):
+        initial = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule)[0].items()}
+        log.info("step-0 validation: %s", initial)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("final metrics: %s", final)
+    return {"initial": initial, "final": final}

@@ -1,0 +1,27 @@
+"""Experiment tracking: Weights & Biases online when logged in, offline otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import wandb
+from lightning.pytorch.loggers import WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def wandb_logger(mode: str | None = None, **kwargs: Any) -> WandbLogger:
+    """A ``WandbLogger`` whose mode follows the user's login.
+
+    ``mode=None`` means: ``WANDB_MODE`` if set, else ``online`` when W&B credentials exist
+    and ``offline`` otherwise (sync later with ``wandb sync <run dir>``).
+    """
+    if mode is None and "WANDB_MODE" not in os.environ:
+        mode = "online" if wandb.login(prompt=False) else "offline"
+        if mode == "offline":
+            log.info("W&B: not logged in, logging offline; upload later with `wandb sync`")
+    if mode is not None:
+        kwargs["mode"] = mode
+    return WandbLogger(**kwargs)
