@@ -1,22 +1,30 @@
-"""Inference cost benchmark: ``python -m train.bench [--seconds 10] [--repeats 3]``.
+"""Cost benchmark: ``python -m train.bench [--seconds 10] [--repeats 3] [--train-steps 5]``.
 
-Prints parameters, fp32 weight bytes and wall-clock seconds per ``--seconds`` of audio
-on this CPU (1 thread and all threads) for every model, side by side in one run.
-Timings on shared machines are noisy: compare the models of one run, quote ratios.
+1. Inference, teacher and student side by side in one run: parameters, fp32 weight bytes,
+   wall-clock seconds per ``--seconds`` of audio on this CPU (1 thread and all threads),
+   and the speed-up of the student over the teacher.
+2. Training throughput (seconds of audio per second) of one step at the configured batch,
+   with the real data pipeline and with the same batches already in memory.
+
+Timings on shared machines are noisy: compare the rows of one run, quote ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
 import torch
+from lightning.pytorch import Callback, LightningDataModule
 from torch import nn
+from torch.utils.data import DataLoader
 
 from train.hift import HiFTGenerator
 from train.mel import HOP_LENGTH, SAMPLE_RATE
+from train.student import build_student
 
 
 def build_teacher() -> nn.Module:
@@ -24,7 +32,10 @@ def build_teacher() -> nn.Module:
     return HiFTGenerator().eval().requires_grad_(False)
 
 
-MODELS: dict[str, Callable[[], nn.Module]] = {"teacher (HiFT)": build_teacher}
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "teacher (HiFT)": build_teacher,
+    "student (Vocos)": lambda: build_student().eval().requires_grad_(False),
+}
 
 
 def time_call(fn: Callable[[], object], repeats: int) -> float:
@@ -71,10 +82,10 @@ def run(seconds: float = 10.0, repeats: int = 3) -> list[dict]:
     return rows
 
 
-def format_table(rows: list[dict], seconds: float) -> str:
+def format_table(rows: list[dict], title: str) -> str:
     keys = list(rows[0])
     header = "| " + " | ".join(keys) + " |"
-    lines = [f"seconds of compute per {seconds:g} s of audio (median)", header, "|" + "---|" * len(keys)]
+    lines = [title, header, "|" + "---|" * len(keys)]
     for row in rows:
         cells = [
             f"{v:,}" if isinstance(v, int) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()
@@ -83,12 +94,87 @@ def format_table(rows: list[dict], seconds: float) -> str:
     return "\n".join(lines)
 
 
+class StepTimer(Callback):
+    """Wall-clock time between consecutive training batches: data fetch plus the step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.last: float | None = None
+
+    def on_train_batch_end(self, *args: object) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.times.append(now - self.last)
+        self.last = now
+
+
+class InMemory(LightningDataModule):
+    """Serves batches that are already tensors in memory: the data-free baseline."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None)
+
+
+def train_throughput(overrides: list[str], steps: int) -> list[dict]:
+    """Seconds of audio trained per second, real data pipeline vs the same batches in memory."""
+    from hydra import compose, initialize_config_dir
+
+    from train.config import REPO_ROOT
+    from train.pipeline import build
+
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        base = [
+            f"paths.output_dir={tmp}",
+            "~logger",
+            "callbacks.model_checkpoint=null",
+            "++trainer.enable_progress_bar=false",
+            "++trainer.enable_model_summary=false",
+            "++trainer.limit_val_batches=0",
+            f"trainer.max_steps={steps + 1}",
+        ]
+        cfg = compose("train", overrides=[*base, *overrides])
+        rows = []
+        for source in ("real data pipeline", "in-memory tensors"):
+            datamodule, module, trainer = build(cfg)
+            if source == "in-memory tensors":
+                datamodule.prepare_data()
+                datamodule.setup("fit")
+                loader = iter(datamodule.train_dataloader())
+                datamodule = InMemory([next(loader) for _ in range(min(steps + 1, len(loader)))] * (steps + 1))
+            timer = StepTimer()
+            trainer.callbacks.append(timer)
+            trainer.fit(module, datamodule=datamodule)
+            batch_seconds = cfg.data.batch_size * cfg.data.segment_frames * HOP_LENGTH / SAMPLE_RATE
+            step = statistics.median(timer.times)
+            rows.append({"data": source, "s_per_step": step, "audio_s_per_s": batch_seconds / step})
+        return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length to vocode")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median)")
+    parser.add_argument("--train-steps", type=int, default=5, help="timed training steps (0: skip)")
+    parser.add_argument(
+        "--train-config", nargs="*", default=["experiment=finetune"], help="Hydra overrides of the training run"
+    )
     args = parser.parse_args(argv)
-    print(format_table(run(args.seconds, args.repeats), args.seconds))
+    rows = run(args.seconds, args.repeats)
+    print(format_table(rows, f"Inference: seconds of compute per {args.seconds:g} s of audio (median)"))
+    teacher, student = rows[0], rows[-1]
+    for key in (k for k in teacher if k.startswith("s_")):
+        print(f"student speed-up, {key[2:].replace('_', ' ')}: {teacher[key] / student[key]:.1f}x")
+    print(f"student size: {teacher['fp32_bytes'] / student['fp32_bytes']:.1f}x smaller")
+    if args.train_steps:
+        train_rows = train_throughput(args.train_config, args.train_steps)
+        title = f"Training ({' '.join(args.train_config)}, {torch.get_num_threads()} threads, median step)"
+        print(format_table(train_rows, title))
+        real, memory = train_rows
+        print(f"real data vs in-memory step time: {100 * (real['s_per_step'] / memory['s_per_step'] - 1):+.1f} %")
 
 
 if __name__ == "__main__":
