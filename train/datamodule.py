@@ -226,11 +226,18 @@ class VocoderDataModule(LightningDataModule):
         self.seed = seed
         self.mel = S3GenMel()
         self.skipped: list[tuple[str, str]] = []
+        self._utterances: list[Utterance] | None = None
         self.train_set: UtteranceDataset | None = None
         self.val_set: UtteranceDataset | None = None
 
     # -- discovery -----------------------------------------------------------------
     def utterances(self) -> list[Utterance]:
+        """Source files with their content keys, found (and hashed) once per data module."""
+        if self._utterances is None:
+            self._utterances = self._discover()
+        return self._utterances
+
+    def _discover(self) -> list[Utterance]:
         found = []
         for root in self.audio_dirs:
             for path in find_files(root, AUDIO_SUFFIXES):
