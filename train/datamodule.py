@@ -76,6 +76,10 @@ class Utterance:
     kind: str  # "audio" or "mel"
     paired_audio: Path | None = None
 
+    @property
+    def has_audio(self) -> bool:
+        return self.kind == "audio" or self.paired_audio is not None
+
 
 def file_digest(*paths: Path | None) -> str:
     digest = hashlib.sha256(MEL_VERSION.encode())
@@ -301,7 +305,7 @@ class VocoderDataModule(LightningDataModule):
                     mel = self.cache.load("mel", utterance.key)["mel"]
                     wav = synthesize(self.teacher, mel.unsqueeze(0), seed=self.teacher_seed)[0]
                     self.cache.save("teacher", teacher_key, {"wav": wav.cpu()})
-                if self.teacher is None and self.cache.load("mel", utterance.key)["audio"] is None:
+                if self.teacher is None and not utterance.has_audio:
                     raise ValueError("a mel without paired audio needs a teacher to give it a target")
                 usable += 1
             except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:
@@ -328,7 +332,7 @@ class VocoderDataModule(LightningDataModule):
             ready = ("mel", utterance.key) in self.cache and (
                 teacher_key is None or ("teacher", teacher_key) in self.cache
             )
-            if ready and (teacher_key is not None or self.cache.load("mel", utterance.key)["audio"] is not None):
+            if ready and (teacher_key is not None or utterance.has_audio):
                 entries.append((utterance, teacher_key))
         if not entries:
             raise ValueError(f"data: nothing prepared for {self._describe_sources()}; run prepare_data first")
