@@ -78,8 +78,9 @@ def write_clips(folder: Path, count: int = 5, seconds: float = 0.6) -> Path:
     return folder
 
 
-def compose(overrides: list[str], tmp_path: Path):
-    """The real config, composed as ``train/fit.py`` would, with outputs under ``tmp_path``."""
+def compose(overrides: list[str], tmp_path: Path, config_name: str = "train"):
+    """The real config, composed as ``train/fit.py`` (or ``train/evaluate.py``) would, with
+    outputs under ``tmp_path``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -87,7 +88,7 @@ def compose(overrides: list[str], tmp_path: Path):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(
-            "train",
+            config_name,
             overrides=[
                 f"paths.log_dir={tmp_path / 'checkpoints'}",
                 f"paths.output_dir={tmp_path / 'run'}",

@@ -141,3 +141,18 @@ def test_sampler_is_a_function_of_seed_and_epoch():
     first, second = list(a), list(a)  # a advances by itself
     assert sorted(first) == list(range(6)) and sorted(second) == list(range(6, 12))
     assert list(b) == second
+
+
+def test_evaluation_set_serves_whole_utterances_of_a_split_by_name(tmp_path, teacher):
+    write_clips(tmp_path / "clips", seconds=1.0)
+    dm = make(tmp_path, teacher=teacher)
+    dm.prepare_data()
+    train, val = dm.split()
+    every = dm.evaluation_set("all")
+    assert [u.name for u, _ in every.entries] == [f"clip{i}.wav" for i in range(5)]
+    assert {u.name for u, _ in dm.evaluation_set("val").entries} == {u.name for u, _ in val}
+    item = every[0]
+    assert item["mel"].shape == (80, 50) and item["audio"].shape == item["teacher"].shape == (50 * 480,)
+    assert dm.evaluation_set("all", max_frames=20)[0]["mel"].shape == (80, 20)
+    with pytest.raises(ValueError, match="split='test'"):
+        dm.evaluation_set("test")

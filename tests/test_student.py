@@ -1,9 +1,18 @@
 import huggingface_hub.constants
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from train.hub import WeightsUnavailableError
-from train.student import VocosStudent, build_student, load_vocos_state_dict, warm_start
+from train.student import (
+    StudentCheckpointError,
+    VocosStudent,
+    build_student,
+    load_student,
+    load_vocos_state_dict,
+    student_config,
+    warm_start,
+)
 
 
 @pytest.mark.parametrize("frames", [1, 8, 50])
@@ -55,3 +64,44 @@ def test_hub_warm_start_offline_names_the_option(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsUnavailableError, match=r"charactr/vocos-mel-24khz.*student\.init_from=null"):
         load_vocos_state_dict("charactr/vocos-mel-24khz")
+
+
+def tiny_student():
+    torch.manual_seed(0)
+    return build_student(dim=32, intermediate_dim=64, num_layers=2)
+
+
+@pytest.mark.parametrize("layout", ["lightning.ckpt", "generator.safetensors", "generator.pt"])
+def test_load_student_rebuilds_the_architecture_from_any_checkpoint_layout(tmp_path, layout):
+    student = tiny_student()
+    path = tmp_path / layout
+    state = {k: v.contiguous() for k, v in student.state_dict().items()}
+    if layout == "lightning.ckpt":  # what ModelCheckpoint writes: the module's keys, discriminators beside
+        keys = {**{f"generator.{k}": v for k, v in state.items()}, "discriminators.mpd.w": torch.ones(2)}
+        torch.save({"state_dict": keys, "global_step": 4}, path)
+    elif layout.endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    loaded = load_student(path)
+    assert loaded.config == {**student.config} and loaded.config["num_layers"] == 2
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    mel = torch.randn(1, 80, 12)
+    torch.testing.assert_close(loaded(mel), student.eval()(mel))
+    assert student_config(state)["n_fft"] == 1920
+
+
+def test_load_student_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_student(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(StudentCheckpointError, match="junk.ckpt: cannot read"):
+        load_student(tmp_path / "junk.ckpt")
+    torch.save({"state_dict": {"conv_pre.bias": torch.zeros(3)}}, tmp_path / "hift.pt")
+    with pytest.raises(StudentCheckpointError, match=r"hift.pt: no Vocos student inside.*conv_pre.bias"):
+        load_student(tmp_path / "hift.pt")
+    state = tiny_student().state_dict()
+    state["head.out.bias"] = torch.zeros(5)
+    torch.save(state, tmp_path / "bent.pt")
+    with pytest.raises(StudentCheckpointError, match=r"(?s)bent.pt: does not load.*head.out.bias"):
+        load_student(tmp_path / "bent.pt")

@@ -1,12 +1,15 @@
 """Cost benchmark: ``python -m train.bench [--seconds 10] [--repeats 3] [--train-steps 5]``.
 
-1. Inference, teacher and student side by side in one run: parameters, fp32 weight bytes,
-   wall-clock seconds per ``--seconds`` of audio on this CPU (1 thread and all threads),
-   and the speed-up of the student over the teacher.
+1. Inference, teacher and student side by side in one run, on the same mel: parameters,
+   weight-file bytes, seconds of compute per second of audio on this CPU (1 thread and all
+   threads) and on CUDA when there is one, peak memory, first-chunk latency
+   (:func:`train.cost.profile`), and the student's speed-up over the teacher.
 2. Training throughput (seconds of audio per second) of one step at the configured batch,
    with the real data pipeline and with the same batches already in memory.
 
-Timings on shared machines are noisy: compare the rows of one run, quote ratios.
+Both models carry random weights at their full sizes (cost does not depend on the values);
+``train/evaluate.py`` reports the same table for a trained checkpoint. Timings on shared
+machines are noisy: compare the rows of one run, quote ratios.
 """
 
 from __future__ import annotations
@@ -22,76 +25,26 @@ from lightning.pytorch import Callback, LightningDataModule
 from torch import nn
 from torch.utils.data import DataLoader
 
+from train.cost import profile
 from train.hift import HiFTGenerator
 from train.mel import HOP_LENGTH, SAMPLE_RATE
+from train.report import cost_table, table
 from train.student import build_student
 
-
-def build_teacher() -> nn.Module:
-    """Chatterbox-sized HiFT with random weights (cost does not depend on the values)."""
-    return HiFTGenerator().eval().requires_grad_(False)
-
-
 MODELS: dict[str, Callable[[], nn.Module]] = {
-    "teacher (HiFT)": build_teacher,
+    "teacher (HiFT)": lambda: HiFTGenerator().fold_weight_norm().eval().requires_grad_(False),
     "student (Vocos)": lambda: build_student().eval().requires_grad_(False),
 }
 
 
-def time_call(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall-clock seconds of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def measure(model: nn.Module, mel: torch.Tensor, threads: int, repeats: int) -> float:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            return time_call(lambda: model(mel), repeats)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def run(seconds: float = 10.0, repeats: int = 3) -> list[dict]:
+def run(seconds: float = 10.0, repeats: int = 3, chunk_frames: tuple[int, ...] = (10, 25, 50)) -> list[dict]:
+    """One cost row per model in :data:`MODELS`, all on the same mel."""
     torch.manual_seed(0)
-    frames = int(seconds * SAMPLE_RATE / HOP_LENGTH)
-    mel = torch.randn(1, 80, frames) - 5.0
-    all_threads = torch.get_num_threads()
-    rows = []
-    for name, build in MODELS.items():
-        model = build()
-        params = sum(p.numel() for p in model.parameters())  # as stored in the checkpoint
-        if isinstance(model, HiFTGenerator):
-            model.fold_weight_norm()  # how the teacher runs
-        rows.append(
-            {
-                "model": name,
-                "params": params,
-                "fp32_bytes": params * 4,
-                "s_1_thread": measure(model, mel, 1, repeats),
-                f"s_{all_threads}_threads": measure(model, mel, all_threads, repeats),
-            }
-        )
-    return rows
-
-
-def format_table(rows: list[dict], title: str) -> str:
-    keys = list(rows[0])
-    header = "| " + " | ".join(keys) + " |"
-    lines = [title, header, "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = [
-            f"{v:,}" if isinstance(v, int) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    mel = torch.randn(1, 80, int(seconds * SAMPLE_RATE / HOP_LENGTH)) - 5.0
+    return [
+        {"model": name, "weights": "random", **profile(build(), mel, chunk_frames, repeats)}
+        for name, build in MODELS.items()
+    ]
 
 
 class StepTimer(Callback):
@@ -154,25 +107,34 @@ def train_throughput(overrides: list[str], steps: int) -> list[dict]:
         return rows
 
 
+def format_rows(rows: list[dict]) -> str:
+    return table(
+        list(rows[0]), [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length to vocode")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median)")
+    parser.add_argument("--chunk-frames", type=int, nargs="+", default=[10, 25, 50], help="streaming chunk sizes")
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps (0: skip)")
     parser.add_argument(
         "--train-config", nargs="*", default=["experiment=finetune"], help="Hydra overrides of the training run"
     )
     args = parser.parse_args(argv)
-    rows = run(args.seconds, args.repeats)
-    print(format_table(rows, f"Inference: seconds of compute per {args.seconds:g} s of audio (median)"))
+    rows = run(args.seconds, args.repeats, tuple(args.chunk_frames))
+    print(f"Inference on {args.seconds:g} s of audio; s/s = seconds of compute per second of audio (median)")
+    print(cost_table(rows))
     teacher, student = rows[0], rows[-1]
-    for key in (k for k in teacher if k.startswith("s_")):
-        print(f"student speed-up, {key[2:].replace('_', ' ')}: {teacher[key] / student[key]:.1f}x")
-    print(f"student size: {teacher['fp32_bytes'] / student['fp32_bytes']:.1f}x smaller")
+    for key in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda"):
+        if teacher[key] is not None:
+            print(f"student speed-up, {key[4:].replace('_', ' ')}: {teacher[key] / student[key]:.1f}x")
+    print(f"student size: {teacher['weights_bytes'] / student['weights_bytes']:.1f}x smaller")
     if args.train_steps:
         train_rows = train_throughput(args.train_config, args.train_steps)
-        title = f"Training ({' '.join(args.train_config)}, {torch.get_num_threads()} threads, median step)"
-        print(format_table(train_rows, title))
+        print(f"Training ({' '.join(args.train_config)}, {torch.get_num_threads()} threads, median step)")
+        print(format_rows(train_rows))
         real, memory = train_rows
         print(f"real data vs in-memory step time: {100 * (real['s_per_step'] / memory['s_per_step'] - 1):+.1f} %")
 

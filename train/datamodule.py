@@ -326,6 +326,12 @@ class VocoderDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        train, val = self.split()
+        self.train_set = UtteranceDataset(self.cache, train, segment_frames=self.segment_frames, seed=self.seed)
+        self.val_set = UtteranceDataset(self.cache, val or train[:1], max_frames=self.val_max_frames)
+
+    def split(self) -> tuple[list[tuple[Utterance, str | None]], list[tuple[Utterance, str | None]]]:
+        """Prepared ``(utterance, teacher cache key)`` entries as (train, validation)."""
         entries = []
         for utterance in self.utterances():
             teacher_key = self.teacher_key(utterance)
@@ -344,8 +350,17 @@ class VocoderDataModule(LightningDataModule):
         n_val = max(1, sum(bucket(u) < self.val_fraction for u, _ in entries)) if len(entries) > 1 else 0
         val, train = ranked[:n_val], ranked[n_val:]
         log.info("data: %d training and %d validation utterances", len(train), len(val))
-        self.train_set = UtteranceDataset(self.cache, train, segment_frames=self.segment_frames, seed=self.seed)
-        self.val_set = UtteranceDataset(self.cache, val or train[:1], max_frames=self.val_max_frames)
+        return train, val
+
+    def evaluation_set(self, split: str = "val", max_frames: int | None = None) -> UtteranceDataset:
+        """Whole utterances (up to ``max_frames``) of the ``val``, ``train`` or ``all`` split, by name."""
+        train, val = self.split()
+        chosen = {"val": val, "train": train, "all": train + val}.get(split)
+        if chosen is None:
+            raise ValueError(f"split={split!r}: choose 'val', 'train' or 'all'")
+        if not chosen:
+            raise ValueError(f"split={split!r} is empty for {self._describe_sources()}")
+        return UtteranceDataset(self.cache, sorted(chosen, key=lambda e: e[0].name), max_frames=max_frames)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(

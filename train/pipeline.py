@@ -39,6 +39,8 @@ def instantiate_with_weights(node: DictConfig) -> Any:
     except InstantiationException as err:
         if isinstance(err.__cause__, WeightsUnavailableError):
             raise WeightsUnavailableError(f"{err.__cause__}\n{OFFLINE_HINT}") from None
+        if isinstance(err.__cause__, FileNotFoundError | ValueError):
+            raise err.__cause__ from None  # it names the file and the option already
         raise
 
 

@@ -7,9 +7,11 @@ the framing of the S3Gen mel and of HiFT's output.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
@@ -62,6 +64,14 @@ def build_student(
         VocosBackbone(input_channels, dim, intermediate_dim, num_layers),
         ISTFTHead(dim, n_fft, hop_length, padding="same"),
     )
+    student.config = {  # how to build it again (as HiFTGenerator.config)
+        "input_channels": input_channels,
+        "dim": dim,
+        "intermediate_dim": intermediate_dim,
+        "num_layers": num_layers,
+        "n_fft": n_fft,
+        "hop_length": hop_length,
+    }
     if init_from:
         warm_start(student, load_vocos_state_dict(init_from, local_files_only))
     return student
@@ -96,3 +106,63 @@ def warm_start(student: VocosStudent, state: dict[str, Tensor]) -> tuple[list[st
         ", ".join(reinitialised),
     )
     return copied, reinitialised
+
+
+class StudentCheckpointError(ValueError):
+    """A file does not hold a student generator this project can rebuild."""
+
+
+def read_generator_state(path: str | Path) -> dict[str, Tensor]:
+    """The student's tensors from a Lightning ``.ckpt`` (``generator.*`` keys), or from a bare
+    generator state dict in ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"student checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unreadable or not a checkpoint at all
+        raise StudentCheckpointError(f"{path}: cannot read a checkpoint ({type(err).__name__}: {err})") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise StudentCheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    generator = {k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")}
+    state = generator or state
+    if "backbone.embed.weight" not in state or "head.out.weight" not in state:
+        raise StudentCheckpointError(
+            f"{path}: no Vocos student inside (expected 'generator.backbone.*' keys of a training checkpoint "
+            f"or 'backbone.*' / 'head.*' keys; found {len(state)} keys such as {sorted(state)[:3]})"
+        )
+    return state
+
+
+def student_config(state: dict[str, Tensor], hop_length: int = 480) -> dict[str, int]:
+    """``build_student`` arguments read off a generator state dict's shapes."""
+    dim, input_channels, _ = state["backbone.embed.weight"].shape
+    layers = {int(m[1]) for k in state if (m := re.match(r"backbone\.convnext\.(\d+)\.", k))}
+    return {
+        "input_channels": input_channels,
+        "dim": dim,
+        "intermediate_dim": state["backbone.convnext.0.pwconv1.weight"].shape[0] if layers else 4 * dim,
+        "num_layers": len(layers),
+        "n_fft": state["head.out.weight"].shape[0] - 2,
+        "hop_length": hop_length,
+    }
+
+
+def load_student(path: str | Path, device: str | torch.device = "cpu") -> VocosStudent:
+    """Rebuild a trained student from its checkpoint, in eval mode with gradients off.
+
+    The architecture is read from the tensor shapes; the hop is S3Gen's 480 samples.
+    """
+    state = read_generator_state(path)
+    config = student_config(state)
+    student = build_student(**config)
+    try:
+        student.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise StudentCheckpointError(f"{path}: does not load into a student built as {config}: {err}") from err
+    return student.to(device).eval().requires_grad_(False)

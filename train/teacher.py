@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
+from train.config import resolve_device
 from train.hift import HiFTGenerator
 from train.hub import fetch_file
 
@@ -135,9 +136,7 @@ def load_teacher(
     if fold_weight_norm:
         model.fold_weight_norm()
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model.to(device=resolve_device(device), dtype=dtype).eval().requires_grad_(False)
     model.weights_id = weights_fingerprint(state)  # cache key for anything derived from these weights
     return model
 

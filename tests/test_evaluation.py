@@ -1,0 +1,138 @@
+"""``train/evaluate.py`` end to end on a tiny student, a tiny teacher and two utterances."""
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import REPO, compose, read_wandb_history, tiny_config, write_clips, write_s3gen_checkpoint
+
+from train.evaluation import evaluate, find_checkpoint
+from train.hift import HiFTGenerator
+from train.hub import WeightsUnavailableError
+from train.report import GROUPS, read_report
+from train.student import build_student
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """Two 1 s clips, a Chatterbox-layout teacher file, and a training checkpoint under checkpoints/."""
+    torch.manual_seed(0)
+    clips = write_clips(tmp_path / "clips", count=2, seconds=1.0)
+    teacher = write_s3gen_checkpoint(tmp_path / "s3gen.safetensors", HiFTGenerator(**tiny_config()))
+    student = build_student(dim=32, intermediate_dim=64, num_layers=1)
+    ckpt = tmp_path / "checkpoints" / "runs" / "tiny" / "t0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"generator.{k}": v for k, v in student.state_dict().items()}}, ckpt)
+    return {"clips": clips, "teacher": teacher, "ckpt": ckpt, "student": student}
+
+
+def overrides(ws) -> list[str]:
+    return [
+        f"data.audio_dirs=[{ws['clips']}]",
+        "data.segment_frames=8",
+        "split=all",
+        f"teacher.checkpoint={ws['teacher']}",
+        "teacher.device=cpu",
+        "device=cpu",
+        "cost.seconds=0.5",
+        "cost.repeats=1",
+        "cost.chunk_frames=[5,10]",
+        "cost.cuda=false",
+        "progress_bar=false",
+    ]
+
+
+@pytest.mark.slow
+def test_evaluate_script_writes_report_summary_plots_and_logs(tmp_path, workspace):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train/evaluate.py", *overrides(workspace), f"paths.log_dir={tmp_path / 'checkpoints'}",
+           "logger=csv", f"hydra.run.dir={run}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    report = read_report(run / "report.json")  # validates against the schema
+    assert report["checkpoint"]["path"] == str(workspace["ckpt"])  # the default: newest under checkpoints/
+    assert report["checkpoint"]["config"]["dim"] == 32
+    assert report["teacher"]["status"] == "loaded" and report["teacher"]["weights_id"]
+    assert [u["name"] for u in report["utterances"]] == ["clip0.wav", "clip1.wav"]
+    assert report["data"]["utterances"] == 2 and report["data"]["seconds"] == pytest.approx(2.0, abs=0.05)
+    for utterance in report["utterances"]:
+        assert set(utterance["scores"]) == set(GROUPS)
+        assert utterance["scores"]["student_vs_teacher"]["mel_distance_db"] > 0
+    # an untrained student is far from both: the gates must say so
+    gates = {g["name"]: g for g in report["gates"]}
+    assert set(gates) == {"pesq", "stoi", "spectral_distance", "naturalness_drop"}
+    assert gates["pesq"]["status"] == "fail" and gates["spectral_distance"]["status"] == "fail"
+    assert report["verdict"] == "fail"
+    teacher_row, student_row = report["cost"]["models"]
+    assert teacher_row["params"] == sum(
+        p.numel() for p in HiFTGenerator(**tiny_config()).fold_weight_norm().parameters()
+    )
+    assert student_row["params"] == sum(p.numel() for p in workspace["student"].parameters())
+    assert set(student_row["first_chunk_ms_cpu"]) == {"5", "10"}
+
+    summary = (run / "summary.md").read_text()
+    assert "| pesq | pesq_wb | student_vs_teacher | > 3.5 |" in summary and "## Cost" in summary
+    assert sorted(report["files"]["plots"]) == ["plots/mel_0.png", "plots/mel_1.png", "plots/metrics.png"]
+    assert all((run / p).stat().st_size > 10_000 for p in report["files"]["plots"])
+    with open(next(run.rglob("metrics.csv"))) as f:
+        logged = next(csv.DictReader(f))
+    assert float(logged["eval/student_vs_teacher/pesq_wb"]) == pytest.approx(
+        report["summary"]["student_vs_teacher"]["pesq_wb"]["mean"]
+    )
+    assert "evaluate: " not in done.stderr  # progress_bar=false
+
+
+def test_without_hub_access_the_teacher_is_skipped_unless_required(tmp_path, workspace):
+    offline = ["teacher.checkpoint=null", "teacher.local_files_only=true", f"teacher.cache_dir={tmp_path / 'hf'}"]
+    args = [*overrides(workspace), *offline, "~logger", "cost=null", "metrics.naturalness=null", "plots.mel_examples=0"]
+    cfg = compose([*args, f"checkpoint={workspace['ckpt']}"], tmp_path, "evaluate")
+    report = evaluate(cfg)
+    assert report["teacher"]["status"] == "unavailable" and "teacher.checkpoint=" in report["teacher"]["reason"]
+    assert set(report["summary"]) == {"student_vs_audio"}
+    assert {g["status"] for g in report["gates"]} == {"skipped"} and report["verdict"] == "incomplete"
+    assert report["cost"] is None
+    with pytest.raises(WeightsUnavailableError, match="teacher.checkpoint="):
+        evaluate(compose([*args, "require_teacher=true"], tmp_path, "evaluate"))
+
+
+def test_a_bad_local_teacher_file_is_an_error(tmp_path, workspace):
+    cfg = compose([*overrides(workspace), f"teacher.checkpoint={tmp_path / 'nope.safetensors'}"], tmp_path, "evaluate")
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        evaluate(cfg)
+
+
+def test_checkpoint_discovery(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no student checkpoint \(\*\.ckpt\) under .*experiment=finetune"):
+        find_checkpoint(None, tmp_path)
+    older, newer = tmp_path / "a" / "step1.ckpt", tmp_path / "b" / "last.ckpt"
+    for i, path in enumerate((older, newer)):
+        path.parent.mkdir()
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() + i, time.time() + i))
+    assert find_checkpoint(None, tmp_path) == newer
+    assert find_checkpoint(str(tmp_path / "a"), tmp_path) == older  # a folder: its newest
+    assert find_checkpoint(str(older), tmp_path) == older
+    with pytest.raises(FileNotFoundError, match=r"checkpoint=.*missing.ckpt: no such file"):
+        find_checkpoint(str(tmp_path / "missing.ckpt"), tmp_path)
+
+
+@pytest.mark.slow
+def test_wandb_gets_figures_table_and_audio(tmp_path, workspace, monkeypatch):
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = [*overrides(workspace), "logger=wandb", "cost=null", "plots.mel_examples=1"]
+    evaluate(compose([*args, f"checkpoint={workspace['ckpt']}"], tmp_path, "evaluate"))
+    runs = list((tmp_path / "run").rglob("offline-run-*"))
+    assert len(runs) == 1
+    logged = {k: v for row in read_wandb_history(next(runs[0].glob("run-*.wandb"))) for k, v in row.items()}
+    assert logged["eval/student_vs_teacher/pesq_wb"] > 0
+    assert logged["plots/metrics/_type"] == "image-file" and logged["plots/mel_0/_type"] == "image-file"
+    assert logged["eval/utterances/_type"] == "table-file"
+    assert {"audio/0_student/_type", "audio/0_teacher/_type", "audio/0_audio/_type"} <= set(logged)

@@ -1,0 +1,170 @@
+"""What a vocoder costs to run: size, speed, memory and streaming latency, measured on one mel.
+
+Any ``mel (B, 80, T) -> wav (B, T * 480)`` module works; ``train/evaluate.py`` and
+``train/bench.py`` profile the teacher and the student side by side on the same input.
+Timings on shared machines are noisy: compare rows of one run and quote ratios.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from train.mel import HOP_LENGTH, SAMPLE_RATE
+
+MIB = 2**20
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Size of the model's state dict written as one ``.safetensors`` file (as it runs)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.safetensors"
+        save_file(state, str(path))
+        return path.stat().st_size
+
+
+def time_call(fn: Callable[[], object], repeats: int, synchronize: Callable[[], None] | None = None) -> float:
+    """Median wall-clock seconds of ``fn`` after one warm-up call."""
+    sync = synchronize or (lambda: None)
+    fn()
+    sync()
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class threads:  # noqa: N801  (used like a function: `with threads(1): ...`)
+    """Run a block with ``torch.set_num_threads(n)``, restoring the previous count after."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.previous)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def seconds_per_second(model: nn.Module, mel: Tensor, repeats: int = 3) -> float:
+    """Seconds of compute per second of audio (the real-time factor) on the model's device."""
+    device = _device_of(model)
+    mel = mel.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    with torch.inference_mode():
+        elapsed = time_call(lambda: model(mel), repeats, sync)
+    return elapsed / (mel.shape[-1] * HOP_LENGTH / SAMPLE_RATE)
+
+
+def first_chunk_ms(model: nn.Module, mel: Tensor, frames: Sequence[int], repeats: int = 3) -> dict[str, float]:
+    """Compute time (ms) to vocode the first chunk of each size: the latency a streaming
+    caller adds on top of waiting for those frames (``frames * 20`` ms of audio)."""
+    device = _device_of(model)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    out = {}
+    with torch.inference_mode():
+        for n in frames:
+            chunk = mel[..., :n].to(device)
+            out[str(n)] = 1000 * time_call(lambda chunk=chunk: model(chunk), repeats, sync)
+    return out
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_rss_increase_mb(model: nn.Module, mel: Tensor) -> float | None:
+    """Peak resident memory added by one CPU call (activations and workspace, not weights).
+
+    Linux only (resets the kernel's high-water mark through ``/proc/self/clear_refs``);
+    ``None`` elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    gc.collect()
+    _release_free_heap()  # or this call would reuse pages an earlier, larger one left resident
+    try:
+        before = _proc_status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    with torch.inference_mode():
+        model(mel.to(_device_of(model)))
+    return (_proc_status_kib("VmHWM") - before) / 1024
+
+
+def cuda_peak_mb(model: nn.Module, mel: Tensor) -> float:
+    """Peak CUDA memory allocated during one call, weights included."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        model(mel.cuda())
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / MIB
+
+
+def profile(
+    model: nn.Module,
+    mel: Tensor,
+    chunk_frames: Sequence[int] = (10, 25, 50),
+    repeats: int = 3,
+    cuda: bool | None = None,
+) -> dict:
+    """Every cost figure of one model on one mel ``(1, 80, T)``; CUDA figures are ``None``
+    without a GPU (``cuda=None``: use one when present)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    home = _device_of(model)
+    model.to("cpu")
+    params = sum(p.numel() for p in model.parameters())
+    row = {
+        "params": params,
+        "weights_bytes": weights_bytes(model),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    with threads(1):
+        row["rtf_cpu_1_thread"] = seconds_per_second(model, mel, repeats)
+    row["rtf_cpu_all_threads"] = seconds_per_second(model, mel, repeats)
+    row["peak_rss_increase_mb"] = peak_rss_increase_mb(model, mel)
+    row["first_chunk_ms_cpu"] = first_chunk_ms(model, mel, chunk_frames, repeats)
+    row.update(rtf_cuda=None, cuda_peak_allocated_mb=None, first_chunk_ms_cuda=None)
+    if cuda:
+        model.to("cuda")
+        row["rtf_cuda"] = seconds_per_second(model, mel, repeats)
+        row["cuda_peak_allocated_mb"] = cuda_peak_mb(model, mel)
+        row["first_chunk_ms_cuda"] = first_chunk_ms(model, mel, chunk_frames, repeats)
+        torch.cuda.empty_cache()
+    model.to(home)
+    return row

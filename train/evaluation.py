@@ -1,0 +1,264 @@
+"""Evaluate a student checkpoint: what ``train/evaluate.py`` runs.
+
+1. Vocode every held-out mel with the student; score it against the teacher's waveform
+   for the same mel (distillation fidelity) and against the ground-truth audio, and score
+   the teacher against the ground truth for scale (:mod:`train.metrics`).
+2. Summarise (mean, 95 % interval), check the quality gates, measure the cost of teacher
+   and student side by side on the same mel (:mod:`train.cost`).
+3. Write ``report.json``, ``summary.md`` and ``plots/`` into the run folder; log them to
+   the configured loggers (W&B gets figures, a per-utterance table and audio).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning
+import torch
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from train import cost, plots, report
+from train.config import resolve_device
+from train.hift import HiFTGenerator
+from train.hub import WeightsUnavailableError
+from train.mel import HOP_LENGTH, SAMPLE_RATE
+from train.metrics import Analysis, QualityMetrics
+from train.pipeline import instantiate_dict, instantiate_with_weights
+from train.student import load_student
+
+log = logging.getLogger(__name__)
+TRAIN_HINT = "train one with `python train/fit.py experiment=finetune`, or pass checkpoint=/path/to/student.ckpt"
+
+
+def find_checkpoint(checkpoint: str | None, search_dir: str | Path) -> Path:
+    """``checkpoint`` itself, the newest ``*.ckpt`` inside it if it is a folder, or (when
+    ``None``) the newest ``*.ckpt`` anywhere under ``search_dir``."""
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint={checkpoint}: no such file or folder")
+        if path.is_file():
+            return path
+        search_dir = path
+    found = [p for p in Path(search_dir).rglob("*.ckpt") if p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"no student checkpoint (*.ckpt) under {search_dir}: {TRAIN_HINT}")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def load_optional_teacher(node: DictConfig | None, required: bool) -> tuple[HiFTGenerator | None, dict[str, Any]]:
+    """The teacher, or ``None`` with the reason. Weights that cannot be fetched (offline, no
+    access) end the run only with ``require_teacher=true``; a bad local file always does."""
+    info: dict[str, Any] = {"status": "disabled", "reason": "no teacher configured (teacher=null)", "weights_id": None}
+    if not node:
+        return None, info
+    try:
+        teacher = instantiate_with_weights(node)
+    except WeightsUnavailableError as err:
+        if required:
+            raise
+        reason = str(err).splitlines()[0]
+        log.warning("evaluating without the teacher: %s", reason)
+        return None, {**info, "status": "unavailable", "reason": reason}
+    return teacher, {"status": "loaded", "reason": None, "weights_id": getattr(teacher, "weights_id", None)}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def score_utterance(metrics: QualityMetrics, signals: dict[str, Analysis], name: str) -> dict[str, dict[str, float]]:
+    """Every comparison the available signals allow."""
+    scores = {}
+    for group in report.PAIRED_GROUPS:
+        estimate, reference = group.split("_vs_")
+        if estimate in signals and reference in signals:
+            scores[group] = metrics.paired(signals[estimate], signals[reference], name)
+    if metrics.naturalness:
+        for system in report.SYSTEMS:
+            if system in signals:
+                scores[system] = metrics.no_reference(signals[system], name)
+    return scores
+
+
+def cost_mel(mels: list[Tensor], seconds: float) -> Tensor:
+    """``(1, 80, seconds * 50)``: the evaluated mels end to end, repeated if they are shorter."""
+    frames = max(1, round(seconds * SAMPLE_RATE / HOP_LENGTH))
+    joined = torch.cat(mels, dim=-1)
+    joined = joined.repeat(1, math.ceil(frames / joined.shape[-1]))
+    return joined[:, :frames].unsqueeze(0).contiguous()
+
+
+def measure_cost(
+    student: nn.Module, teacher: HiFTGenerator | None, mel: Tensor, settings: DictConfig
+) -> dict[str, Any]:
+    """Teacher and student on the same mel. Without a loaded teacher, Chatterbox's HiFT
+    architecture with random weights stands in (cost does not depend on weight values)."""
+    if teacher is None:
+        teacher_model: nn.Module = HiFTGenerator().fold_weight_norm().eval().requires_grad_(False)
+        origin = "random weights, Chatterbox's HiFT architecture"
+    else:
+        teacher_model, origin = teacher, f"loaded ({getattr(teacher, 'weights_id', '?')})"
+    rows = []
+    for name, model, weights in (("teacher (HiFT)", teacher_model, origin), ("student (Vocos)", student, "checkpoint")):
+        log.info("measuring the cost of the %s", name)
+        dtype = next(model.parameters()).dtype
+        row = cost.profile(model, mel.to(dtype), settings.chunk_frames, settings.repeats, settings.get("cuda"))
+        rows.append({"model": name, "weights": weights, **row})
+    device = f"CPU, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available() and settings.get("cuda") is not False:
+        device += f"; CUDA: {torch.cuda.get_device_name()}"
+    return {
+        "device": device,
+        "audio_seconds": mel.shape[-1] * HOP_LENGTH / SAMPLE_RATE,
+        "chunk_frames": list(settings.chunk_frames),
+        "models": rows,
+    }
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the evaluation described by ``conf/evaluate.yaml``; returns the report."""
+    lightning.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    checkpoint = find_checkpoint(cfg.get("checkpoint"), cfg.paths.log_dir)
+    device = resolve_device(cfg.device)
+    log.info("evaluating %s on %s", checkpoint, device)
+    student = load_student(checkpoint, device)
+    teacher, teacher_info = load_optional_teacher(cfg.get("teacher"), cfg.require_teacher)
+    datamodule = hydra.utils.instantiate(cfg.data, teacher=teacher)
+    datamodule.prepare_data()
+    dataset = datamodule.evaluation_set(cfg.split, cfg.get("max_frames"))
+    count = len(dataset) if cfg.get("max_utterances") is None else min(len(dataset), cfg.max_utterances)
+    metrics: QualityMetrics = hydra.utils.instantiate(cfg.metrics)
+    gates = report.build_gates(cfg.get("gates"))
+
+    utterances, mels, examples = [], [], []
+    for index in tqdm(range(count), desc="evaluate", unit="utt", disable=not cfg.progress_bar):
+        name = dataset.entries[index][0].name
+        item = dataset[index]
+        with torch.inference_mode():
+            wav = student(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
+        signals = {"student": metrics.analyse(wav)}
+        for system in ("teacher", "audio"):
+            if system in item:
+                signals[system] = metrics.analyse(item[system])
+        utterances.append(
+            {"name": name, "seconds": signals["student"].seconds, "scores": score_utterance(metrics, signals, name)}
+        )
+        mels.append(item["mel"])
+        if index < cfg.plots.mel_examples:
+            examples.append((name, {k: s.mel for k, s in signals.items()}, {k: s.wav for k, s in signals.items()}))
+
+    summary = report.summarise_groups(utterances)
+    gate_results = [gate.check(summary) for gate in gates]
+    cost_section = measure_cost(student, teacher, cost_mel(mels, cfg.cost.seconds), cfg.cost) if cfg.cost else None
+
+    plot_files = write_plots(out / "plots", utterances, examples)
+    result = {
+        "schema_version": report.SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {
+            "path": str(checkpoint),
+            "sha256": sha256_file(checkpoint),
+            "params": sum(p.numel() for p in student.parameters()),
+            "config": student.config,
+        },
+        "teacher": {**teacher_info, "seed": cfg.data.teacher_seed},
+        "data": {
+            "sources": [str(d) for d in datamodule.audio_dirs]
+            + ([str(datamodule.mel_dir)] if datamodule.mel_dir else []),
+            "split": cfg.split,
+            "utterances": len(utterances),
+            "seconds": sum(u["seconds"] for u in utterances),
+            "skipped": [{"name": n, "reason": r} for n, r in datamodule.skipped],
+        },
+        "metrics": report.metric_definitions(),
+        "utterances": utterances,
+        "summary": summary,
+        "gates": gate_results,
+        "verdict": report.verdict(gate_results),
+        "cost": cost_section,
+        "files": {"summary": "summary.md", "plots": [str(p.relative_to(out)) for p in plot_files]},
+    }
+    report.write_report(result, out / "report.json")
+    result = report.read_report(out / "report.json")  # what was written, NaN as None
+    markdown = report.to_markdown(result)
+    report.atomic_write(out / "summary.md", markdown)
+    log.info("evaluation report: %s\n%s", out / "report.json", markdown)
+    log_to_loggers(instantiate_dict(cfg.get("logger")), cfg, result, plot_files, examples)
+    return result
+
+
+def write_plots(folder: Path, utterances: list[dict], examples: list[tuple]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, (name, utterance_mels, _) in enumerate(examples):
+        path = folder / f"mel_{index}.png"
+        plots.save(plots.mel_comparison(name, utterance_mels), path)
+        files.append(path)
+    groups = [g for g in report.GROUPS if any(g in u["scores"] for u in utterances)]
+    if groups:
+        path = folder / "metrics.png"
+        plots.save(plots.metric_distributions(utterances, groups), path)
+        files.append(path)
+    return files
+
+
+def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Scalars for any logger: summary means, gate outcomes (1 pass / 0 fail), cost figures."""
+    flat = {
+        f"eval/{group}/{metric}": stat["mean"]
+        for group, stats in result["summary"].items()
+        for metric, stat in stats.items()
+        if stat["mean"] is not None
+    }
+    flat.update(
+        {f"gate/{g['name']}": float(g["status"] == "pass") for g in result["gates"] if g["status"] != "skipped"}
+    )
+    for row in (result["cost"] or {}).get("models", []):
+        model = row["model"].split()[0]
+        for key in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda", "peak_rss_increase_mb", "params"):
+            if row[key] is not None:
+                flat[f"cost/{model}/{key}"] = float(row[key])
+    return flat
+
+
+def log_to_loggers(
+    loggers: list[Logger], cfg: DictConfig, result: dict[str, Any], plot_files: list[Path], examples: list[tuple]
+) -> None:
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_metrics(flat_metrics(result), step=0)
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            run = logger.experiment
+            run.summary["verdict"] = result["verdict"]
+            media: dict[str, Any] = {f"plots/{p.stem}": wandb.Image(str(p)) for p in plot_files}
+            columns = ["utterance", "group", *result["metrics"]]
+            rows = [
+                [u["name"], group, *(scores.get(m) for m in result["metrics"])]
+                for u in result["utterances"]
+                for group, scores in u["scores"].items()
+            ]
+            media["eval/utterances"] = wandb.Table(columns=columns, data=rows)
+            for index, (name, _, wavs) in enumerate(examples):
+                for system, wav in wavs.items():
+                    media[f"audio/{index}_{system}"] = wandb.Audio(wav.numpy(), sample_rate=SAMPLE_RATE, caption=name)
+            run.log(media)
+            run.finish()
+        else:
+            logger.finalize("success")

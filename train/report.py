@@ -1,0 +1,283 @@
+"""The evaluation report: per-utterance scores, summaries with 95 % intervals, quality gates,
+the cost table; written as JSON (schema: ``train/report_schema.json``) and as Markdown.
+
+Scores are grouped by what was compared. Paired groups, ``<estimate>_vs_<reference>``:
+``student_vs_teacher`` (distillation fidelity), ``student_vs_audio`` and ``teacher_vs_audio``
+(against the ground truth). No-reference groups: ``student``, ``teacher``, ``audio``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from scipy import stats
+
+from train.metrics import NO_REFERENCE, PAIRED
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
+PAIRED_GROUPS = ("student_vs_teacher", "student_vs_audio", "teacher_vs_audio")
+SYSTEMS = ("student", "teacher", "audio")
+GROUPS = PAIRED_GROUPS + SYSTEMS
+
+
+def summarise(values: Iterable[float]) -> dict[str, Any]:
+    """Mean and a 95 % Student-t interval of the finite values; ``nan`` counts the rest.
+
+    Undefined figures (no values; an interval from one value) are ``None`` in the report.
+    """
+    values = list(values)
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(finite)
+    mean = sum(finite) / n if n else None
+    low = high = None
+    if n > 1:
+        sd = stats.tstd(finite)
+        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+        low, high = mean - half, mean + half
+    return {"mean": mean, "ci95": [low, high], "n": n, "nan": len(values) - n}
+
+
+def summarise_groups(utterances: list[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``summary[group][metric]`` over every utterance that has the group."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for group in GROUPS:
+        rows = [u["scores"][group] for u in utterances if group in u["scores"]]
+        if rows:
+            metrics = list(dict.fromkeys(m for row in rows for m in row))
+            summary[group] = {m: summarise(row.get(m, math.nan) for row in rows) for m in metrics}
+    return summary
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Pass when the mean of ``metric`` in ``comparison`` is above ``above`` / below ``below``."""
+
+    name: str
+    metric: str
+    comparison: str = "student_vs_teacher"
+    above: float | None = None
+    below: float | None = None
+
+    def __post_init__(self) -> None:
+        where = f"gates.{self.name}"
+        known = PAIRED if self.comparison in PAIRED_GROUPS else NO_REFERENCE
+        if self.comparison not in GROUPS:
+            raise ValueError(f"{where}.comparison={self.comparison!r}: choose one of {', '.join(GROUPS)}")
+        if self.metric not in known:
+            raise ValueError(f"{where}.metric={self.metric!r} is not a {self.comparison} metric: {', '.join(known)}")
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"{where}: set exactly one of `above` and `below`")
+
+    @property
+    def condition(self) -> str:
+        return f"> {self.above:g}" if self.above is not None else f"< {self.below:g}"
+
+    def check(self, summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+        stat = summary.get(self.comparison, {}).get(self.metric)
+        value = None if stat is None else stat["mean"]
+        result = {
+            "name": self.name,
+            "metric": self.metric,
+            "comparison": self.comparison,
+            "condition": self.condition,
+            "value": value,
+            "status": "skipped",
+            "reason": None,
+        }
+        if value is None:
+            result["reason"] = (
+                f"no {self.comparison} scores" if stat is None else f"{self.metric} is NaN on every utterance"
+            )
+        elif self.above is not None:
+            result["status"] = "pass" if value > self.above else "fail"
+        else:
+            result["status"] = "pass" if value < self.below else "fail"
+        return result
+
+
+def build_gates(config: Mapping[str, Mapping[str, Any]] | None) -> list[Gate]:
+    """Gates from ``{name: {metric, comparison, above | below}}``; ``null`` entries are dropped."""
+    gates = []
+    for name, spec in (config or {}).items():
+        if spec is None:
+            continue
+        unknown = set(spec) - {"metric", "comparison", "above", "below"}
+        if unknown or "metric" not in spec:
+            raise ValueError(f"gates.{name}: expected keys metric, comparison, above|below; got {sorted(spec)}")
+        gates.append(Gate(name=name, **dict(spec)))
+    return gates
+
+
+def verdict(results: list[Mapping[str, Any]]) -> str:
+    """``fail`` if any gate failed, ``incomplete`` if some could not be checked, else ``pass``."""
+    statuses = {r["status"] for r in results}
+    return "fail" if "fail" in statuses else "incomplete" if "skipped" in statuses or not results else "pass"
+
+
+def metric_definitions() -> dict[str, dict[str, Any]]:
+    return {
+        name: {
+            "unit": info.unit,
+            "higher_is_better": info.higher_is_better,
+            "sample_rate": info.sample_rate,
+            "description": info.description,
+        }
+        for name, info in {**PAIRED, **NO_REFERENCE}.items()
+    }
+
+
+# -- reading and writing ------------------------------------------------------------------
+def _finite(obj: Any) -> Any:
+    """NaN and inf become ``null``: strict JSON has no NaN."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def validate(report: Mapping[str, Any], source: str = "report") -> None:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    try:
+        jsonschema.validate(report, schema)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path) or "top level"
+        raise ValueError(
+            f"{source}: not a schema-{SCHEMA_VERSION} evaluation report at {where}: {err.message}"
+        ) from None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: Mapping[str, Any], path: Path) -> Path:
+    """Validate, then write ``report.json`` atomically (NaN as ``null``)."""
+    report = _finite(report)
+    validate(report, str(path))
+    atomic_write(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """Load and validate a report written by :func:`write_report`."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read an evaluation report: {err}") from err
+    validate(report, str(path))
+    return report
+
+
+# -- Markdown -------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def _stat(stat: Mapping[str, Any] | None) -> str:
+    if stat is None or stat["mean"] is None:
+        return "–"
+    low, high = stat["ci95"]
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+    return f"{stat['mean']:.3f}{interval}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cost_table(rows: list[Mapping[str, Any]]) -> str:
+    chunks = list(rows[0]["first_chunk_ms_cpu"]) if rows else []
+    header = ["model", "params", "weights bytes", "s/s CPU 1 thread", "s/s CPU all threads", "s/s CUDA"]
+    header += ["peak RSS +MB", "CUDA peak MB"] + [f"first {n} frames, ms" for n in chunks]
+    body = []
+    for row in rows:
+        latency = row["first_chunk_ms_cuda"] or row["first_chunk_ms_cpu"]
+        cells = [row["model"], _fmt(row["params"]), _fmt(row["weights_bytes"])]
+        cells += [_fmt(row[k], 4) for k in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda")]
+        cells += [_fmt(row["peak_rss_increase_mb"], 1), _fmt(row["cuda_peak_allocated_mb"], 1)]
+        cells += [_fmt(latency.get(n), 1) for n in chunks]
+        body.append(cells)
+    return table(header, body)
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    ckpt, data = report["checkpoint"], report["data"]
+    lines = [
+        f"# Evaluation: {Path(ckpt['path']).name}",
+        "",
+        f"- checkpoint: `{ckpt['path']}` (sha256 {ckpt['sha256'][:12]}, {ckpt['params']:,} parameters)",
+        f"- teacher: {report['teacher']['status']}"
+        + (f" ({report['teacher']['reason']})" if report["teacher"]["reason"] else ""),
+        f"- data: {', '.join(data['sources'])}, split `{data['split']}`: "
+        f"{data['utterances']} utterances, {data['seconds']:.1f} s",
+        f"- verdict: **{report['verdict']}**",
+        "",
+        "## Gates",
+        "",
+    ]
+    lines.append(
+        table(
+            ["gate", "metric", "comparison", "condition", "value", "status"],
+            [
+                [g["name"], g["metric"], g["comparison"], g["condition"], _fmt(g["value"])]
+                + [g["status"] + (f" ({g['reason']})" if g["reason"] else "")]
+                for g in report["gates"]
+            ],
+        )
+    )
+    summary = report["summary"]
+    paired = [g for g in PAIRED_GROUPS if g in summary]
+    if paired:
+        lines += ["", "## Quality: mean [95 % interval]", ""]
+        rows = [
+            [f"{m} ({PAIRED[m].unit})" if PAIRED[m].unit else m] + [_stat(summary[g].get(m)) for g in paired]
+            for m in PAIRED
+            if any(m in summary[g] for g in paired)
+        ]
+        lines.append(table(["metric", *paired], rows))
+    systems = [s for s in SYSTEMS if s in summary]
+    if systems:
+        lines += ["", "## Naturalness (no reference): mean [95 % interval]", ""]
+        rows = [[m] + [_stat(summary[s].get(m)) for s in systems] for m in NO_REFERENCE]
+        lines.append(table(["metric", *systems], rows))
+    if report["cost"]:
+        cost = report["cost"]
+        lines += [
+            "",
+            f"## Cost: {cost['audio_seconds']:.1f} s of audio, s/s = seconds of compute per second of audio",
+            "",
+            cost_table(cost["models"]),
+            "",
+            f"Device: {cost['device']}. First-chunk latency is compute time on "
+            f"{'CUDA' if cost['models'][0]['first_chunk_ms_cuda'] else 'CPU (all threads)'}.",
+        ]
+    return "\n".join(lines) + "\n"
