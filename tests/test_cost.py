@@ -27,10 +27,12 @@ def test_weights_bytes_is_the_safetensors_file_size():
     assert 4 * 1010 < size < 4 * 1010 + 1024  # tensors plus a small JSON header
 
 
-def test_peak_rss_increase_sees_what_a_call_allocates():
+def test_peak_rss_is_measured_in_a_fresh_process_and_sees_what_a_call_allocates():
     mel = torch.zeros(1, 80, 10)
-    assert cost.peak_rss_increase_mb(Hungry(200), mel) == pytest.approx(200, abs=25)
-    assert cost.peak_rss_increase_mb(Hungry(1), mel) < 25
+    peak, added = cost.peak_rss_mb(Hungry(200), mel)
+    assert added == pytest.approx(200, abs=25)
+    assert peak > added + 50  # the interpreter, torch and the model come first
+    assert cost.peak_rss_mb(Hungry(1), mel)[1] < 25
 
 
 def test_profile_reports_every_figure_and_restores_threads():
@@ -42,6 +44,7 @@ def test_profile_reports_every_figure_and_restores_threads():
     assert row["params"] == sum(p.numel() for p in student.parameters())
     assert row["weights_bytes"] >= 4 * row["params"]
     assert row["rtf_cpu_1_thread"] > 0 and row["rtf_cpu_all_threads"] > 0
+    assert row["peak_rss_mb"] > row["peak_rss_increase_mb"] >= 0
     assert set(row["first_chunk_ms_cpu"]) == {"5", "10"} and all(v > 0 for v in row["first_chunk_ms_cpu"].values())
     assert row["rtf_cuda"] is None and row["first_chunk_ms_cuda"] is None
 

@@ -1,5 +1,6 @@
 import json
 import math
+import pickle
 
 import pytest
 import torch
@@ -44,6 +45,8 @@ def test_folding_weight_norm_keeps_the_output(io):
     with torch.no_grad():
         wav = model.decode(io["mel"], io["source"])
     assert (wav - io["wav"]).abs().max().item() <= 1e-4
+    copy = pickle.loads(pickle.dumps(model))  # no weight-norm hooks left behind (cost.py pickles it)
+    torch.testing.assert_close(copy.decode(io["mel"], io["source"]), wav)
 
 
 def test_full_size_layout_matches_manifest():

@@ -1,4 +1,4 @@
-"""Cost benchmark: ``python -m train.bench [--seconds 10] [--repeats 3] [--train-steps 5]``.
+"""Cost benchmark: ``python -m train.bench [--seconds 10] [--repeats 3] [--train-steps 20]``.
 
 1. Inference, teacher and student side by side in one run, on the same mel: parameters,
    weight-file bytes, seconds of compute per second of audio on this CPU (1 thread and all
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length to vocode")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median)")
     parser.add_argument("--chunk-frames", type=int, nargs="+", default=[10, 25, 50], help="streaming chunk sizes")
-    parser.add_argument("--train-steps", type=int, default=5, help="timed training steps (0: skip)")
+    parser.add_argument("--train-steps", type=int, default=20, help="timed training steps (0: skip)")
     parser.add_argument(
         "--train-config", nargs="*", default=["experiment=finetune"], help="Hydra overrides of the training run"
     )

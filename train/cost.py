@@ -7,8 +7,8 @@ Timings on shared machines are noisy: compare rows of one run and quote ratios.
 
 from __future__ import annotations
 
-import ctypes
 import gc
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -98,32 +98,34 @@ def _proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _release_free_heap() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim``); a no-op elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+def _measure_rss_in_this_process(model_path: str, mel_path: str) -> tuple[float, float]:
+    """(peak RSS in MiB, its increase over the RSS before the call) for one call of a saved model."""
+    model = torch.load(model_path, weights_only=False)
+    mel = torch.load(mel_path)
+    gc.collect()
+    before = _proc_status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
+    with torch.inference_mode():
+        model(mel)
+    peak = _proc_status_kib("VmHWM")
+    return peak / 1024, (peak - before) / 1024
 
 
-def peak_rss_increase_mb(model: nn.Module, mel: Tensor) -> float | None:
-    """Peak resident memory added by one CPU call (activations and workspace, not weights).
+def peak_rss_mb(model: nn.Module, mel: Tensor) -> tuple[float, float] | tuple[None, None]:
+    """Peak resident memory of a fresh process that loads ``model`` and vocodes ``mel`` once
+    (torch, weights and activations), and how much of it the call itself added.
 
-    Linux only (resets the kernel's high-water mark through ``/proc/self/clear_refs``);
-    ``None`` elsewhere.
+    A fresh process, because in a long-lived one freed pages stay resident and later calls
+    reuse them. Linux only (``/proc/self/status``); ``(None, None)`` elsewhere.
     """
     if not sys.platform.startswith("linux"):
-        return None
-    gc.collect()
-    _release_free_heap()  # or this call would reuse pages an earlier, larger one left resident
-    try:
-        before = _proc_status_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    except OSError:
-        return None
-    with torch.inference_mode():
-        model(mel.to(_device_of(model)))
-    return (_proc_status_kib("VmHWM") - before) / 1024
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path, mel_path = Path(tmp) / "model.pt", Path(tmp) / "mel.pt"
+        torch.save(model, model_path)
+        torch.save(mel.cpu(), mel_path)
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_measure_rss_in_this_process, (str(model_path), str(mel_path)))
 
 
 def cuda_peak_mb(model: nn.Module, mel: Tensor) -> float:
@@ -157,7 +159,7 @@ def profile(
     with threads(1):
         row["rtf_cpu_1_thread"] = seconds_per_second(model, mel, repeats)
     row["rtf_cpu_all_threads"] = seconds_per_second(model, mel, repeats)
-    row["peak_rss_increase_mb"] = peak_rss_increase_mb(model, mel)
+    row["peak_rss_mb"], row["peak_rss_increase_mb"] = peak_rss_mb(model, mel)
     row["first_chunk_ms_cpu"] = first_chunk_ms(model, mel, chunk_frames, repeats)
     row.update(rtf_cuda=None, cuda_peak_allocated_mb=None, first_chunk_ms_cuda=None)
     if cuda:

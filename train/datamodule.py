@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from train.files import atomic_write
 from train.hift import HiFTGenerator
 from train.mel import HOP_LENGTH, N_MELS, S3GenMel
 from train.teacher import synthesize
@@ -52,18 +51,7 @@ class TensorCache:
         return torch.load(self.path(kind, key), map_location="cpu", weights_only=True)
 
     def save(self, kind: str, key: str, entry: dict[str, Tensor]) -> None:
-        target = self.path(kind, key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(entry, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path(kind, key), lambda f: torch.save(entry, f))
 
 
 @dataclass(frozen=True)

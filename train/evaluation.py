@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from train import cost, plots, report
 from train.config import resolve_device
+from train.files import atomic_write_text
 from train.hift import HiFTGenerator
 from train.hub import WeightsUnavailableError
 from train.mel import HOP_LENGTH, SAMPLE_RATE
@@ -196,7 +197,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     report.write_report(result, out / "report.json")
     result = report.read_report(out / "report.json")  # what was written, NaN as None
     markdown = report.to_markdown(result)
-    report.atomic_write(out / "summary.md", markdown)
+    atomic_write_text(out / "summary.md", markdown)
     log.info("evaluation report: %s\n%s", out / "report.json", markdown)
     log_to_loggers(instantiate_dict(cfg.get("logger")), cfg, result, plot_files, examples)
     return result
@@ -230,7 +231,7 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
     )
     for row in (result["cost"] or {}).get("models", []):
         model = row["model"].split()[0]
-        for key in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda", "peak_rss_increase_mb", "params"):
+        for key in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda", "peak_rss_mb", "params"):
             if row[key] is not None:
                 flat[f"cost/{model}/{key}"] = float(row[key])
     return flat

@@ -280,4 +280,9 @@ class HiFTGenerator(nn.Module):
         for module in self.modules():
             if is_parametrized(module, "weight"):
                 remove_parametrizations(module, "weight", leave_parametrized=True)
+                # weight_norm also left a load hook that maps weight_g/weight_v keys onto the
+                # parametrization; with that gone it is stale (and a local function: unpicklable).
+                for key, hook in list(module._load_state_dict_pre_hooks.items()):
+                    if getattr(getattr(hook, "hook", hook), "__name__", "") == "_weight_norm_compat_hook":
+                        del module._load_state_dict_pre_hooks[key]
         return self

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import jsonschema
 from scipy import stats
 
+from train.files import atomic_write_text
 from train.metrics import NO_REFERENCE, PAIRED
 
 SCHEMA_VERSION = 1
@@ -158,25 +157,11 @@ def validate(report: Mapping[str, Any], source: str = "report") -> None:
         ) from None
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: Mapping[str, Any], path: Path) -> Path:
     """Validate, then write ``report.json`` atomically (NaN as ``null``)."""
     report = _finite(report)
     validate(report, str(path))
-    atomic_write(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -217,13 +202,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def cost_table(rows: list[Mapping[str, Any]]) -> str:
     chunks = list(rows[0]["first_chunk_ms_cpu"]) if rows else []
     header = ["model", "params", "weights bytes", "s/s CPU 1 thread", "s/s CPU all threads", "s/s CUDA"]
-    header += ["peak RSS +MB", "CUDA peak MB"] + [f"first {n} frames, ms" for n in chunks]
+    header += ["peak RSS MB (call +MB)", "CUDA peak MB"] + [f"first {n} frames, ms" for n in chunks]
     body = []
     for row in rows:
         latency = row["first_chunk_ms_cuda"] or row["first_chunk_ms_cpu"]
         cells = [row["model"], _fmt(row["params"]), _fmt(row["weights_bytes"])]
         cells += [_fmt(row[k], 4) for k in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda")]
-        cells += [_fmt(row["peak_rss_increase_mb"], 1), _fmt(row["cuda_peak_allocated_mb"], 1)]
+        rss = _fmt(row["peak_rss_mb"], 0) + (f" (+{row['peak_rss_increase_mb']:.0f})" if row["peak_rss_mb"] else "")
+        cells += [rss, _fmt(row["cuda_peak_allocated_mb"], 1)]
         cells += [_fmt(latency.get(n), 1) for n in chunks]
         body.append(cells)
     return table(header, body)
