@@ -126,3 +126,8 @@ def test_undefined_metrics_are_nan_with_a_warning_naming_the_utterance(metrics):
     with pytest.warns(MetricWarning, match="blip.wav: DNSMOS failed.*shorter than 0.25 s"):
         assert all(math.isnan(v) for v in metrics.no_reference(blip, "blip.wav").values())
     assert set(metrics.no_reference(metrics.analyse(torch.zeros(8000), 16_000))) == set(NO_REFERENCE)
+
+    click = metrics.analyse(torch.full((320,), 0.1), 16_000)  # 20 ms: too short for almost everything
+    with pytest.warns(MetricWarning, match="click.wav: stoi failed"):
+        scores = metrics.paired(click, click, "click.wav")
+    assert math.isnan(scores["pesq_wb"]) and math.isnan(scores["stoi"]) and math.isnan(scores["mel_distance_db"])

@@ -248,16 +248,18 @@ class QualityMetrics:
             return {}
         try:
             return dict(signal.dnsmos)
-        except MetricError as err:
-            warnings.warn(f"{name}: DNSMOS failed ({err}); recorded NaN", MetricWarning, stacklevel=2)
+        except Exception as err:  # as in _safely
+            reason = str(err) if isinstance(err, MetricError) else f"{type(err).__name__}: {err}"
+            warnings.warn(f"{name}: DNSMOS failed ({reason}); recorded NaN", MetricWarning, stacklevel=2)
             return dict.fromkeys(NO_REFERENCE, math.nan)
 
     @staticmethod
     def _safely(metric: str, name: str, fn: Callable[[], float]) -> float:
         try:
             value = float(fn())
-        except MetricError as err:
-            warnings.warn(f"{name}: {metric} failed ({err}); recorded NaN", MetricWarning, stacklevel=3)
+        except Exception as err:  # one metric failing on one utterance must not end the evaluation
+            reason = str(err) if isinstance(err, MetricError) else f"{type(err).__name__}: {err}"
+            warnings.warn(f"{name}: {metric} failed ({reason}); recorded NaN", MetricWarning, stacklevel=3)
             return math.nan
         return value
 
