@@ -94,7 +94,10 @@ def test_report_round_trips_through_json_with_nan_as_null(tmp_path):
     assert back["summary"]["student_vs_teacher"]["stoi"] == {"mean": 0.9, "ci95": [None, None], "n": 1, "nan": 1}
     assert back["gates"][0]["status"] == "pass" and back["verdict"] == "pass"
     assert list(back) == list(minimal_report())  # key order is part of the format
-    assert "| pesq | pesq_wb | student_vs_teacher | > 3.5 | 3.700 | pass |" in report.to_markdown(back)
+    markdown = report.to_markdown(back)
+    assert "| pesq | pesq_wb | student_vs_teacher | > 3.5 | 3.700 | pass |" in markdown
+    assert "- teacher: loaded, weights abc, seed 0" in markdown
+    assert "| pesq_wb (MOS-LQO) | 3.700 [2.429, 4.971] |" in markdown  # mean [95 % interval]
     assert not list(tmp_path.glob(".*tmp"))
 
 

@@ -216,13 +216,14 @@ def cost_table(rows: list[Mapping[str, Any]]) -> str:
 
 
 def to_markdown(report: Mapping[str, Any]) -> str:
-    ckpt, data = report["checkpoint"], report["data"]
+    ckpt, data, teacher = report["checkpoint"], report["data"], report["teacher"]
     lines = [
         f"# Evaluation: {Path(ckpt['path']).name}",
         "",
         f"- checkpoint: `{ckpt['path']}` (sha256 {ckpt['sha256'][:12]}, {ckpt['params']:,} parameters)",
-        f"- teacher: {report['teacher']['status']}"
-        + (f" ({report['teacher']['reason']})" if report["teacher"]["reason"] else ""),
+        f"- teacher: {teacher['status']}"
+        + (f", weights {teacher['weights_id']}, seed {teacher['seed']}" if teacher["weights_id"] else "")
+        + (f" ({teacher['reason']})" if teacher["reason"] else ""),
         f"- data: {', '.join(data['sources'])}, split `{data['split']}`: "
         f"{data['utterances']} utterances, {data['seconds']:.1f} s",
         f"- verdict: **{report['verdict']}**",
