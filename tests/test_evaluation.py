@@ -122,11 +122,7 @@ def test_checkpoint_discovery(tmp_path):
 
 
 @pytest.mark.slow
-def test_wandb_gets_figures_table_and_audio(tmp_path, workspace, monkeypatch):
-    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_wandb_gets_figures_table_and_audio(tmp_path, workspace, wandb_offline):
     args = [*overrides(workspace), "logger=wandb", "cost=null", "plots.mel_examples=1"]
     evaluate(compose([*args, f"checkpoint={workspace['ckpt']}"], tmp_path, "evaluate"))
     runs = list((tmp_path / "run").rglob("offline-run-*"))

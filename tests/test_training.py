@@ -180,11 +180,7 @@ def test_tiny_student_overfits_one_clip(tmp_path):
 
 
 @pytest.mark.slow
-def test_wandb_offline_run_holds_scalars_and_audio(tmp_path, clips, monkeypatch):
-    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_wandb_offline_run_holds_scalars_and_audio(tmp_path, clips, wandb_offline):
     cfg = tiny_run(tmp_path, clips, "wb", "logger=wandb", "trainer.max_steps=2", "trainer.val_check_interval=2")
     fit(cfg)
     import wandb

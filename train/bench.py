@@ -18,33 +18,26 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
 import torch
 from lightning.pytorch import Callback, LightningDataModule
-from torch import nn
 from torch.utils.data import DataLoader
 
-from train.cost import profile
-from train.hift import HiFTGenerator
+from train.cost import compare, stand_in_teacher
 from train.mel import HOP_LENGTH, SAMPLE_RATE
 from train.report import cost_table, table
 from train.student import build_student
 
-MODELS: dict[str, Callable[[], nn.Module]] = {
-    "teacher (HiFT)": lambda: HiFTGenerator().fold_weight_norm().eval().requires_grad_(False),
-    "student (Vocos)": lambda: build_student().eval().requires_grad_(False),
-}
-
 
 def run(seconds: float = 10.0, repeats: int = 3, chunk_frames: tuple[int, ...] = (10, 25, 50)) -> list[dict]:
-    """One cost row per model in :data:`MODELS`, all on the same mel."""
+    """Cost rows of the teacher and the student, both at full size with random weights, on one mel."""
     torch.manual_seed(0)
     mel = torch.randn(1, 80, int(seconds * SAMPLE_RATE / HOP_LENGTH)) - 5.0
-    return [
-        {"model": name, "weights": "random", **profile(build(), mel, chunk_frames, repeats)}
-        for name, build in MODELS.items()
+    models = [
+        ("teacher (HiFT)", stand_in_teacher(), "random"),
+        ("student (Vocos)", build_student().eval().requires_grad_(False), "random"),
     ]
+    return compare(models, mel, chunk_frames, repeats)["models"]
 
 
 class StepTimer(Callback):

@@ -13,13 +13,15 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from train.hift import HiFTGenerator
 from train.mel import HOP_LENGTH, SAMPLE_RATE
 
 MIB = 2**20
@@ -48,19 +50,16 @@ def time_call(fn: Callable[[], object], repeats: int, synchronize: Callable[[], 
     return statistics.median(times)
 
 
-class threads:  # noqa: N801  (used like a function: `with threads(1): ...`)
+@contextmanager
+def threads(n: int | None) -> Iterator[None]:
     """Run a block with ``torch.set_num_threads(n)``, restoring the previous count after."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-
-    def __enter__(self) -> None:
-        self.previous = torch.get_num_threads()
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.previous)
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -170,3 +169,32 @@ def profile(
         torch.cuda.empty_cache()
     model.to(home)
     return row
+
+
+def stand_in_teacher() -> HiFTGenerator:
+    """Chatterbox's HiFT architecture with random weights, folded as it runs: its cost without
+    its weights (cost does not depend on weight values)."""
+    return HiFTGenerator().fold_weight_norm().eval().requires_grad_(False)
+
+
+def compare(
+    models: Sequence[tuple[str, nn.Module, str]],
+    mel: Tensor,
+    chunk_frames: Sequence[int] = (10, 25, 50),
+    repeats: int = 3,
+    cuda: bool | None = None,
+) -> dict:
+    """:func:`profile` each ``(name, model, where its weights came from)`` on the same mel."""
+    rows = []
+    for name, model, weights in models:
+        dtype = next(model.parameters()).dtype
+        rows.append({"model": name, "weights": weights, **profile(model, mel.to(dtype), chunk_frames, repeats, cuda)})
+    device = f"CPU, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available() and cuda is not False:
+        device += f"; CUDA: {torch.cuda.get_device_name()}"
+    return {
+        "device": device,
+        "audio_seconds": mel.shape[-1] * HOP_LENGTH / SAMPLE_RATE,
+        "chunk_frames": list(chunk_frames),
+        "models": rows,
+    }

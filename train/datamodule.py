@@ -306,9 +306,13 @@ class VocoderDataModule(LightningDataModule):
                 f"({len(self.skipped)} skipped, see the warnings above)"
             )
 
+    @property
+    def sources(self) -> list[str]:
+        """The folders read: audio folders, then the mel folder."""
+        return [str(d) for d in self.audio_dirs] + ([str(self.mel_dir)] if self.mel_dir else [])
+
     def _describe_sources(self) -> str:
-        sources = [str(d) for d in self.audio_dirs] + ([str(self.mel_dir)] if self.mel_dir else [])
-        return ", ".join(sources)
+        return ", ".join(self.sources)
 
     # -- split and loaders ------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

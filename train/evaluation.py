@@ -106,28 +106,14 @@ def cost_mel(mels: list[Tensor], seconds: float) -> Tensor:
 def measure_cost(
     student: nn.Module, teacher: HiFTGenerator | None, mel: Tensor, settings: DictConfig
 ) -> dict[str, Any]:
-    """Teacher and student on the same mel. Without a loaded teacher, Chatterbox's HiFT
-    architecture with random weights stands in (cost does not depend on weight values)."""
+    """Teacher and student side by side on the same mel; without a loaded teacher, its
+    architecture with random weights stands in."""
     if teacher is None:
-        teacher_model: nn.Module = HiFTGenerator().fold_weight_norm().eval().requires_grad_(False)
-        origin = "random weights, Chatterbox's HiFT architecture"
+        teacher_row = ("teacher (HiFT)", cost.stand_in_teacher(), "random weights, Chatterbox's HiFT architecture")
     else:
-        teacher_model, origin = teacher, f"loaded ({getattr(teacher, 'weights_id', '?')})"
-    rows = []
-    for name, model, weights in (("teacher (HiFT)", teacher_model, origin), ("student (Vocos)", student, "checkpoint")):
-        log.info("measuring the cost of the %s", name)
-        dtype = next(model.parameters()).dtype
-        row = cost.profile(model, mel.to(dtype), settings.chunk_frames, settings.repeats, settings.get("cuda"))
-        rows.append({"model": name, "weights": weights, **row})
-    device = f"CPU, {torch.get_num_threads()} threads"
-    if torch.cuda.is_available() and settings.get("cuda") is not False:
-        device += f"; CUDA: {torch.cuda.get_device_name()}"
-    return {
-        "device": device,
-        "audio_seconds": mel.shape[-1] * HOP_LENGTH / SAMPLE_RATE,
-        "chunk_frames": list(settings.chunk_frames),
-        "models": rows,
-    }
+        teacher_row = ("teacher (HiFT)", teacher, f"loaded ({getattr(teacher, 'weights_id', '?')})")
+    models = [teacher_row, ("student (Vocos)", student, "checkpoint")]
+    return cost.compare(models, mel, settings.chunk_frames, settings.repeats, settings.get("cuda"))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -165,7 +151,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     summary = report.summarise_groups(utterances)
     gate_results = [gate.check(summary) for gate in gates]
-    cost_section = measure_cost(student, teacher, cost_mel(mels, cfg.cost.seconds), cfg.cost) if cfg.cost else None
+    cost_section = None
+    if cfg.cost:
+        log.info("measuring the cost of teacher and student on %.1f s of mels", cfg.cost.seconds)
+        cost_section = measure_cost(student, teacher, cost_mel(mels, cfg.cost.seconds), cfg.cost)
 
     plot_files = write_plots(out / "plots", utterances, examples)
     result = {
@@ -179,8 +168,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         },
         "teacher": {**teacher_info, "seed": cfg.data.teacher_seed},
         "data": {
-            "sources": [str(d) for d in datamodule.audio_dirs]
-            + ([str(datamodule.mel_dir)] if datamodule.mel_dir else []),
+            "sources": datamodule.sources,
             "split": cfg.split,
             "utterances": len(utterances),
             "seconds": sum(u["seconds"] for u in utterances),
@@ -194,8 +182,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "cost": cost_section,
         "files": {"summary": "summary.md", "plots": [str(p.relative_to(out)) for p in plot_files]},
     }
+    result = report.without_nan(result)  # as written: NaN is null in JSON
     report.write_report(result, out / "report.json")
-    result = report.read_report(out / "report.json")  # what was written, NaN as None
     markdown = report.to_markdown(result)
     atomic_write_text(out / "summary.md", markdown)
     log.info("evaluation report: %s\n%s", out / "report.json", markdown)

@@ -249,8 +249,7 @@ class QualityMetrics:
         try:
             return dict(signal.dnsmos)
         except Exception as err:  # as in _safely
-            reason = str(err) if isinstance(err, MetricError) else f"{type(err).__name__}: {err}"
-            warnings.warn(f"{name}: DNSMOS failed ({reason}); recorded NaN", MetricWarning, stacklevel=2)
+            _warn_failed(name, "DNSMOS", err)
             return dict.fromkeys(NO_REFERENCE, math.nan)
 
     @staticmethod
@@ -258,8 +257,7 @@ class QualityMetrics:
         try:
             value = float(fn())
         except Exception as err:  # one metric failing on one utterance must not end the evaluation
-            reason = str(err) if isinstance(err, MetricError) else f"{type(err).__name__}: {err}"
-            warnings.warn(f"{name}: {metric} failed ({reason}); recorded NaN", MetricWarning, stacklevel=3)
+            _warn_failed(name, metric, err)
             return math.nan
         return value
 
@@ -308,6 +306,11 @@ class QualityMetrics:
         # DNSMOS takes samples in [-1, 1], as a 16-bit file would hold them.
         scores = dnsmos.run(np.clip(wav16, -1.0, 1.0).astype(np.float32), PITCH_RATE)
         return {f"dnsmos_{k.removesuffix('_mos')}": float(v) for k, v in scores.items()}
+
+
+def _warn_failed(name: str, metric: str, err: Exception) -> None:
+    reason = str(err) if isinstance(err, MetricError) else f"{type(err).__name__}: {err}"
+    warnings.warn(f"{name}: {metric} failed ({reason}); recorded NaN", MetricWarning, stacklevel=4)
 
 
 # -- full-reference metrics (estimate, reference) -> float ------------------------------

@@ -135,14 +135,14 @@ def metric_definitions() -> dict[str, dict[str, Any]]:
 
 
 # -- reading and writing ------------------------------------------------------------------
-def _finite(obj: Any) -> Any:
+def without_nan(obj: Any) -> Any:
     """NaN and inf become ``null``: strict JSON has no NaN."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Mapping):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: without_nan(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [without_nan(v) for v in obj]
     return obj
 
 
@@ -159,7 +159,7 @@ def validate(report: Mapping[str, Any], source: str = "report") -> None:
 
 def write_report(report: Mapping[str, Any], path: Path) -> Path:
     """Validate, then write ``report.json`` atomically (NaN as ``null``)."""
-    report = _finite(report)
+    report = without_nan(report)
     validate(report, str(path))
     atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     return path
