@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from train.hift import HiFTGenerator
+from train.s3gen.hift import HiFTGenerator
 
 KIT = Path(__file__).parent / "fixtures" / "conformance"
 SMALL_WEIGHTS = KIT / "hift_small_weights.safetensors"
@@ -84,7 +84,7 @@ def compose(overrides: list[str], tmp_path: Path, config_name: str = "train"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import train.config  # noqa: F401  (resolvers)
+    import train.utils.config  # noqa: F401  (resolvers)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from train import cost
-from train.student import build_student
+from train.evaluation import cost
+from train.student.model import build_student
 
 
 class Hungry(nn.Module):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from helpers import small_config, write_clips
 
-import train.datamodule as datamodule_module
-from train.datamodule import SegmentSampler, TensorCache, VocoderDataModule
-from train.hift import HiFTGenerator
+import train.data.datamodule as datamodule_module
+from train.data.datamodule import SegmentSampler, TensorCache, VocoderDataModule
+from train.s3gen.hift import HiFTGenerator
 
 
 @pytest.fixture

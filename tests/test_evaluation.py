@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import REPO, compose, read_wandb_history, tiny_config, write_clips, write_s3gen_checkpoint
 
-from train.evaluation import evaluate, find_checkpoint
-from train.hift import HiFTGenerator
-from train.hub import WeightsUnavailableError
-from train.report import GROUPS, read_report
-from train.student import build_student
+from train.evaluation.pipeline import evaluate, find_checkpoint
+from train.evaluation.report import GROUPS, read_report
+from train.s3gen.hift import HiFTGenerator
+from train.student.model import build_student
+from train.utils.hub import WeightsUnavailableError
 
 
 @pytest.fixture

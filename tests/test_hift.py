@@ -7,8 +7,8 @@ import torch
 from helpers import KIT, SMALL_WEIGHTS, small_config
 from safetensors.torch import load_file
 
-from train.hift import HiFTGenerator, SourceModule
-from train.teacher import hift_state_dict, load_hift_weights
+from train.s3gen.hift import HiFTGenerator, SourceModule
+from train.s3gen.teacher import hift_state_dict, load_hift_weights
 
 
 @pytest.fixture(scope="module")

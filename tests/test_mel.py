@@ -4,7 +4,7 @@ import torchaudio
 from helpers import KIT
 from safetensors.torch import load_file
 
-from train.mel import S3GenMel
+from train.s3gen.mel import S3GenMel
 
 
 @pytest.fixture(scope="module")

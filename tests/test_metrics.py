@@ -9,7 +9,7 @@ import torch
 import torchaudio
 from helpers import CORPUS_CLIP
 
-from train.metrics import NO_REFERENCE, PAIRED, MetricWarning, QualityMetrics
+from train.evaluation.metrics import NO_REFERENCE, PAIRED, MetricWarning, QualityMetrics
 
 
 @pytest.fixture(scope="module")

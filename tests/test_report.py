@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from train import report
-from train.report import Gate, build_gates, read_report, summarise, verdict, write_report
+from train.evaluation import report
+from train.evaluation.report import Gate, build_gates, read_report, summarise, verdict, write_report
 
 
 def test_summary_is_mean_and_student_t_interval_of_the_finite_values():

@@ -3,8 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from train.hub import WeightsUnavailableError
-from train.student import (
+from train.student.model import (
     StudentCheckpointError,
     VocosStudent,
     build_student,
@@ -13,6 +12,7 @@ from train.student import (
     student_config,
     warm_start,
 )
+from train.utils.hub import WeightsUnavailableError
 
 
 @pytest.mark.parametrize("frames", [1, 8, 50])

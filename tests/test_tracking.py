@@ -1,6 +1,6 @@
 import pytest
 
-from train import tracking
+from train.utils import tracking
 
 
 @pytest.mark.parametrize(("logged_in", "mode"), [(True, "online"), (False, "offline")])

@@ -1,103 +1,19 @@
 """Cost benchmark: ``python -m train.bench [--seconds 10] [--repeats 3] [--train-steps 20]``.
 
-1. Inference, teacher and student side by side in one run, on the same mel: parameters,
-   weight-file bytes, seconds of compute per second of audio on this CPU (1 thread and all
-   threads) and on CUDA when there is one, peak memory, first-chunk latency
-   (:func:`train.cost.profile`), and the student's speed-up over the teacher.
-2. Training throughput (seconds of audio per second) of one step at the configured batch,
-   with the real data pipeline and with the same batches already in memory.
-
-Both models carry random weights at their full sizes (cost does not depend on the values);
-``train/evaluate.py`` reports the same table for a trained checkpoint. Timings on shared
-machines are noisy: compare the rows of one run, quote ratios.
+Teacher and student side by side in one run, on the same mel (inference cost), then the
+training step with the real data pipeline and with the same batches in memory. See
+:mod:`train.evaluation.benchmark`.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
 
 import torch
-from lightning.pytorch import Callback, LightningDataModule
-from torch.utils.data import DataLoader
 
-from train.cost import compare, stand_in_teacher
-from train.mel import HOP_LENGTH, SAMPLE_RATE
-from train.report import cost_table, table
-from train.student import build_student
-
-
-def run(seconds: float = 10.0, repeats: int = 3, chunk_frames: tuple[int, ...] = (10, 25, 50)) -> list[dict]:
-    """Cost rows of the teacher and the student, both at full size with random weights, on one mel."""
-    torch.manual_seed(0)
-    mel = torch.randn(1, 80, int(seconds * SAMPLE_RATE / HOP_LENGTH)) - 5.0
-    models = [
-        ("teacher (HiFT)", stand_in_teacher(), "random"),
-        ("student (Vocos)", build_student().eval().requires_grad_(False), "random"),
-    ]
-    return compare(models, mel, chunk_frames, repeats)["models"]
-
-
-class StepTimer(Callback):
-    """Wall-clock time between consecutive training batches: data fetch plus the step."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self.last: float | None = None
-
-    def on_train_batch_end(self, *args: object) -> None:
-        now = time.perf_counter()
-        if self.last is not None:
-            self.times.append(now - self.last)
-        self.last = now
-
-
-class InMemory(LightningDataModule):
-    """Serves batches that are already tensors in memory: the data-free baseline."""
-
-    def __init__(self, batches: list[dict]) -> None:
-        super().__init__()
-        self.batches = batches
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.batches, batch_size=None)
-
-
-def train_throughput(overrides: list[str], steps: int) -> list[dict]:
-    """Seconds of audio trained per second, real data pipeline vs the same batches in memory."""
-    from hydra import compose, initialize_config_dir
-
-    from train.config import REPO_ROOT
-    from train.pipeline import build
-
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        base = [
-            f"paths.output_dir={tmp}",
-            "~logger",
-            "callbacks.model_checkpoint=null",
-            "++trainer.enable_progress_bar=false",
-            "++trainer.enable_model_summary=false",
-            "++trainer.limit_val_batches=0",
-            f"trainer.max_steps={steps + 1}",
-        ]
-        cfg = compose("train", overrides=[*base, *overrides])
-        rows = []
-        for source in ("real data pipeline", "in-memory tensors"):
-            datamodule, module, trainer = build(cfg)
-            if source == "in-memory tensors":
-                datamodule.prepare_data()
-                datamodule.setup("fit")
-                loader = iter(datamodule.train_dataloader())
-                datamodule = InMemory([next(loader) for _ in range(min(steps + 1, len(loader)))] * (steps + 1))
-            timer = StepTimer()
-            trainer.callbacks.append(timer)
-            trainer.fit(module, datamodule=datamodule)
-            batch_seconds = cfg.data.batch_size * cfg.data.segment_frames * HOP_LENGTH / SAMPLE_RATE
-            step = statistics.median(timer.times)
-            rows.append({"data": source, "s_per_step": step, "audio_s_per_s": batch_seconds / step})
-        return rows
+from train.evaluation.benchmark import run
+from train.evaluation.report import cost_table, table
+from train.training.throughput import train_throughput
 
 
 def format_rows(rows: list[dict]) -> str:

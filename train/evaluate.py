@@ -3,21 +3,16 @@
 Writes report.json, summary.md and plots/ into checkpoints/runs/evaluate/<time>/.
 """
 
-import sys
-from pathlib import Path
+import hydra
+from omegaconf import DictConfig
 
-# As in fit.py: import the package from the repository root, not from train/ itself.
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from train.evaluation import evaluate  # noqa: E402
+import train.utils.config  # noqa: F401  (resolvers the configs use)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    from train.evaluation.pipeline import evaluate  # imported here so that --help answers at once
+
     evaluate(cfg)
 
 

@@ -36,8 +36,8 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from train.config import resolve_device
-from train.mel import SAMPLE_RATE, S3GenMel
+from train.s3gen.mel import SAMPLE_RATE, S3GenMel
+from train.utils.devices import resolve_device
 
 DB_PER_NEPER = 20 / math.log(10)  # natural-log amplitude difference -> dB
 MCD_SCALE = 10 / math.log(10) * math.sqrt(2)

@@ -8,40 +8,16 @@ from typing import Any
 
 import hydra
 import lightning
-from hydra.errors import InstantiationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from train import config  # noqa: F401  (registers the config resolvers)
-from train.hub import WeightsUnavailableError
+import train.utils.config  # noqa: F401  (resolvers the configs use)
+from train.utils.instantiate import instantiate_dict, instantiate_with_weights
 
 log = logging.getLogger(__name__)
 # Checkpoints hold the weights after each update, which is what we want.
 warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
-
-OFFLINE_HINT = (
-    "Without the Hugging Face Hub: `teacher.checkpoint=/path/to/s3gen.safetensors` gives a local teacher, "
-    "`student.init_from=null` starts the student from scratch, or `experiment=finetune` trains on "
-    "ground-truth audio with no teacher at all."
-)
-
-
-def instantiate_dict(nodes: DictConfig | None) -> list[Any]:
-    """Instantiate every non-null entry of a name -> config mapping (loggers, callbacks)."""
-    return [hydra.utils.instantiate(node) for node in (nodes or {}).values() if node is not None]
-
-
-def instantiate_with_weights(node: DictConfig) -> Any:
-    """Instantiate a node that downloads weights; unavailable weights end the run with the ways out."""
-    try:
-        return hydra.utils.instantiate(node)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, WeightsUnavailableError):
-            raise WeightsUnavailableError(f"{err.__cause__}\n{OFFLINE_HINT}") from None
-        if isinstance(err.__cause__, FileNotFoundError | ValueError):
-            raise err.__cause__ from None  # it names the file and the option already
-        raise
 
 
 def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:

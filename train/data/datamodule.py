@@ -22,10 +22,10 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from train.files import atomic_write
-from train.hift import HiFTGenerator
-from train.mel import HOP_LENGTH, N_MELS, S3GenMel
-from train.teacher import synthesize
+from train.s3gen.hift import HiFTGenerator
+from train.s3gen.mel import HOP_LENGTH, N_MELS, S3GenMel
+from train.s3gen.teacher import synthesize
+from train.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class VocoderDataModule(LightningDataModule):
             return None
         weights = getattr(self.teacher, "weights_id", None)
         if weights is None:
-            raise ValueError("data.teacher has no `weights_id`; load it with train.teacher.load_teacher")
+            raise ValueError("data.teacher has no `weights_id`; load it with train.s3gen.teacher.load_teacher")
         return hashlib.sha256(f"{utterance.key}:{weights}:{self.teacher_seed}".encode()).hexdigest()[:32]
 
     # -- preparation ----------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The evaluation report: per-utterance scores, summaries with 95 % intervals, quality gates,
-the cost table; written as JSON (schema: ``train/report_schema.json``) and as Markdown.
+the cost table; written as JSON (schema: ``train/evaluation/report_schema.json``) and as Markdown.
 
 Scores are grouped by what was compared. Paired groups, ``<estimate>_vs_<reference>``:
 ``student_vs_teacher`` (distillation fidelity), ``student_vs_audio`` and ``teacher_vs_audio``
@@ -18,8 +18,8 @@ from typing import Any
 import jsonschema
 from scipy import stats
 
-from train.files import atomic_write_text
-from train.metrics import NO_REFERENCE, PAIRED
+from train.evaluation.metrics import NO_REFERENCE, PAIRED
+from train.utils.files import atomic_write_text
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")

@@ -19,9 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
-from train.config import resolve_device
-from train.hift import HiFTGenerator
-from train.hub import fetch_file
+from train.s3gen.hift import HiFTGenerator
+from train.utils.devices import resolve_device
+from train.utils.hub import fetch_file
 
 PREFIX = "mel2wav."
 LOCAL_HINT = (

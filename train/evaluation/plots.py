@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from train.metrics import NO_REFERENCE, PAIRED  # noqa: E402
+from train.evaluation.metrics import NO_REFERENCE, PAIRED  # noqa: E402
 
 TITLES = {"audio": "ground truth", "teacher": "teacher (HiFT)", "student": "student (Vocos)"}
 LOG_MEL_RANGE = (-11.5, 2.0)  # S3Gen log-mel: floor ln(1e-5) up to loud speech

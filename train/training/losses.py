@@ -6,7 +6,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from train.mel import S3GenMel
+from train.s3gen.mel import S3GenMel
 
 
 class MultiResolutionMelLoss(nn.Module):

@@ -20,8 +20,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from vocos.loss import DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss
 
-from train.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, S3GenMelDistance
-from train.mel import SAMPLE_RATE
+from train.s3gen.mel import SAMPLE_RATE
+from train.training.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, S3GenMelDistance
 
 TARGETS = ("teacher", "audio")
 

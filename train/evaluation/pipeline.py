@@ -2,9 +2,9 @@
 
 1. Vocode every held-out mel with the student; score it against the teacher's waveform
    for the same mel (distillation fidelity) and against the ground-truth audio, and score
-   the teacher against the ground truth for scale (:mod:`train.metrics`).
+   the teacher against the ground truth for scale (:mod:`train.evaluation.metrics`).
 2. Summarise (mean, 95 % interval), check the quality gates, measure the cost of teacher
-   and student side by side on the same mel (:mod:`train.cost`).
+   and student side by side on the same mel (:mod:`train.evaluation.cost`).
 3. Write ``report.json``, ``summary.md`` and ``plots/`` into the run folder; log them to
    the configured loggers (W&B gets figures, a per-utterance table and audio).
 """
@@ -26,15 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from train import cost, plots, report
-from train.config import resolve_device
-from train.files import atomic_write_text
-from train.hift import HiFTGenerator
-from train.hub import WeightsUnavailableError
-from train.mel import HOP_LENGTH, SAMPLE_RATE
-from train.metrics import Analysis, QualityMetrics
-from train.pipeline import instantiate_dict, instantiate_with_weights
-from train.student import load_student
+from train.evaluation import cost, plots, report
+from train.evaluation.metrics import Analysis, QualityMetrics
+from train.s3gen.hift import HiFTGenerator
+from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
+from train.student.model import load_student
+from train.utils.devices import resolve_device
+from train.utils.files import atomic_write_text
+from train.utils.hub import WeightsUnavailableError
+from train.utils.instantiate import instantiate_dict, instantiate_with_weights
 
 log = logging.getLogger(__name__)
 TRAIN_HINT = "train one with `python train/fit.py experiment=finetune`, or pass checkpoint=/path/to/student.ckpt"

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 
-from train.hub import fetch_file
+from train.utils.hub import fetch_file
 
 log = logging.getLogger(__name__)
 INIT_HINT = (

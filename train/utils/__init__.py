@@ -1,0 +1,1 @@
+"""Shared utilities with no knowledge of vocoders: config resolvers, atomic files, the Hub, tracking."""

@@ -1,0 +1,34 @@
+"""Turning config nodes into objects, with errors that name the option at fault."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+from train.utils.hub import WeightsUnavailableError
+
+OFFLINE_HINT = (
+    "Without the Hugging Face Hub: `teacher.checkpoint=/path/to/s3gen.safetensors` gives a local teacher, "
+    "`student.init_from=null` starts the student from scratch, or `experiment=finetune` trains on "
+    "ground-truth audio with no teacher at all."
+)
+
+
+def instantiate_dict(nodes: DictConfig | None) -> list[Any]:
+    """Instantiate every non-null entry of a name -> config mapping (loggers, callbacks)."""
+    return [hydra.utils.instantiate(node) for node in (nodes or {}).values() if node is not None]
+
+
+def instantiate_with_weights(node: DictConfig) -> Any:
+    """Instantiate a node that downloads weights; unavailable weights end the run with the ways out."""
+    try:
+        return hydra.utils.instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, WeightsUnavailableError):
+            raise WeightsUnavailableError(f"{err.__cause__}\n{OFFLINE_HINT}") from None
+        if isinstance(err.__cause__, FileNotFoundError | ValueError):
+            raise err.__cause__ from None  # it names the file and the option already
+        raise
