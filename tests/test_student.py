@@ -1,3 +1,5 @@
+import json
+
 import huggingface_hub.constants
 import pytest
 import torch
@@ -50,7 +52,7 @@ def test_warm_start_copies_what_fits_and_lists_the_rest(tmp_path, caplog):
     copied, reinitialised = warm_start(student, state)
     assert "backbone.embed.weight" in reinitialised and "head.out.weight" in reinitialised
     assert "backbone.convnext.0.pwconv1.weight" in copied and "backbone.norm.weight" in copied
-    assert "re-initialised" in caplog.text and "head.out.weight" in caplog.text
+    assert "kept as initialised" in caplog.text and "head.out" in caplog.text
 
 
 def test_missing_local_warm_start_names_the_option(tmp_path):
@@ -105,3 +107,63 @@ def test_load_student_errors_name_the_file(tmp_path):
     torch.save(state, tmp_path / "bent.pt")
     with pytest.raises(StudentCheckpointError, match=r"(?s)bent.pt: does not load.*head.out.bias"):
         load_student(tmp_path / "bent.pt")
+
+
+# -- defect: checkpoints did not say how to rebuild the student ---------------------------
+def test_a_training_checkpoint_carries_the_student_build_config(tmp_path):
+    """Shape inference cannot see the hop; a checkpoint written by the trainer must say it."""
+    from lightning.pytorch import Trainer
+
+    from train.training.module import VocoderDistillation
+
+    torch.manual_seed(0)
+    student = build_student(dim=32, intermediate_dim=48, num_layers=2, n_fft=960, hop_length=240)
+    module = VocoderDistillation(student, optimizer_g=torch.optim.AdamW, target_weights={"audio": 1.0})
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    loaded = load_student(tmp_path / "run.ckpt")
+    assert loaded.config == student.config
+    mel = torch.randn(1, 80, 10)
+    assert loaded(mel).shape == (1, 10 * 240)
+    torch.testing.assert_close(loaded(mel), student.eval()(mel))
+
+
+def test_a_bare_safetensors_file_with_config_metadata_rebuilds_exactly(tmp_path):
+    student = build_student(dim=32, intermediate_dim=48, num_layers=1, n_fft=960, hop_length=240)
+    save_file(
+        {k: v.contiguous() for k, v in student.state_dict().items()},
+        str(tmp_path / "g.safetensors"),
+        metadata={"config": json.dumps(student.config)},
+    )
+    assert load_student(tmp_path / "g.safetensors").config == student.config
+
+
+def test_shape_inference_is_only_a_fallback_and_refuses_uneven_blocks(tmp_path):
+    state = build_student(dim=32, intermediate_dim=64, num_layers=2).state_dict()
+    assert student_config(state) == {**build_student(dim=32, intermediate_dim=64, num_layers=2).config}
+    state["backbone.convnext.1.pwconv1.weight"] = torch.zeros(48, 32)  # block 1 pruned to another width
+    state["backbone.convnext.1.pwconv1.bias"] = torch.zeros(48)
+    state["backbone.convnext.1.pwconv2.weight"] = torch.zeros(32, 48)
+    torch.save(state, tmp_path / "uneven.pt")
+    with pytest.raises(StudentCheckpointError, match=r"uneven.pt.*intermediate widths differ.*\[64, 48\]"):
+        load_student(tmp_path / "uneven.pt")
+
+
+# -- defect: a warm start that copied nothing passed silently --------------------------------
+def test_a_warm_start_that_copies_less_than_the_backbone_is_an_error(tmp_path):
+    torch.save(vocos_mel_24khz_like(dim=48), tmp_path / "pytorch_model.bin")  # another width: nothing fits
+    with pytest.raises(ValueError, match=r"(?s)student\.init_from=.*backbone.*did not fit.*backbone\.convnext\.0"):
+        build_student(dim=32, intermediate_dim=64, num_layers=1, init_from=str(tmp_path))
+
+
+def test_a_module_is_copied_whole_or_not_at_all(caplog):
+    """80 vs 100 mel bins: the embedding's weight does not fit, so its bias is not copied either."""
+    state = vocos_mel_24khz_like()
+    student = build_student(dim=32, intermediate_dim=64, num_layers=1)
+    before = student.state_dict()["backbone.embed.bias"].clone()
+    with caplog.at_level("WARNING"):
+        copied, kept = warm_start(student, state)
+    assert "backbone.embed.bias" in kept and "backbone.embed.bias" not in copied
+    torch.testing.assert_close(student.state_dict()["backbone.embed.bias"], before)
+    assert "backbone.embed" in caplog.text and "head.out" in caplog.text  # the warning names what was not copied

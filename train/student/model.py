@@ -6,11 +6,14 @@ the framing of the S3Gen mel and of HiFT's output.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from vocos.heads import ISTFTHead
@@ -73,7 +76,7 @@ def build_student(
         "hop_length": hop_length,
     }
     if init_from:
-        warm_start(student, load_vocos_state_dict(init_from, local_files_only))
+        warm_start(student, load_vocos_state_dict(init_from, local_files_only), init_from)
     return student
 
 
@@ -92,39 +95,84 @@ def load_vocos_state_dict(source: str, local_files_only: bool = False) -> dict[s
     return state.get("state_dict", state)
 
 
-def warm_start(student: VocosStudent, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
-    """Copy every tensor of ``state`` whose name and shape fit; return (copied, kept-as-initialised)."""
+def warm_start(
+    student: VocosStudent, state: dict[str, Tensor], source: str = "state dict"
+) -> tuple[list[str], list[str]]:
+    """Copy a Vocos checkpoint into the student, one module at a time; return (copied, kept-as-initialised).
+
+    A module (``backbone.embed``, ``head.out``, ...) is copied only if all its tensors fit: a
+    weight that does not fit leaves its bias as initialised too. The ConvNeXt body (every
+    ``backbone.*`` module but the input embedding) must be copied whole, or it is an error;
+    the modules that depend on the mel and iSTFT shapes (embedding, head) are re-initialised
+    with a warning naming them.
+    """
     own = student.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    modules: dict[str, list[str]] = {}
+    for key in own:
+        modules.setdefault(key.rsplit(".", 1)[0], []).append(key)
+    fits = {
+        key: state[key]
+        for keys in modules.values()
+        if all(k in state and state[k].shape == own[k].shape for k in keys)
+        for key in keys
+    }
+    body = [k for k in own if k.startswith("backbone.") and not k.startswith("backbone.embed.")]
+    missing = [k for k in body if k not in fits]
+    if missing:
+        raise WarmStartError(
+            f"student.init_from={source}: the backbone did not fit, so the warm start would copy "
+            f"{len(fits)} of {len(own)} tensors; it did not fit at {', '.join(missing[:6])}"
+            f"{' ...' if len(missing) > 6 else ''} (student: {student.config}). Warm-start from a Vocos "
+            "with the same dim, intermediate_dim and num_layers, or set `student.init_from=null`."
+        )
     student.load_state_dict(fits, strict=False)
     copied = sorted(fits)
-    reinitialised = sorted(set(own) - set(fits))
-    log.info("warm start: copied %d tensors: %s", len(copied), ", ".join(copied))
-    log.info(
-        "warm start: %d tensors re-initialised (shape or name differs): %s",
-        len(reinitialised),
-        ", ".join(reinitialised),
-    )
-    return copied, reinitialised
+    kept = sorted(set(own) - set(fits))
+    log.info("warm start from %s: copied %d tensors (the whole backbone body)", source, len(copied))
+    if kept:
+        log.warning(
+            "warm start from %s: %d tensors kept as initialised (their shapes differ): %s",
+            source,
+            len(kept),
+            ", ".join(sorted({k.rsplit(".", 1)[0] for k in kept})),
+        )
+    return copied, kept
+
+
+class WarmStartError(ValueError):
+    """A warm start would copy less than the student's backbone."""
 
 
 class StudentCheckpointError(ValueError):
     """A file does not hold a student generator this project can rebuild."""
 
 
-def read_generator_state(path: str | Path) -> dict[str, Tensor]:
-    """The student's tensors from a Lightning ``.ckpt`` (``generator.*`` keys), or from a bare
-    generator state dict in ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin``."""
+CONFIG_KEY = "student_config"  # where a training checkpoint keeps build_student's arguments
+
+
+def read_generator_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """The student's tensors and, when the file records it, its build config.
+
+    Reads a Lightning ``.ckpt`` (``generator.*`` keys; config under ``student_config``) or a
+    bare generator state dict in ``.safetensors`` (config in the ``config`` metadata) /
+    ``.pt`` / ``.pth`` / ``.bin``.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"student checkpoint not found: {path}")
+    config = None
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                metadata = f.metadata() or {}
+            config = json.loads(metadata["config"]) if "config" in metadata else None
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable or not a checkpoint at all
         raise StudentCheckpointError(f"{path}: cannot read a checkpoint ({type(err).__name__}: {err})") from err
+    if isinstance(state, dict) and isinstance(state.get(CONFIG_KEY), dict):
+        config = state[CONFIG_KEY]
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -136,30 +184,42 @@ def read_generator_state(path: str | Path) -> dict[str, Tensor]:
             f"{path}: no Vocos student inside (expected 'generator.backbone.*' keys of a training checkpoint "
             f"or 'backbone.*' / 'head.*' keys; found {len(state)} keys such as {sorted(state)[:3]})"
         )
-    return state
+    return state, config
 
 
-def student_config(state: dict[str, Tensor], hop_length: int = 480) -> dict[str, int]:
-    """``build_student`` arguments read off a generator state dict's shapes."""
+def student_config(state: dict[str, Tensor]) -> dict[str, int]:
+    """``build_student`` arguments read off a generator state dict's shapes: the fallback for
+    files that do not record their config. The hop is not in any shape; Vocos's n_fft / 4 is
+    assumed (480 for S3Gen's 1920)."""
     dim, input_channels, _ = state["backbone.embed.weight"].shape
-    layers = {int(m[1]) for k in state if (m := re.match(r"backbone\.convnext\.(\d+)\.", k))}
+    layers = sorted({int(m[1]) for k in state if (m := re.match(r"backbone\.convnext\.(\d+)\.", k))})
+    widths = [state[f"backbone.convnext.{i}.pwconv1.weight"].shape[0] for i in layers]
+    if len(set(widths)) > 1:
+        raise ValueError(f"its blocks' intermediate widths differ ({widths}); a stock VocosBackbone has one width")
+    n_fft = state["head.out.weight"].shape[0] - 2
     return {
         "input_channels": input_channels,
         "dim": dim,
-        "intermediate_dim": state["backbone.convnext.0.pwconv1.weight"].shape[0] if layers else 4 * dim,
+        "intermediate_dim": widths[0] if widths else 3 * dim,
         "num_layers": len(layers),
-        "n_fft": state["head.out.weight"].shape[0] - 2,
-        "hop_length": hop_length,
+        "n_fft": n_fft,
+        "hop_length": n_fft // 4,
     }
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> VocosStudent:
     """Rebuild a trained student from its checkpoint, in eval mode with gradients off.
 
-    The architecture is read from the tensor shapes; the hop is S3Gen's 480 samples.
+    The architecture comes from the config the checkpoint records; files without one (bare
+    state dicts from elsewhere) fall back to :func:`student_config`.
     """
-    state = read_generator_state(path)
-    config = student_config(state)
+    state, config = read_generator_state(path)
+    if config is None:
+        try:
+            config = student_config(state)
+        except ValueError as err:
+            raise StudentCheckpointError(f"{path}: cannot infer the student's shape: {err}") from err
+        log.info("%s records no student config; inferred from its shapes: %s", path, config)
     student = build_student(**config)
     try:
         student.load_state_dict(state, strict=True)

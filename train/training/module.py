@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from vocos.loss import DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss
 
 from train.s3gen.mel import SAMPLE_RATE
+from train.student.model import CONFIG_KEY
 from train.training.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, S3GenMelDistance
 
 TARGETS = ("teacher", "audio")
@@ -178,6 +179,10 @@ class VocoderDistillation(LightningModule):
     def lr_schedulers(self) -> list[Any] | None:  # a list even for one scheduler
         schedulers = super().lr_schedulers()
         return [schedulers] if schedulers is not None and not isinstance(schedulers, list) else schedulers
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record how to rebuild the student (``build_student`` arguments) beside its weights."""
+        checkpoint[CONFIG_KEY] = dict(self.generator.config)
 
     # -- validation ----------------------------------------------------------------
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
