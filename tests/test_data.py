@@ -82,10 +82,11 @@ def test_unusable_files_are_skipped_named_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         dm.prepare_data()
     skipped = {name for name, _ in dm.skipped}
-    assert skipped == {"corrupt.wav", "empty.flac", "short.wav"}
-    assert "corrupt.wav" in caplog.text and "short.wav" in caplog.text
+    assert skipped == {"corrupt.wav", "empty.flac"}
+    assert "corrupt.wav" in caplog.text and "empty.flac" in caplog.text
     dm.setup()
-    assert len(dm.train_set) + len(dm.val_set) == 3
+    assert "short.wav" not in {u.name for u, _ in dm.train_set.entries}  # shorter than a segment
+    assert len(dm.evaluation_set("all")) == 4
 
 
 def test_nothing_usable_is_a_clear_error(tmp_path):
@@ -156,3 +157,124 @@ def test_evaluation_set_serves_whole_utterances_of_a_split_by_name(tmp_path, tea
     assert dm.evaluation_set("all", max_frames=20)[0]["mel"].shape == (80, 20)
     with pytest.raises(ValueError, match="split='test'"):
         dm.evaluation_set("test")
+
+
+# -- defect: a cache made with one segment length crashed training with a longer one --------
+def test_a_longer_segment_over_a_shared_cache_trains_on_the_clips_long_enough(tmp_path):
+    write_clips(tmp_path / "clips" / "short", count=5, seconds=0.6)  # 30 frames each
+    write_clips(tmp_path / "clips" / "long", count=3, seconds=1.2)  # 60 frames each
+    make(tmp_path, segment_frames=8).prepare_data()
+    dm = make(tmp_path, segment_frames=40)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert {u.name.split("/")[0] for u, _ in dm.train_set.entries} == {"long"}
+    for batch in dm.train_dataloader():
+        assert batch["mel"].shape[1:] == (80, 40)
+    # short clips still serve validation and evaluation, which cut nothing to the segment
+    assert len(dm.evaluation_set("all")) == 8
+
+
+def test_clips_shorter_than_the_training_segment_are_still_evaluated(tmp_path):
+    write_clips(tmp_path / "clips", count=5, seconds=0.6)  # 30 frames each
+    dm = make(tmp_path, segment_frames=40)
+    dm.prepare_data()
+    assert dm.skipped == []
+    assert len(dm.evaluation_set("all")) == 5
+
+
+# -- defect: validation cost grew with the corpus --------------------------------------------
+def test_the_held_out_set_is_bounded_and_the_same_in_every_run(tmp_path):
+    write_clips(tmp_path / "clips", count=24, seconds=0.3)
+    first = make(tmp_path, val_fraction=0.5, val_max_utterances=3)
+    first.prepare_data()
+    train, val = first.split()
+    assert len(val) == 3 and len(train) == 21  # only the held-out three leave training
+    again = make(tmp_path, val_fraction=0.5, val_max_utterances=3)
+    again.prepare_data()
+    assert [u.name for u, _ in again.split()[1]] == [u.name for u, _ in val]
+
+
+# -- defect: cache identity ---------------------------------------------------------------------
+def test_teacher_targets_of_another_dtype_get_their_own_entries(tmp_path, teacher):
+    write_clips(tmp_path / "clips", count=2)
+    fp32 = make(tmp_path, teacher=teacher)
+    bf16_teacher = HiFTGenerator(**small_config()).eval().requires_grad_(False).to(torch.bfloat16)
+    bf16_teacher.load_state_dict(teacher.state_dict())
+    bf16_teacher.weights_id = teacher.weights_id
+    bf16 = make(tmp_path, teacher=bf16_teacher)
+    utterance = fp32.utterances()[0]
+    assert fp32.teacher_key(utterance) != bf16.teacher_key(utterance)
+
+
+def test_unchanged_source_files_are_not_read_again(tmp_path, monkeypatch):
+    clips = write_clips(tmp_path / "clips", count=3)
+    make(tmp_path).prepare_data()
+    hashed = []
+    real = datamodule_module.file_digest
+    monkeypatch.setattr(datamodule_module, "file_digest", lambda *p: hashed.append(p) or real(*p))
+    make(tmp_path).prepare_data()
+    assert hashed == []
+    (clips / "clip1.wav").write_bytes((clips / "clip0.wav").read_bytes())  # changed content and mtime
+    dm = make(tmp_path)
+    dm.prepare_data()
+    assert [p[0].name for p in hashed] == ["clip1.wav"]
+    assert dm.utterances()[0].key == dm.utterances()[1].key  # same bytes, same entry
+
+
+# -- defect: kills left orphaned temporary files -----------------------------------------------
+def test_stale_temporaries_are_removed_at_start_live_ones_kept(tmp_path):
+    import os
+    import socket
+
+    write_clips(tmp_path / "clips", count=2)
+    folder = tmp_path / "cache" / "mel" / "ab"
+    folder.mkdir(parents=True)
+    host = socket.gethostname().split(".")[0]
+    dead = folder / f".abcd.pt.{host}.999999999.a1.tmp"  # a pid that cannot be running
+    live = folder / f".abce.pt.{host}.{os.getpid()}.b2.tmp"
+    for path in (dead, live):
+        path.write_bytes(b"partial")
+    make(tmp_path).prepare_data()
+    assert not dead.exists() and live.exists()
+
+
+# -- defect: two runs preparing the same entries at once both did the work -----------------------
+def test_concurrent_preparation_does_each_entry_once(tmp_path, teacher, monkeypatch):
+    import threading
+    import time
+
+    write_clips(tmp_path / "clips", count=4)
+    calls = []
+    real = datamodule_module.synthesize
+
+    def slow(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datamodule_module, "synthesize", slow)
+    modules = [make(tmp_path, teacher=teacher) for _ in range(2)]
+    threads = [threading.Thread(target=m.prepare_data) for m in modules]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 4
+    for m in modules:
+        m.setup()
+        assert len(m.train_set) + len(m.val_set) == 4
+
+
+# -- defect: every rank's teacher landed on GPU 0 --------------------------------------------------
+def test_auto_device_is_this_processs_own_gpu(monkeypatch):
+    from train.utils.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("auto") == torch.device("cuda", 2)
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    assert resolve_device("auto") == torch.device("cuda", 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")

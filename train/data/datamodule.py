@@ -1,9 +1,11 @@
 """Data: audio folders and/or pre-computed S3Gen mels -> cached (mel, audio, teacher wav) -> segments.
 
-``prepare_data`` computes every utterance's mel (and, given a teacher, its waveform with a
-fixed seed) once and caches it under ``cache_dir``, keyed by content: the audio or mel
-file's bytes, the mel settings, and the teacher weights' fingerprint. Each cache file is
-written atomically, so an interrupted run never leaves a half-written entry.
+Preparing computes every utterance's mel (and, given a teacher, its waveform with a fixed
+seed) once and caches it (:mod:`train.data.cache`), keyed by content: the source file's
+bytes, the mel settings, and the teacher's weights, dtype and seed. The work is sharded:
+with ``N`` processes each prepares a disjoint share of the utterances, balanced by bytes, on
+its own device, so no process waits on another for longer than its own share. Processes
+that prepare the same entries at once (two runs on one cache) do each entry once.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +24,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
+from train.data.cache import FrameIndex, SourceManifest, TensorCache
 from train.s3gen.hift import HiFTGenerator
-from train.s3gen.mel import HOP_LENGTH, N_MELS, S3GenMel
+from train.s3gen.mel import HOP_LENGTH, N_MELS, SAMPLE_RATE, S3GenMel
 from train.s3gen.teacher import synthesize
-from train.utils.files import atomic_write
+from train.utils.files import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +38,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 MEL_SUFFIXES = (".npy", ".pt")
 # Bump when the mel definition or the cached layout changes.
 MEL_VERSION = "s3gen-mel-v1:sr24000:nfft1920:hop480:mels80:fmax8000"
-
-
-class TensorCache:
-    """Dicts of tensors stored as ``<root>/<kind>/<key[:2]>/<key>.pt``, written atomically."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def path(self, kind: str, key: str) -> Path:
-        return self.root / kind / key[:2] / f"{key}.pt"
-
-    def __contains__(self, item: tuple[str, str]) -> bool:
-        return self.path(*item).is_file()
-
-    def load(self, kind: str, key: str) -> dict[str, Tensor]:
-        return torch.load(self.path(kind, key), map_location="cpu", weights_only=True)
-
-    def save(self, kind: str, key: str, entry: dict[str, Tensor]) -> None:
-        atomic_write(self.path(kind, key), lambda f: torch.save(entry, f))
+Entry = tuple["Utterance", str | None]  # an utterance and its teacher cache key
 
 
 @dataclass(frozen=True)
@@ -63,16 +50,38 @@ class Utterance:
     key: str
     kind: str  # "audio" or "mel"
     paired_audio: Path | None = None
+    bytes: int = 0
 
     @property
     def has_audio(self) -> bool:
         return self.kind == "audio" or self.paired_audio is not None
 
 
+@dataclass
+class PrepareReport:
+    """What one process's :meth:`VocoderDataModule.prepare` did."""
+
+    rank: int = 0
+    world_size: int = 1
+    assigned: int = 0
+    computed_mels: int = 0
+    computed_teacher: int = 0
+    already_cached: int = 0
+    audio_seconds: float = 0.0  # of the entries this process computed
+    wall_seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    prepared_keys: list[str] = field(default_factory=list)  # mel keys of the utterances this process computed
+
+
 def file_digest(*paths: Path | None) -> str:
     digest = hashlib.sha256(MEL_VERSION.encode())
     for path in paths:
-        digest.update(b"\0" if path is None else path.read_bytes())
+        if path is None:
+            digest.update(b"\0")
+            continue
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:32]
 
 
@@ -94,6 +103,19 @@ def read_mel(path: Path) -> Tensor:
 
 def find_files(root: Path, suffixes: Sequence[str]) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def shard(utterances: Sequence[Utterance], rank: int, world_size: int) -> list[Utterance]:
+    """This process's share: largest files first, each to the least-loaded process, so every
+    share has about the same bytes. The same for every process that sees the same files."""
+    loads = [0] * world_size
+    mine = []
+    for utterance in sorted(utterances, key=lambda u: (-u.bytes, u.name)):
+        owner = min(range(world_size), key=lambda r: (loads[r], r))
+        loads[owner] += max(1, utterance.bytes)
+        if owner == rank:
+            mine.append(utterance)
+    return sorted(mine, key=lambda u: u.name)
 
 
 class SegmentSampler(Sampler[int]):
@@ -126,13 +148,14 @@ class UtteranceDataset(Dataset):
     """Cached utterances as dicts of ``mel (80, T)``, ``audio (T * 480,)`` and/or ``teacher (T * 480,)``.
 
     With ``segment_frames`` set, returns a random frame-aligned segment seeded by the index
-    (see :class:`SegmentSampler`); otherwise the first ``max_frames`` frames.
+    (see :class:`SegmentSampler`); every entry must then be at least that long. Otherwise the
+    first ``max_frames`` frames.
     """
 
     def __init__(
         self,
         cache: TensorCache,
-        entries: list[tuple[Utterance, str | None]],
+        entries: list[Entry],
         segment_frames: int | None = None,
         max_frames: int | None = None,
         seed: int = 0,
@@ -174,10 +197,14 @@ class VocoderDataModule(LightningDataModule):
             relative names.
         cache_dir: where mels and teacher waveforms are cached.
         teacher: a loaded HiFT; when given, its waveform for every mel is a target.
-        segment_frames: training segment length in mel frames (480 samples each).
-        val_fraction: share of utterances held out for validation (at least one), chosen
-            by a hash of each file's relative name, so the split never depends on order.
+        segment_frames: training segment length in mel frames (480 samples each); shorter
+            utterances are left out of training (not of validation or evaluation).
+        val_fraction, val_max_utterances: the held-out set is the utterances whose name hash
+            falls below ``val_fraction``, at most ``val_max_utterances`` of them (lowest hashes
+            first; at least one): the same set in every run over the same files. Only those
+            leave the training set.
         val_max_frames: validation utterances are cut to this many frames.
+        progress: show a progress bar while preparing.
     """
 
     def __init__(
@@ -191,9 +218,11 @@ class VocoderDataModule(LightningDataModule):
         segment_frames: int = 32,
         batch_size: int = 4,
         val_fraction: float = 0.2,
+        val_max_utterances: int | None = 100,
         val_max_frames: int = 250,
         num_workers: int = 0,
         seed: int = 0,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         if not audio_dirs and mel_dir is None:
@@ -207,24 +236,30 @@ class VocoderDataModule(LightningDataModule):
         ]:
             if folder is not None and not folder.is_dir():
                 raise FileNotFoundError(f"{option}: folder not found: {folder}")
+        if val_max_utterances is not None and val_max_utterances < 1:
+            raise ValueError(f"data.val_max_utterances must be at least 1 or null, got {val_max_utterances}")
         self.cache = TensorCache(cache_dir)
         self.teacher = teacher
         self.teacher_seed = teacher_seed
         self.segment_frames = segment_frames
         self.batch_size = batch_size
         self.val_fraction = val_fraction
+        self.val_max_utterances = val_max_utterances
         self.val_max_frames = val_max_frames
         self.num_workers = num_workers
         self.seed = seed
+        self.progress = progress
         self.mel = S3GenMel()
         self.skipped: list[tuple[str, str]] = []
+        self.report: PrepareReport | None = None
         self._utterances: list[Utterance] | None = None
         self.train_set: UtteranceDataset | None = None
         self.val_set: UtteranceDataset | None = None
 
     # -- discovery -----------------------------------------------------------------
     def utterances(self) -> list[Utterance]:
-        """Source files with their content keys, found (and hashed) once per data module."""
+        """Source files with their content keys, found once per data module. A file's bytes
+        are read only when the manifest has not seen it at its size and modification time."""
         if self._utterances is None:
             self._utterances = self._discover()
         return self._utterances
@@ -232,14 +267,40 @@ class VocoderDataModule(LightningDataModule):
     def _discover(self) -> list[Utterance]:
         found = []
         for root in self.audio_dirs:
+            manifest = SourceManifest(self.cache.root, root)
+            seen = set()
             for path in find_files(root, AUDIO_SUFFIXES):
-                found.append(Utterance(str(path.relative_to(root)), path, file_digest(path), "audio"))
+                rel = str(path.relative_to(root))
+                stamp = manifest.stamp(path)
+                key = manifest.key(rel, stamp) or self._hash(manifest, rel, stamp, path)
+                found.append(Utterance(rel, path, key, "audio", bytes=stamp[0]))
+                seen.add(rel)
+            self._save_manifest(manifest, seen)
         if self.mel_dir is not None:
+            manifest = SourceManifest(self.cache.root, self.mel_dir)
+            seen = set()
             for path in find_files(self.mel_dir, MEL_SUFFIXES):
                 rel = path.relative_to(self.mel_dir)
                 audio = self._paired_audio(rel)
-                found.append(Utterance(str(rel), path, file_digest(path, audio), "mel", audio))
+                stamp = manifest.stamp(path, audio)
+                key = manifest.key(str(rel), stamp) or self._hash(manifest, str(rel), stamp, path, audio)
+                found.append(Utterance(str(rel), path, key, "mel", audio, bytes=stamp[0] + max(0, stamp[2])))
+                seen.add(str(rel))
+            self._save_manifest(manifest, seen)
         return found
+
+    @staticmethod
+    def _hash(manifest: SourceManifest, rel: str, stamp: list[int], *paths: Path | None) -> str:
+        key = file_digest(*paths)
+        manifest.record(rel, stamp, key)
+        return key
+
+    @staticmethod
+    def _save_manifest(manifest: SourceManifest, seen: set[str]) -> None:
+        try:
+            manifest.save(seen)
+        except OSError as err:  # a read-only cache still works, only slower next time
+            log.warning("could not update %s: %s", manifest.path, err)
 
     def _paired_audio(self, rel: Path) -> Path | None:
         if self.paired_audio_dir is None:
@@ -251,12 +312,14 @@ class VocoderDataModule(LightningDataModule):
         return None
 
     def teacher_key(self, utterance: Utterance) -> str | None:
+        """Cache key of the teacher's waveform: the mel's key, the teacher's weights and dtype, the seed."""
         if self.teacher is None:
             return None
         weights = getattr(self.teacher, "weights_id", None)
         if weights is None:
             raise ValueError("data.teacher has no `weights_id`; load it with train.s3gen.teacher.load_teacher")
-        return hashlib.sha256(f"{utterance.key}:{weights}:{self.teacher_seed}".encode()).hexdigest()[:32]
+        dtype = str(next(self.teacher.parameters()).dtype).removeprefix("torch.")
+        return hashlib.sha256(f"{utterance.key}:{weights}:{dtype}:{self.teacher_seed}".encode()).hexdigest()[:32]
 
     # -- preparation ----------------------------------------------------------------
     def _compute_mel_entry(self, utterance: Utterance) -> dict[str, Tensor | None]:
@@ -266,6 +329,8 @@ class VocoderDataModule(LightningDataModule):
                 raise ValueError("empty audio")
             wav = self.mel.to_mono_24k(wav, sample_rate)
             frames = wav.shape[-1] // HOP_LENGTH
+            if frames < 1:
+                raise ValueError(f"shorter than one mel frame ({HOP_LENGTH} samples at {SAMPLE_RATE} Hz)")
             audio = wav[0, : frames * HOP_LENGTH]
             mel = self.mel(audio.unsqueeze(0))[0]
         else:
@@ -276,35 +341,99 @@ class VocoderDataModule(LightningDataModule):
                 wav = self.mel.to_mono_24k(wav, sample_rate)[0]
                 audio = torch.nn.functional.pad(wav, (0, max(0, frames * HOP_LENGTH - wav.shape[-1])))
                 audio = audio[: frames * HOP_LENGTH]
-        if frames < self.segment_frames:
-            raise ValueError(f"{frames} frames, shorter than one training segment ({self.segment_frames})")
         return {"mel": mel.contiguous(), "audio": None if audio is None else audio.contiguous()}
 
-    def prepare_data(self) -> None:
-        """Compute and cache what is missing; warn about and count unusable files."""
-        self.skipped = []
-        usable = 0
-        for utterance in self.utterances():
-            try:
+    def prepare(self, rank: int = 0, world_size: int = 1, device: torch.device | str | None = None) -> PrepareReport:
+        """Compute and cache what is missing of this process's share; warn about and record unusable files.
+
+        Entries another process is writing at the same moment are left to it and checked
+        again at the end of the share.
+        """
+        if self.teacher is not None and device is not None:
+            self.teacher.to(device)
+        started = time.perf_counter()
+        mine = shard(self.utterances(), rank, world_size)
+        report = PrepareReport(rank=rank, world_size=world_size, assigned=len(mine))
+        bar = tqdm(
+            total=len(mine),
+            desc=f"prepare {rank + 1}/{world_size}" if world_size > 1 else "prepare",
+            unit="utt",
+            disable=not self.progress,
+            position=rank,
+        )
+        pending = list(mine)
+        for wait in (False, True):  # first pass: skip what others hold; second: wait for it
+            deferred = []
+            for utterance in pending:
+                try:
+                    if self._prepare_one(utterance, wait, report):
+                        bar.update(1)
+                        bar.set_postfix(audio_s_per_s=f"{report.audio_seconds / (time.perf_counter() - started):.1f}")
+                    else:
+                        deferred.append(utterance)
+                except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:
+                    report.skipped.append((utterance.name, str(err)))
+                    log.warning("skipping %s: %s", utterance.path, err)
+                    bar.update(1)
+            pending = deferred
+        bar.close()
+        report.wall_seconds = time.perf_counter() - started
+        self.skipped = report.skipped
+        self.report = report
+        return report
+
+    def _prepare_one(self, utterance: Utterance, wait: bool, report: PrepareReport) -> bool:
+        """Make sure one utterance's entries exist; ``False`` if another process holds one of them."""
+        teacher_key = self.teacher_key(utterance)
+        if self.teacher is None and not utterance.has_audio:
+            raise ValueError("a mel without paired audio needs a teacher to give it a target")
+        cached = ("mel", utterance.key) in self.cache and (
+            teacher_key is None or ("teacher", teacher_key) in self.cache
+        )
+        if cached:
+            report.already_cached += 1
+            return True
+        if ("mel", utterance.key) not in self.cache:
+            with self.cache.claim("mel", utterance.key, wait) as mine:
+                if not mine:
+                    return False
                 if ("mel", utterance.key) not in self.cache:
-                    self.cache.save("mel", utterance.key, self._compute_mel_entry(utterance))
-                teacher_key = self.teacher_key(utterance)
-                if teacher_key is not None and ("teacher", teacher_key) not in self.cache:
+                    entry = self._compute_mel_entry(utterance)
+                    self.cache.save("mel", utterance.key, entry)
+                    report.computed_mels += 1
+                    report.audio_seconds += entry["mel"].shape[-1] * HOP_LENGTH / SAMPLE_RATE
+                    report.prepared_keys.append(utterance.key)
+        if teacher_key is not None and ("teacher", teacher_key) not in self.cache:
+            with self.cache.claim("teacher", teacher_key, wait) as mine:
+                if not mine:
+                    return False
+                if ("teacher", teacher_key) not in self.cache:
                     mel = self.cache.load("mel", utterance.key)["mel"]
                     wav = synthesize(self.teacher, mel.unsqueeze(0), seed=self.teacher_seed)[0]
                     self.cache.save("teacher", teacher_key, {"wav": wav.cpu()})
-                if self.teacher is None and not utterance.has_audio:
-                    raise ValueError("a mel without paired audio needs a teacher to give it a target")
-                usable += 1
-            except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:
-                self.skipped.append((utterance.name, str(err)))
-                log.warning("skipping %s: %s", utterance.path, err)
-        log.info("data: %d usable utterances, %d skipped", usable, len(self.skipped))
-        if usable == 0:
-            raise ValueError(
-                f"data: no usable utterances in {self._describe_sources()} "
-                f"({len(self.skipped)} skipped, see the warnings above)"
-            )
+                    report.computed_teacher += 1
+                    if utterance.key not in report.prepared_keys:
+                        report.prepared_keys.append(utterance.key)
+                        report.audio_seconds += mel.shape[-1] * HOP_LENGTH / SAMPLE_RATE
+        return True
+
+    def _distributed(self) -> tuple[int, int, torch.device | None]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size == 1:
+            return 0, 1, None
+        return trainer.global_rank, trainer.world_size, trainer.strategy.root_device
+
+    def prepare_data(self) -> None:
+        """Lightning's hook (one process per node): remove what killed runs left, find and
+        hash the sources once; with one process, prepare everything here, else each process
+        prepares its own share in :meth:`setup`."""
+        if self.cache.root.is_dir():
+            remove_stale_temporaries(self.cache.root)
+        self.utterances()
+        if self._distributed()[1] == 1:
+            report = self.prepare()
+            if len(report.skipped) == report.assigned:
+                raise ValueError(self._nothing_usable())
 
     @property
     def sources(self) -> list[str]:
@@ -314,16 +443,56 @@ class VocoderDataModule(LightningDataModule):
     def _describe_sources(self) -> str:
         return ", ".join(self.sources)
 
+    def _nothing_usable(self) -> str:
+        found = len(self.utterances())
+        if not found:
+            suffixes = ", ".join(AUDIO_SUFFIXES + MEL_SUFFIXES)
+            return f"data: no usable utterances in {self._describe_sources()}: no {suffixes} files found"
+        return (
+            f"data: no usable utterances in {self._describe_sources()} "
+            f"({len(self.skipped)} skipped of {found}, see the warnings above)"
+        )
+
     # -- split and loaders ------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        rank, world_size, device = self._distributed()
+        if world_size > 1:
+            self.prepare(rank, world_size, device)
+            self.trainer.strategy.barrier("prepared")
         train, val = self.split()
+        train = self._long_enough(train)
         self.train_set = UtteranceDataset(self.cache, train, segment_frames=self.segment_frames, seed=self.seed)
         self.val_set = UtteranceDataset(self.cache, val or train[:1], max_frames=self.val_max_frames)
 
-    def split(self) -> tuple[list[tuple[Utterance, str | None]], list[tuple[Utterance, str | None]]]:
-        """Prepared ``(utterance, teacher cache key)`` entries as (train, validation)."""
+    def _long_enough(self, entries: list[Entry]) -> list[Entry]:
+        """The entries that hold at least one training segment."""
+        frames = FrameIndex(self.cache)
+        kept = [e for e in entries if frames[e[0].key] >= self.segment_frames]
+        try:
+            frames.save()
+        except OSError as err:
+            log.warning("could not update %s: %s", frames.path, err)
+        if len(kept) < len(entries):
+            short = sorted(e[0].name for e in entries if e not in kept)
+            log.info(
+                "data: %d utterances shorter than data.segment_frames=%d left out of training: %s%s",
+                len(short),
+                self.segment_frames,
+                ", ".join(short[:5]),
+                " ..." if len(short) > 5 else "",
+            )
+        if not kept:
+            longest = max((frames[e[0].key] for e in entries), default=0)
+            raise ValueError(
+                f"data: no training utterance is at least data.segment_frames={self.segment_frames} frames long "
+                f"(the longest has {longest}) in {self._describe_sources()}"
+            )
+        return kept
+
+    def split(self) -> tuple[list[Entry], list[Entry]]:
+        """Prepared ``(utterance, teacher cache key)`` entries as (train, validation), whatever their length."""
         entries = []
         for utterance in self.utterances():
             teacher_key = self.teacher_key(utterance)
@@ -333,13 +502,16 @@ class VocoderDataModule(LightningDataModule):
             if ready and (teacher_key is not None or utterance.has_audio):
                 entries.append((utterance, teacher_key))
         if not entries:
-            raise ValueError(f"data: nothing prepared for {self._describe_sources()}; run prepare_data first")
+            raise ValueError(self._nothing_usable())
 
         def bucket(utterance: Utterance) -> float:
             return int(hashlib.sha1(utterance.name.encode()).hexdigest()[:8], 16) / 16**8
 
         ranked = sorted(entries, key=lambda e: bucket(e[0]))
-        n_val = max(1, sum(bucket(u) < self.val_fraction for u, _ in entries)) if len(entries) > 1 else 0
+        n_val = 0
+        if len(entries) > 1:
+            n_val = max(1, sum(bucket(u) < self.val_fraction for u, _ in entries))
+            n_val = min(n_val, self.val_max_utterances or n_val)
         val, train = ranked[:n_val], ranked[n_val:]
         log.info("data: %d training and %d validation utterances", len(train), len(val))
         return train, val
