@@ -169,7 +169,7 @@ def test_tiny_student_overfits_one_clip(tmp_path):
             "trainer.val_check_interval=150",
             "module.scheduler.warmup_steps=10",
             "module.optimizer_g.lr=2e-3",
-            "callbacks.model_checkpoint=null",
+            "callbacks.checkpoints=null",
         ],
         tmp_path,
     )
@@ -221,3 +221,48 @@ def test_two_process_ddp_on_cpu(tmp_path, clips):
     assert "world_size: 2" in (result.stdout + result.stderr) or "GLOBAL_RANK: 1" in (result.stdout + result.stderr)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4
+
+
+# -- defect: fp16 silently broke the GAN ---------------------------------------------------------
+@pytest.mark.parametrize("precision", ["16-mixed", "16-true", "16"])
+def test_fp16_is_refused_before_anything_runs(tmp_path, clips, precision):
+    cfg = tiny_run(tmp_path, clips, "fp16", f"trainer.precision={precision}")
+    with pytest.raises(ValueError, match=rf"trainer\.precision={precision}.*bf16-mixed"):
+        build(cfg)
+
+
+# -- defect: the generator step computed the discriminators' weight gradients ---------------------
+@pytest.mark.slow
+def test_the_generator_step_computes_no_discriminator_weight_gradients(tmp_path, clips):
+    cfg = tiny_run(tmp_path, clips, "frozen", "trainer.max_steps=3", "module.mel_only_steps=0")
+    datamodule, module, trainer = build(cfg)
+    grads = {}
+    for name, disc in module.discriminators.items():
+        for index, param in enumerate(disc.parameters()):
+            param.register_hook(lambda g, key=(name, index): grads.__setitem__(key, grads.get(key, 0) + 1))
+    trainer.fit(module, datamodule=datamodule)
+    assert grads and set(grads.values()) == {3}  # once per step: in the discriminator's own step
+
+
+# -- defect: loss weights off the recipe without a reason -----------------------------------------
+def test_adversarial_losses_are_weighted_as_vocos_weights_them(tmp_path):
+    """Vocos: adversarial and feature-matching losses averaged over each discriminator's
+    sub-discriminators, weight 1 for MPD and the MRD coefficient for MRD."""
+    from vocos.loss import FeatureMatchingLoss, GeneratorLoss
+
+    from train.student.model import build_student
+    from train.utils.instantiate import instantiate
+
+    cfg = compose([], tmp_path)
+    module = instantiate(cfg.module, generator=build_student(dim=32, intermediate_dim=64, num_layers=1))
+    torch.manual_seed(0)
+    y, y_hat = torch.randn(2, 9600), torch.randn(2, 9600)
+    total, _ = module.adversarial_loss(y, y_hat)
+    expected = 0.0
+    for name, coefficient in (("mpd", 1.0), ("mrd", cfg.module.discriminator_weights.mrd)):
+        _, fake, fmap_real, fmap_fake = module.discriminators[name](y=y, y_hat=y_hat)
+        adversarial, _ = GeneratorLoss()(fake)
+        expected += coefficient * (
+            adversarial / len(fake) + FeatureMatchingLoss()(fmap_real, fmap_fake) / len(fmap_real)
+        )
+    torch.testing.assert_close(total, expected.squeeze())

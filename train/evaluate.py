@@ -1,19 +1,20 @@
-"""Evaluate a student: ``python train/evaluate.py [checkpoint=...] [teacher.checkpoint=...]``.
+"""Evaluate a student: ``python train/evaluate.py [checkpoint=...] [teacher.checkpoint=...]`` (``--help``).
 
-Writes report.json, summary.md and plots/ into checkpoints/runs/evaluate/<time>/.
+Writes report.json, summary.md and plots/ into checkpoints/runs/evaluate/<run>/.
 """
 
 import hydra
 from omegaconf import DictConfig
 
-import train.utils.config  # noqa: F401  (resolvers the configs use)
+import train.utils.config  # noqa: F401  (resolvers and schemas the configs use)
+from train.utils.entry import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from train.evaluation.pipeline import evaluate  # imported here so that --help answers at once
 
-    evaluate(cfg)
+    run(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from train.data.cache import FrameIndex, SourceManifest, TensorCache
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import HOP_LENGTH, N_MELS, SAMPLE_RATE, S3GenMel
 from train.s3gen.teacher import synthesize
+from train.utils.errors import ConfigError, MissingFileError
 from train.utils.files import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ MEL_SUFFIXES = (".npy", ".pt")
 # Bump when the mel definition or the cached layout changes.
 MEL_VERSION = "s3gen-mel-v1:sr24000:nfft1920:hop480:mels80:fmax8000"
 Entry = tuple["Utterance", str | None]  # an utterance and its teacher cache key
+
+
+class DataError(ConfigError, ValueError):
+    """The data options select nothing usable, or are inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,7 @@ class VocoderDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if not audio_dirs and mel_dir is None:
-            raise ValueError("data: set `data.audio_dirs` and/or `data.mel_dir`; both are empty")
+            raise DataError("data: set `data.audio_dirs` and/or `data.mel_dir`; both are empty")
         self.audio_dirs = [Path(d).expanduser() for d in audio_dirs]
         self.mel_dir = Path(mel_dir).expanduser() if mel_dir else None
         self.paired_audio_dir = Path(paired_audio_dir).expanduser() if paired_audio_dir else None
@@ -235,9 +240,9 @@ class VocoderDataModule(LightningDataModule):
             ("data.paired_audio_dir", self.paired_audio_dir),
         ]:
             if folder is not None and not folder.is_dir():
-                raise FileNotFoundError(f"{option}: folder not found: {folder}")
+                raise MissingFileError(f"{option}: folder not found: {folder}")
         if val_max_utterances is not None and val_max_utterances < 1:
-            raise ValueError(f"data.val_max_utterances must be at least 1 or null, got {val_max_utterances}")
+            raise DataError(f"data.val_max_utterances must be at least 1 or null, got {val_max_utterances}")
         self.cache = TensorCache(cache_dir)
         self.teacher = teacher
         self.teacher_seed = teacher_seed
@@ -433,7 +438,7 @@ class VocoderDataModule(LightningDataModule):
         if self._distributed()[1] == 1:
             report = self.prepare()
             if len(report.skipped) == report.assigned:
-                raise ValueError(self._nothing_usable())
+                raise DataError(self._nothing_usable())
 
     @property
     def sources(self) -> list[str]:
@@ -485,7 +490,7 @@ class VocoderDataModule(LightningDataModule):
             )
         if not kept:
             longest = max((frames[e[0].key] for e in entries), default=0)
-            raise ValueError(
+            raise DataError(
                 f"data: no training utterance is at least data.segment_frames={self.segment_frames} frames long "
                 f"(the longest has {longest}) in {self._describe_sources()}"
             )
@@ -502,7 +507,7 @@ class VocoderDataModule(LightningDataModule):
             if ready and (teacher_key is not None or utterance.has_audio):
                 entries.append((utterance, teacher_key))
         if not entries:
-            raise ValueError(self._nothing_usable())
+            raise DataError(self._nothing_usable())
 
         def bucket(utterance: Utterance) -> float:
             return int(hashlib.sha1(utterance.name.encode()).hexdigest()[:8], 16) / 16**8
@@ -521,9 +526,9 @@ class VocoderDataModule(LightningDataModule):
         train, val = self.split()
         chosen = {"val": val, "train": train, "all": train + val}.get(split)
         if chosen is None:
-            raise ValueError(f"split={split!r}: choose 'val', 'train' or 'all'")
+            raise DataError(f"split={split!r}: choose 'val', 'train' or 'all'")
         if not chosen:
-            raise ValueError(f"split={split!r} is empty for {self._describe_sources()}")
+            raise DataError(f"split={split!r} is empty for {self._describe_sources()}")
         return UtteranceDataset(self.cache, sorted(chosen, key=lambda e: e[0].name), max_frames=max_frames)
 
     def train_dataloader(self) -> DataLoader:

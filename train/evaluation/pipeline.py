@@ -32,6 +32,7 @@ from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.model import load_student
 from train.utils.devices import resolve_device
+from train.utils.errors import MissingFileError
 from train.utils.files import atomic_write_text
 from train.utils.hub import WeightsUnavailableError
 from train.utils.instantiate import instantiate_dict, instantiate_with_weights
@@ -46,13 +47,13 @@ def find_checkpoint(checkpoint: str | None, search_dir: str | Path) -> Path:
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"checkpoint={checkpoint}: no such file or folder")
+            raise MissingFileError(f"checkpoint={checkpoint}: no such file or folder")
         if path.is_file():
             return path
         search_dir = path
     found = [p for p in Path(search_dir).rglob("*.ckpt") if p.is_file()]
     if not found:
-        raise FileNotFoundError(f"no student checkpoint (*.ckpt) under {search_dir}: {TRAIN_HINT}")
+        raise MissingFileError(f"no student checkpoint (*.ckpt) under {search_dir}: {TRAIN_HINT}")
     return max(found, key=lambda p: p.stat().st_mtime)
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from train.s3gen.hift import HiFTGenerator
 from train.utils.devices import resolve_device
+from train.utils.errors import ConfigError, MissingFileError
 from train.utils.hub import fetch_file
 
 PREFIX = "mel2wav."
@@ -31,7 +32,7 @@ LOCAL_HINT = (
 _LEGACY_WEIGHT_NORM = re.compile(r"\.weight_([gv])$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError, ValueError):
     """A checkpoint does not hold a HiFT state dict of the expected layout."""
 
 
@@ -39,7 +40,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
     """Read a ``.safetensors`` or torch (``.pt``/``.pth``/``.bin``) file -> (tensors, metadata)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"teacher checkpoint not found: {path}. {LOCAL_HINT}")
+        raise MissingFileError(f"teacher checkpoint not found: {path}. {LOCAL_HINT}")
     if path.suffix == ".safetensors":
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}

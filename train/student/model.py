@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 
+from train.utils.errors import ConfigError, MissingFileError
 from train.utils.hub import fetch_file
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,9 @@ def load_vocos_state_dict(source: str, local_files_only: bool = False) -> dict[s
     if path.is_dir():
         weights = path / "pytorch_model.bin"
         if not weights.is_file():
-            raise FileNotFoundError(f"no pytorch_model.bin in {path}. {INIT_HINT}")
+            raise MissingFileError(f"no pytorch_model.bin in {path}. {INIT_HINT}")
     elif path.exists() or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"student.init_from={source!r} is not a directory. {INIT_HINT}")
+        raise MissingFileError(f"student.init_from={source!r} is not a directory. {INIT_HINT}")
     else:
         weights = fetch_file(source, "pytorch_model.bin", local_files_only=local_files_only, hint=INIT_HINT)
     state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -139,11 +140,11 @@ def warm_start(
     return copied, kept
 
 
-class WarmStartError(ValueError):
+class WarmStartError(ConfigError, ValueError):
     """A warm start would copy less than the student's backbone."""
 
 
-class StudentCheckpointError(ValueError):
+class StudentCheckpointError(ConfigError, ValueError):
     """A file does not hold a student generator this project can rebuild."""
 
 
@@ -159,7 +160,7 @@ def read_generator_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str,
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"student checkpoint not found: {path}")
+        raise MissingFileError(f"student checkpoint not found: {path}")
     config = None
     try:
         if path.suffix == ".safetensors":

@@ -2,8 +2,11 @@
 
 Manual optimisation: a discriminator step, then a generator step, schedulers stepped by
 hand. The discriminator steps through its raw optimizer so that ``trainer.global_step``
-(and so ``trainer.max_steps``, checkpoints and schedules) counts generator updates only.
-Mixed precision: use ``bf16-mixed`` or 32-bit (no loss scaler is applied to that step).
+(and so ``trainer.max_steps``, checkpoints and schedules) counts generator updates only;
+its schedule advances with its own updates (it starts after ``mel_only_steps``). During the
+generator step the discriminators are frozen: their weight gradients would be discarded.
+Precision: ``bf16-mixed`` or 32-bit. fp16 is refused: it needs a loss scaler for the raw
+discriminator step and unscaled gradients before clipping, which this loop does not do.
 """
 
 from __future__ import annotations
@@ -23,8 +26,23 @@ from vocos.loss import DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss
 from train.s3gen.mel import SAMPLE_RATE
 from train.student.model import CONFIG_KEY
 from train.training.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, S3GenMelDistance
+from train.utils.errors import ConfigError
 
 TARGETS = ("teacher", "audio")
+
+
+def check_precision(precision: str | int) -> None:
+    """Refuse fp16 (see the module docstring) with the option's name; bf16 and 32-bit are supported."""
+    value = str(precision)
+    if "16" in value and "bf16" not in value:
+        raise PrecisionError(
+            f"trainer.precision={value} is not supported: fp16 needs loss scaling that this GAN loop does not do. "
+            "Use trainer.precision=bf16-mixed on a GPU (conf/trainer/gpu.yaml) or 32."
+        )
+
+
+class PrecisionError(ConfigError, ValueError):
+    """A precision the training loop does not support."""
 
 
 def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> LambdaLR:
@@ -64,7 +82,7 @@ class VocoderDistillation(LightningModule):
         mel_loss_weight: float = 45.0,
         stft_loss_weight: float = 0.0,
         adversarial_weight: float = 1.0,
-        feature_matching_weight: float = 2.0,
+        feature_matching_weight: float = 1.0,
         discriminator_weights: Mapping[str, float] | None = None,
         mel_only_steps: int = 0,
         grad_clip: float = 1000.0,
@@ -129,52 +147,76 @@ class VocoderDistillation(LightningModule):
     def gan_active(self) -> bool:
         return bool(self.discriminators) and self.global_step >= self.hparams.mel_only_steps
 
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        """Hinge loss of every discriminator, averaged over its sub-discriminators, weighted."""
+        total = real.new_zeros(())
+        for name, disc in self.discriminators.items():
+            real_scores, fake_scores, _, _ = disc(y=real, y_hat=fake)
+            loss, _, _ = self.disc_loss(real_scores, fake_scores)
+            total = total + self.disc_weights.get(name, 1.0) * loss.squeeze() / len(real_scores)
+        return total
+
+    def adversarial_loss(self, real: Tensor, y_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The generator's adversarial and feature-matching losses, as Vocos weights them: each
+        averaged over its discriminator's sub-discriminators, then weighted per discriminator."""
+        total, parts = real.new_zeros(()), {}
+        for name, disc in self.discriminators.items():
+            _, fake_scores, fmap_real, fmap_fake = disc(y=real, y_hat=y_hat)
+            adversarial, _ = self.gen_loss(fake_scores)
+            matching = self.fm_loss(fmap_real, fmap_fake)
+            total = total + self.disc_weights.get(name, 1.0) * (
+                self.hparams.adversarial_weight * adversarial.squeeze() / len(fake_scores)
+                + self.hparams.feature_matching_weight * matching.squeeze() / len(fmap_real)
+            )
+            parts[f"adv_{name}"] = adversarial.detach().squeeze()
+            parts[f"fm_{name}"] = matching.detach().squeeze()
+        return total, parts
+
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        schedulers = self.lr_schedulers() or []
         opt_g = optimizers[0]
         targets = self.targets(batch)
         real = targets[self.real_target]
         y_hat = self.generator(batch["mel"])
         logs: dict[str, Tensor] = {}
+        gan = self.gan_active()
 
-        if self.gan_active():
+        if gan:
             opt_d = optimizers[1]
-            loss_d = real.new_zeros(())
-            for name, disc in self.discriminators.items():
-                real_scores, fake_scores, _, _ = disc(y=real, y_hat=y_hat.detach())
-                loss, _, _ = self.disc_loss(real_scores, fake_scores)
-                loss_d = loss_d + self.disc_weights.get(name, 1.0) * loss.squeeze() / len(real_scores)
+            loss_d = self.discriminator_loss(real, y_hat.detach())
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(loss_d)
             torch.nn.utils.clip_grad_norm_(self.discriminators.parameters(), self.hparams.grad_clip)
             opt_d.optimizer.step()  # raw step: global_step counts generator updates only
+            if len(schedulers) > 1:
+                schedulers[1].step()
             logs["train/loss_d"] = loss_d.detach()
 
         loss_g, parts = self.reconstruction_loss(y_hat, targets)
-        if self.gan_active():
-            for name, disc in self.discriminators.items():
-                _, fake_scores, fmap_real, fmap_fake = disc(y=real, y_hat=y_hat)
-                adversarial, _ = self.gen_loss(fake_scores)
-                matching = self.fm_loss(fmap_real, fmap_fake)
-                weight = self.disc_weights.get(name, 1.0)
-                loss_g = loss_g + weight * (
-                    self.hparams.adversarial_weight * adversarial.squeeze() / len(fake_scores)
-                    + self.hparams.feature_matching_weight * matching.squeeze() / len(fmap_real)
-                )
-                logs[f"train/adv_{name}"] = adversarial.detach().squeeze()
+        if gan:
+            self.discriminators.requires_grad_(False)  # gradients flow through them to the generator only
+            adversarial, adversarial_parts = self.adversarial_loss(real, y_hat)
+            loss_g = loss_g + adversarial
+            parts.update(adversarial_parts)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
+        if gan:
+            self.discriminators.requires_grad_(True)
         self.clip_gradients(opt_g, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         logs["train/lr"] = torch.tensor(opt_g.param_groups[0]["lr"])  # the rate this update used
         opt_g.step()
-        for scheduler in self.lr_schedulers() or []:
-            scheduler.step()
+        if schedulers:
+            schedulers[0].step()
 
-        logs["train/loss_g"] = loss_g.detach()
         logs.update({f"train/{k}": v.detach() for k, v in parts.items()})
         self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=real.shape[0])
-        self.log("train/mel", parts[f"mel_{self.real_target}"].detach(), prog_bar=True, batch_size=real.shape[0])
+        progress = {"train/loss_g": loss_g.detach(), "train/mel": parts[f"mel_{self.real_target}"].detach()}
+        self.log_dict(progress, prog_bar=True, on_step=True, on_epoch=False, batch_size=real.shape[0])
+
+    def setup(self, stage: str) -> None:
+        check_precision(self.trainer.precision)  # for trainers built outside train.training.pipeline
 
     def lr_schedulers(self) -> list[Any] | None:  # a list even for one scheduler
         schedulers = super().lr_schedulers()
@@ -188,8 +230,11 @@ class VocoderDistillation(LightningModule):
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         y_hat = self.generator(batch["mel"])
         for name, y in self.targets(batch).items():
-            self.log(f"val/mel_distance_{name}", self.mel_distance(y_hat, y), sync_dist=True, batch_size=1)
+            distance = self.mel_distance(y_hat, y)
+            self.log(f"val/mel_distance_{name}", distance, sync_dist=True, batch_size=1)
             self.log(f"val/stft_distance_{name}", self.stft_loss(y_hat, y), sync_dist=True, batch_size=1)
+            if name == self.real_target:  # the one number checkpoints are ranked by
+                self.log("val/mel_distance", distance, sync_dist=True, batch_size=1)
         if batch_idx < self.hparams.num_logged_audio:
             self.log_media(batch_idx, batch["mel"], y_hat, self.targets(batch)[self.real_target])
 

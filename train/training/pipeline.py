@@ -3,50 +3,110 @@
 from __future__ import annotations
 
 import logging
-import warnings
+from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 import train.utils.config  # noqa: F401  (resolvers the configs use)
-from train.utils.instantiate import instantiate_dict, instantiate_with_weights
+from train.training.module import check_precision
+from train.utils.errors import MissingFileError
+from train.utils.files import remove_stale_temporaries
+from train.utils.instantiate import instantiate, instantiate_dict, instantiate_with_weights
 
 log = logging.getLogger(__name__)
-# Checkpoints hold the weights after each update, which is what we want.
-warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+LAST = "last.ckpt"
 
 
 def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     """(datamodule, module, trainer) from the config. Weights are fetched before anything trains."""
-    lightning.seed_everything(cfg.seed, workers=True)
+    check_precision(cfg.trainer.precision)
+    lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     teacher = instantiate_with_weights(cfg.teacher) if cfg.get("teacher") else None
     generator = instantiate_with_weights(cfg.student)
-    datamodule = hydra.utils.instantiate(cfg.data, teacher=teacher)
-    module = hydra.utils.instantiate(cfg.module, generator=generator)
+    datamodule = instantiate(cfg.data, teacher=teacher)
+    module = instantiate(cfg.module, generator=generator)
     loggers: list[Logger] = instantiate_dict(cfg.get("logger"))
     callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks"))
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks or None)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks or None)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return datamodule, module, trainer
 
 
-def fit(cfg: DictConfig) -> dict[str, dict[str, float]]:
-    """Train (or resume from ``cfg.ckpt_path``).
+def runs_folder(cfg: DictConfig) -> Path:
+    """Where this experiment's runs live: ``checkpoints/runs/<task_name>/``."""
+    return Path(cfg.paths.log_dir) / "runs" / cfg.task_name
 
-    Returns ``{"initial": ..., "final": ...}`` metrics; ``initial`` is a validation pass
-    before the first update (with ``validate_first``; empty when resuming).
+
+def resume_path(cfg: DictConfig) -> Path | None:
+    """The checkpoint to resume from, if any.
+
+    ``ckpt_path=last``: the newest ``last.ckpt`` of any run of this experiment. ``ckpt_path``
+    unset: this run folder's own ``last.ckpt`` if it has one (a requeued SLURM job comes back
+    to its folder), else a fresh start. Anything else: that file.
     """
+    requested = cfg.get("ckpt_path")
+    own = Path(cfg.paths.output_dir) / "checkpoints" / LAST
+    if requested is None:
+        return own if own.is_file() else None
+    if str(requested) == "last":
+        folder = runs_folder(cfg)
+        found = [p for p in folder.rglob(LAST) if p.parent.name == "checkpoints"] if folder.is_dir() else []
+        if not found:
+            raise MissingFileError(
+                f"ckpt_path=last: no run of '{cfg.task_name}' has a checkpoint yet ({folder}/*/checkpoints/{LAST}); "
+                "start one without ckpt_path"
+            )
+        return max(found, key=lambda p: p.stat().st_mtime_ns)
+    path = Path(requested).expanduser()
+    if not path.is_file():
+        raise MissingFileError(f"ckpt_path={requested}: no such checkpoint file")
+    return path
+
+
+def fit(cfg: DictConfig) -> dict[str, Any]:
+    """Train, resuming where :func:`resume_path` says.
+
+    Returns ``initial`` and ``final`` metrics (``initial``: a validation pass before the first
+    update, with ``validate_first`` and a fresh start), ``resumed_from``, ``run_dir`` and
+    ``last_checkpoint``.
+    """
+    check_precision(cfg.trainer.precision)  # before anything slow
+    if runs_folder(cfg).is_dir():
+        remove_stale_temporaries(runs_folder(cfg))
+    ckpt_path = resume_path(cfg)
     datamodule, module, trainer = build(cfg)
     initial: dict[str, float] = {}
-    if cfg.get("validate_first") and not cfg.get("ckpt_path"):
-        initial = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule)[0].items()}
-        log.info("step-0 validation: %s", initial)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    elif cfg.get("validate_first"):
+        initial = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+        log.info("step-0 validation: %s", _fmt(initial))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    log.info("final metrics: %s", final)
-    return {"initial": initial, "final": final}
+    last = getattr(trainer.checkpoint_callback, "last_path", None)
+    last = str(last) if last is not None and Path(last).is_file() else None
+    run_dir = str(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        log.info("final metrics: %s", _fmt(final))
+        log.info(
+            "run folder: %s\nlast checkpoint: %s\nto go on: the same command with `ckpt_path=last` "
+            "(and a larger trainer.max_steps)",
+            run_dir,
+            last,
+        )
+    return {
+        "initial": initial,
+        "final": final,
+        "resumed_from": None if ckpt_path is None else str(ckpt_path),
+        "run_dir": run_dir,
+        "last_checkpoint": last,
+    }
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))

@@ -50,8 +50,8 @@ def train_throughput(overrides: list[str], steps: int) -> list[dict]:
         base = [
             f"paths.output_dir={tmp}",
             "~logger",
-            "callbacks.model_checkpoint=null",
-            "++trainer.enable_progress_bar=false",
+            "callbacks.checkpoints=null",
+            "callbacks.progress.enable=false",
             "++trainer.enable_model_summary=false",
             "++trainer.limit_val_batches=0",
             f"trainer.max_steps={steps + 1}",

@@ -1,14 +1,43 @@
-"""What the configs in ``conf/`` need before Hydra composes them: the ``repo_root`` resolver.
+"""What the configs in ``conf/`` need before Hydra composes them: resolvers and typed schemas.
 
 Kept free of torch and Lightning, so that an entry point's ``--help`` answers at once.
 """
 
+import datetime
+import os
+import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from train.utils import schema
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 
+
+def run_name() -> str:
+    """A run folder's name, unique to the run and the same in all of its processes.
+
+    Under a SLURM job (not an interactive shell), the job id, so that every task of a
+    multi-node job and a requeued job come back to one folder; under torchrun with a
+    rendezvous id, that id; otherwise the time and a random suffix (two runs started in the
+    same second get two folders).
+    """
+    env = os.environ
+    if env.get("SLURM_JOB_ID") and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+            return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        return f"slurm-{env['SLURM_JOB_ID']}"
+    if env.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}-{secrets.token_hex(3)}"
+
+
 if not OmegaConf.has_resolver("repo_root"):
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+if not OmegaConf.has_resolver("run_name"):
+    # cached: every mention in one config is the same name (and Hydra's launchers copy the cache)
+    OmegaConf.register_new_resolver("run_name", run_name, use_cache=True)
+
+schema.register()

@@ -8,6 +8,7 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from train.utils.errors import ConfigError
 from train.utils.hub import WeightsUnavailableError
 
 OFFLINE_HINT = (
@@ -17,18 +18,25 @@ OFFLINE_HINT = (
 )
 
 
+def instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, but a :class:`ConfigError` raised inside comes out as
+    itself (its message names the option), not wrapped in Hydra's exception."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
+
+
 def instantiate_dict(nodes: DictConfig | None) -> list[Any]:
     """Instantiate every non-null entry of a name -> config mapping (loggers, callbacks)."""
-    return [hydra.utils.instantiate(node) for node in (nodes or {}).values() if node is not None]
+    return [instantiate(node) for node in (nodes or {}).values() if node is not None]
 
 
 def instantiate_with_weights(node: DictConfig) -> Any:
     """Instantiate a node that downloads weights; unavailable weights end the run with the ways out."""
     try:
-        return hydra.utils.instantiate(node)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, WeightsUnavailableError):
-            raise WeightsUnavailableError(f"{err.__cause__}\n{OFFLINE_HINT}") from None
-        if isinstance(err.__cause__, FileNotFoundError | ValueError):
-            raise err.__cause__ from None  # it names the file and the option already
-        raise
+        return instantiate(node)
+    except WeightsUnavailableError as err:
+        raise WeightsUnavailableError(f"{err}\n{OFFLINE_HINT}") from None
