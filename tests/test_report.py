@@ -66,18 +66,31 @@ def test_gates_from_config_and_their_errors():
 
 def minimal_report() -> dict:
     utterances = [
-        {"name": "a.wav", "seconds": 1.0, "scores": {"student_vs_teacher": {"pesq_wb": 3.6, "stoi": math.nan}}},
-        {"name": "b.wav", "seconds": 2.0, "scores": {"student_vs_teacher": {"pesq_wb": 3.8, "stoi": 0.9}}},
+        {
+            "name": "a.wav",
+            "seconds": 1.0,
+            "scored_seconds": 1.0,
+            "windows": 1,
+            "scores": {"student_vs_teacher": {"pesq_wb": 3.6, "stoi": math.nan}},
+        },
+        {
+            "name": "b.wav",
+            "seconds": 2.0,
+            "scored_seconds": 2.0,
+            "windows": 1,
+            "scores": {"student_vs_teacher": {"pesq_wb": 3.8, "stoi": 0.9}},
+        },
     ]
     summary = report.summarise_groups(utterances)
     gates = [g.check(summary) for g in build_gates({"pesq": {"metric": "pesq_wb", "above": 3.5}})]
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "created": "2026-11-24T00:00:00+00:00",
         "checkpoint": {"path": "x.ckpt", "sha256": "0" * 64, "params": 10, "config": {"dim": 8}},
         "teacher": {"status": "loaded", "reason": None, "weights_id": "abc", "seed": 0},
         "data": {"sources": ["data/corpus"], "split": "val", "utterances": 2, "seconds": 3.0, "skipped": []},
         "metrics": report.metric_definitions(),
+        "scoring": {"window_seconds": 30.0, "max_windows": 4, "rule": "windows"},
         "utterances": utterances,
         "summary": summary,
         "gates": gates,
@@ -114,9 +127,9 @@ def test_report_round_trips_through_json_with_nan_as_null(tmp_path):
 def test_reports_off_the_schema_are_rejected_with_the_place(tmp_path, change, where):
     bad = minimal_report()
     change(bad)
-    with pytest.raises(ValueError, match=f"report.json: not a schema-1 evaluation report at {where}"):
+    with pytest.raises(ValueError, match=f"report.json: not a schema-2 evaluation report at {where}"):
         write_report(bad, tmp_path / "report.json")
     assert not (tmp_path / "report.json").exists()
     (tmp_path / "report.json").write_text(json.dumps(report.without_nan(bad)))
-    with pytest.raises(ValueError, match="not a schema-1"):
+    with pytest.raises(ValueError, match="not a schema-2"):
         read_report(tmp_path / "report.json")

@@ -8,6 +8,7 @@ Timings on shared machines are noisy: compare rows of one run and quote ratios.
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 import statistics
 import sys
@@ -25,6 +26,7 @@ from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 
 MIB = 2**20
+log = logging.getLogger(__name__)
 
 
 def weights_bytes(model: nn.Module) -> int:
@@ -187,6 +189,7 @@ def compare(
     """:func:`profile` each ``(name, model, where its weights came from)`` on the same mel."""
     rows = []
     for name, model, weights in models:
+        log.info("cost of %s: speed on 1 and all threads, memory in a fresh process, first chunks", name)
         dtype = next(model.parameters()).dtype
         rows.append({"model": name, "weights": weights, **profile(model, mel.to(dtype), chunk_frames, repeats, cuda)})
     device = f"CPU, {torch.get_num_threads()} threads"

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from train.evaluation import cost, plots, report
-from train.evaluation.metrics import Analysis, QualityMetrics
+from train.evaluation.metrics import WINDOW_RULE, Analysis, QualityMetrics, combine_windows, windows
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.model import load_student
@@ -54,7 +54,8 @@ def find_checkpoint(checkpoint: str | None, search_dir: str | Path) -> Path:
     found = [p for p in Path(search_dir).rglob("*.ckpt") if p.is_file()]
     if not found:
         raise MissingFileError(f"no student checkpoint (*.ckpt) under {search_dir}: {TRAIN_HINT}")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    # newest first; between files of the same moment (a best-*.ckpt is a hard link of last.ckpt), last.ckpt
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
 
 
 def load_optional_teacher(node: DictConfig | None, required: bool) -> tuple[HiFTGenerator | None, dict[str, Any]]:
@@ -82,7 +83,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def score_utterance(metrics: QualityMetrics, signals: dict[str, Analysis], name: str) -> dict[str, dict[str, float]]:
+def score_signals(metrics: QualityMetrics, signals: dict[str, Analysis], name: str) -> dict[str, dict[str, float]]:
     """Every comparison the available signals allow."""
     scores = {}
     for group in report.PAIRED_GROUPS:
@@ -94,6 +95,29 @@ def score_utterance(metrics: QualityMetrics, signals: dict[str, Analysis], name:
             if system in signals:
                 scores[system] = metrics.no_reference(signals[system], name)
     return scores
+
+
+def score_utterance(
+    metrics: QualityMetrics, wavs: dict[str, Tensor], name: str, window_s: float, max_windows: int
+) -> tuple[dict[str, Any], dict[str, Analysis]]:
+    """Score one utterance on bounded windows (:data:`train.evaluation.metrics.WINDOW_RULE`): its
+    record for the report, and the analyses of its first window (for plots)."""
+    length = min(w.shape[-1] for w in wavs.values())
+    spans = windows(length, round(window_s * SAMPLE_RATE), max_windows)
+    scored, first = [], {}
+    for start, end in spans:
+        signals = {system: metrics.analyse(wav[start:end]) for system, wav in wavs.items()}
+        label = name if len(spans) == 1 else f"{name} [{start / SAMPLE_RATE:.1f}-{end / SAMPLE_RATE:.1f} s]"
+        scored.append((end - start, score_signals(metrics, signals, label)))
+        first = first or signals
+    record = {
+        "name": name,
+        "seconds": length / SAMPLE_RATE,
+        "scored_seconds": sum(n for n, _ in scored) / SAMPLE_RATE,
+        "windows": len(spans),
+        "scores": combine_windows(scored),
+    }
+    return record, first
 
 
 def cost_mel(mels: list[Tensor], seconds: float) -> Tensor:
@@ -119,7 +143,7 @@ def measure_cost(
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation described by ``conf/evaluate.yaml``; returns the report."""
-    lightning.seed_everything(cfg.seed, workers=True)
+    lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     checkpoint = find_checkpoint(cfg.get("checkpoint"), cfg.paths.log_dir)
     device = resolve_device(cfg.device)
@@ -134,21 +158,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     gates = report.build_gates(cfg.get("gates"))
 
     utterances, mels, examples = [], [], []
+    scoring = cfg.scoring
     for index in tqdm(range(count), desc="evaluate", unit="utt", disable=not cfg.progress_bar):
         name = dataset.entries[index][0].name
         item = dataset[index]
         with torch.inference_mode():
             wav = student(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
-        signals = {"student": metrics.analyse(wav)}
-        for system in ("teacher", "audio"):
-            if system in item:
-                signals[system] = metrics.analyse(item[system])
-        utterances.append(
-            {"name": name, "seconds": signals["student"].seconds, "scores": score_utterance(metrics, signals, name)}
-        )
+        wavs = {"student": wav, **{system: item[system] for system in ("teacher", "audio") if system in item}}
+        record, first = score_utterance(metrics, wavs, name, scoring.window_seconds, scoring.max_windows)
+        utterances.append(record)
         mels.append(item["mel"])
         if index < cfg.plots.mel_examples:
-            examples.append((name, {k: s.mel for k, s in signals.items()}, {k: s.wav for k, s in signals.items()}))
+            examples.append((name, {k: s.mel for k, s in first.items()}, {k: s.wav for k, s in first.items()}))
 
     summary = report.summarise_groups(utterances)
     gate_results = [gate.check(summary) for gate in gates]
@@ -176,6 +197,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "skipped": [{"name": n, "reason": r} for n, r in datamodule.skipped],
         },
         "metrics": report.metric_definitions(),
+        "scoring": {"window_seconds": scoring.window_seconds, "max_windows": scoring.max_windows, "rule": WINDOW_RULE},
         "utterances": utterances,
         "summary": summary,
         "gates": gate_results,

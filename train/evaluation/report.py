@@ -21,7 +21,7 @@ from scipy import stats
 from train.evaluation.metrics import NO_REFERENCE, PAIRED
 from train.utils.files import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 PAIRED_GROUPS = ("student_vs_teacher", "student_vs_audio", "teacher_vs_audio")
 SYSTEMS = ("student", "teacher", "audio")

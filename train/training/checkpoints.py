@@ -122,7 +122,7 @@ class RunCheckpoints(Checkpoint):
         if self.last_step_saved == trainer.global_step and not force:
             return
         self.last_step_saved = trainer.global_step
-        trainer.save_checkpoint(self.last_path)
+        trainer.save_checkpoint(self.last_path, weights_only=False)  # the whole state: optimizers too
 
     def _better(self, score: float, than: float) -> bool:
         return score < than if self.mode == "min" else score > than

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 LIBRARIES = ("lightning", "lightning.pytorch", "lightning.fabric", "huggingface_hub")
 ADVERTISEMENTS = ("💡 Tip:",)
@@ -25,8 +26,19 @@ class _DropAdvertisements(logging.Filter):
         return not str(record.msg).startswith(ADVERTISEMENTS)
 
 
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line=None) -> str:
+    """A warning as one line: this project's own say what and where in their message; others
+    keep their file and line, but not the echoed source line."""
+    if category.__module__.split(".")[0] == "train":
+        return f"{category.__name__}: {message}"
+    return f"{category.__name__}: {message} ({Path(filename).name}:{lineno})"
+
+
 def route_library_logs() -> None:
-    """Remove the libraries' own console handlers (when the root logger has one to take over)."""
+    """Remove the libraries' own console handlers (when the root logger has one to take over),
+    and send warnings through logging as one line each, so they reach the run's log file."""
+    warnings.formatwarning = format_warning
+    logging.captureWarnings(True)
     root = logging.getLogger()
     for name in LIBRARIES:
         logger = logging.getLogger(name)

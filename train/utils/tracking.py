@@ -13,10 +13,11 @@ log = logging.getLogger(__name__)
 
 
 def wandb_logger(mode: str | None = None, **kwargs: Any) -> WandbLogger:
-    """A ``WandbLogger`` whose mode follows the user's login.
+    """A ``WandbLogger`` whose mode follows the user's login, and that prints only what matters.
 
     ``mode=None`` means: ``WANDB_MODE`` if set, else ``online`` when W&B credentials exist
-    and ``offline`` otherwise (sync later with ``wandb sync <run dir>``).
+    and ``offline`` otherwise (sync later with ``wandb sync <run dir>``). W&B's own console
+    output is kept to where the run is (``quiet``).
     """
     if mode is None and "WANDB_MODE" not in os.environ:
         mode = "online" if wandb.login(prompt=False) else "offline"
@@ -24,4 +25,9 @@ def wandb_logger(mode: str | None = None, **kwargs: Any) -> WandbLogger:
             log.info("W&B: not logged in, logging offline; upload later with `wandb sync`")
     if mode is not None:
         kwargs["mode"] = mode
-    return WandbLogger(**kwargs)
+    kwargs.setdefault("settings", wandb.Settings(quiet=True))
+    logger = WandbLogger(**kwargs)
+    # Lightning passes anonymous=None, which W&B answers with a deprecation warning on every start
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
