@@ -1,3 +1,5 @@
+import pytest
+
 from train import bench
 
 
@@ -6,7 +8,7 @@ def test_bench_prints_teacher_and_student_side_by_side(tmp_path, capsys):
         [
             "--seconds", "0.2", "--repeats", "1", "--chunk-frames", "2", "5", "--train-steps", "2",
             "--train-config", "experiment=tiny", "~teacher", "module.target_weights={teacher:0,audio:1}",
-            f"paths.log_dir={tmp_path}",
+            f"paths.log_dir={tmp_path}", "--train-compare", "module.freeze_discriminators=false",
         ]
     )  # fmt: skip
     out = capsys.readouterr().out
@@ -17,3 +19,18 @@ def test_bench_prints_teacher_and_student_side_by_side(tmp_path, capsys):
     assert "student speed-up, cpu 1 thread:" in out and "x smaller" in out
     assert "| real data pipeline |" in out and "| in-memory tensors |" in out
     assert "real data vs in-memory step time:" in out
+    assert "| in-memory, module.freeze_discriminators=false |" in out
+
+
+def test_prepare_throughput_rows_for_one_and_two_processes(monkeypatch, tmp_path):
+    """The rows come from the runs' own prepare_rank*.json (tiny data, small teacher: seconds)."""
+    from helpers import small_config, write_clips
+
+    from train.data import preparation
+    from train.s3gen.hift import HiFTGenerator
+
+    clips = write_clips(tmp_path / "clips", count=4)
+    monkeypatch.setattr(preparation, "HiFTGenerator", lambda: HiFTGenerator(**small_config()))
+    rows = preparation.prepare_throughput([1, 2], [f"data.audio_dirs=[{clips}]"])
+    assert [r["processes"] for r in rows] == [1, 2]
+    assert all(r["audio_s"] == pytest.approx(4 * 0.6, abs=0.05) and r["audio_s_per_s"] > 0 for r in rows)

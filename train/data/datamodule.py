@@ -383,6 +383,16 @@ class VocoderDataModule(LightningDataModule):
             pending = deferred
         bar.close()
         report.wall_seconds = time.perf_counter() - started
+        log.info(
+            "data: share %d/%d: %d utterances computed (%.1f s of audio in %.1f s), %d cached already, %d skipped",
+            rank + 1,
+            world_size,
+            len(report.prepared_keys),
+            report.audio_seconds,
+            report.wall_seconds,
+            report.already_cached,
+            len(report.skipped),
+        )
         self.skipped = report.skipped
         self.report = report
         return report

@@ -15,6 +15,11 @@ import datetime
 import json
 import logging
 import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,9 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from train.data.datamodule import PrepareReport, VocoderDataModule
+from train.s3gen.hift import HiFTGenerator
+from train.s3gen.teacher import save_teacher
+from train.utils.config import REPO_ROOT
 from train.utils.files import atomic_write_text, remove_stale_temporaries
 from train.utils.instantiate import instantiate, instantiate_with_weights
 
@@ -75,3 +83,45 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     if rank == 0:
         log.info("%s", summarise(reports))
     return record
+
+
+def prepare_throughput(processes: Sequence[int], overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Seconds of audio prepared per second with ``N`` processes (``torchrun --standalone``), for
+    each ``N``: ``train/prepare.py experiment=distill`` on the bundled corpus (or what
+    ``overrides`` choose) into a fresh cache, with a stand-in teacher of Chatterbox's size."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = save_teacher(HiFTGenerator(), Path(tmp) / "s3gen.safetensors")
+        for count in processes:
+            out = Path(tmp) / f"processes{count}"
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={count}",
+                str(REPO_ROOT / "train" / "prepare.py"),
+                "experiment=distill",
+                f"teacher.checkpoint={teacher}",
+                f"paths.log_dir={out}",
+                "data.progress=false",
+                *overrides,
+            ]
+            started = time.perf_counter()
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode:
+                raise RuntimeError(f"train/prepare.py with {count} processes failed:\n{result.stderr[-3000:]}")
+            total = time.perf_counter() - started
+            reports = [json.loads(p.read_text()) for p in sorted(out.rglob("prepare_rank*.json"))]
+            audio = sum(r["audio_seconds"] for r in reports)
+            work = max(r["wall_seconds"] for r in reports)
+            rows.append(
+                {
+                    "processes": count,
+                    "audio_s": audio,
+                    "prepare_s": work,
+                    "audio_s_per_s": audio / work,
+                    "with_startup_s": total,
+                }
+            )
+    return rows

@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from train.s3gen.hift import HiFTGenerator
 from train.utils.devices import resolve_device
 from train.utils.errors import ConfigError, MissingFileError
+from train.utils.files import atomic_write
 from train.utils.hub import fetch_file
 
 PREFIX = "mel2wav."
@@ -158,3 +159,13 @@ def synthesize(teacher: HiFTGenerator, mel: Tensor, seed: int = 0) -> Tensor:
     generator = torch.Generator(device=device).manual_seed(seed)
     wav, _ = teacher.inference(mel.to(device), generator=generator)
     return wav.float().clone()
+
+
+def save_teacher(model: HiFTGenerator, path: str | Path) -> Path:
+    """Write HiFT as Chatterbox keeps it: ``mel2wav.``-prefixed keys (weight norm not folded) in a
+    ``.safetensors`` file, with the model's arguments as ``config`` metadata. For stand-in teachers
+    (random weights at Chatterbox's size cost what the real one does) and tests."""
+    path = Path(path)
+    state = {f"{PREFIX}{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda f: f.write(save(state, metadata={"config": json.dumps(model.config)})))
+    return path

@@ -69,6 +69,9 @@ class VocoderDistillation(LightningModule):
         "real" signal is the target of larger weight.
     mel_only_steps: generator updates trained with reconstruction losses alone before the
         discriminators join.
+    freeze_discriminators: no weight gradients for the discriminators in the generator step
+        (they would be discarded). ``False`` only to measure what that saves
+        (``python -m train.bench --train-compare module.freeze_discriminators=false``).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class VocoderDistillation(LightningModule):
         feature_matching_weight: float = 1.0,
         discriminator_weights: Mapping[str, float] | None = None,
         mel_only_steps: int = 0,
+        freeze_discriminators: bool = True,
         grad_clip: float = 1000.0,
         num_logged_audio: int = 2,
     ) -> None:
@@ -195,14 +199,16 @@ class VocoderDistillation(LightningModule):
             logs["train/loss_d"] = loss_d.detach()
 
         loss_g, parts = self.reconstruction_loss(y_hat, targets)
-        if gan:
+        freeze = gan and self.hparams.freeze_discriminators
+        if freeze:
             self.discriminators.requires_grad_(False)  # gradients flow through them to the generator only
+        if gan:
             adversarial, adversarial_parts = self.adversarial_loss(real, y_hat)
             loss_g = loss_g + adversarial
             parts.update(adversarial_parts)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
-        if gan:
+        if freeze:
             self.discriminators.requires_grad_(True)
         self.clip_gradients(opt_g, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         logs["train/lr"] = torch.tensor(opt_g.param_groups[0]["lr"])  # the rate this update used

@@ -39,8 +39,13 @@ class InMemory(LightningDataModule):
         return DataLoader(self.batches, batch_size=None)
 
 
-def train_throughput(overrides: list[str], steps: int) -> list[dict]:
-    """Seconds of audio trained per second, real data pipeline vs the same batches in memory."""
+def train_throughput(overrides: list[str], steps: int, compare: list[str] = (), rounds: int = 2) -> list[dict]:
+    """Median seconds per generator update and seconds of audio trained per second.
+
+    Rows: the real data pipeline; the same batches already in memory; and, on those same
+    batches, the configuration with each ``compare`` override. The in-memory variants run in
+    alternation, ``rounds`` times each (A B A B ...), so that a noisy machine slows all alike.
+    """
     from hydra import compose, initialize_config_dir
 
     from train.training.pipeline import build
@@ -55,20 +60,32 @@ def train_throughput(overrides: list[str], steps: int) -> list[dict]:
             "++trainer.enable_model_summary=false",
             "++trainer.limit_val_batches=0",
             f"trainer.max_steps={steps + 1}",
+            *overrides,
         ]
-        cfg = compose("train", overrides=[*base, *overrides])
-        rows = []
-        for source in ("real data pipeline", "in-memory tensors"):
-            datamodule, module, trainer = build(cfg)
-            if source == "in-memory tensors":
-                datamodule.prepare_data()
-                datamodule.setup("fit")
-                loader = iter(datamodule.train_dataloader())
-                datamodule = InMemory([next(loader) for _ in range(min(steps + 1, len(loader)))] * (steps + 1))
+        cfg = compose("train", overrides=base)
+        batch_seconds = cfg.data.batch_size * cfg.data.segment_frames * HOP_LENGTH / SAMPLE_RATE
+
+        def timed(config, datamodule=None) -> list[float]:
+            built_datamodule, module, trainer = build(config)
             timer = StepTimer()
             trainer.callbacks.append(timer)
-            trainer.fit(module, datamodule=datamodule)
-            batch_seconds = cfg.data.batch_size * cfg.data.segment_frames * HOP_LENGTH / SAMPLE_RATE
-            step = statistics.median(timer.times)
-            rows.append({"data": source, "s_per_step": step, "audio_s_per_s": batch_seconds / step})
+            trainer.fit(module, datamodule=datamodule or built_datamodule)
+            return timer.times
+
+        times = {"real data pipeline": timed(cfg)}
+        datamodule, _, _ = build(cfg)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        loader = iter(datamodule.train_dataloader())
+        batches = [next(loader) for _ in range(min(steps + 1, len(loader)))] * (steps + 1)
+        variants = {"in-memory tensors": cfg}
+        for override in compare:
+            variants[f"in-memory, {override}"] = compose("train", overrides=[*base, override])
+        for _ in range(rounds):
+            for name, config in variants.items():
+                times.setdefault(name, []).extend(timed(config, InMemory(batches)))
+        rows = []
+        for name, values in times.items():
+            step = statistics.median(values)
+            rows.append({"data": name, "s_per_step": step, "audio_s_per_s": batch_seconds / step})
         return rows

@@ -69,6 +69,7 @@ class ModuleSchema:
     feature_matching_weight: float = 1.0
     discriminator_weights: dict[str, float] = field(default_factory=dict)
     mel_only_steps: int = 0
+    freeze_discriminators: bool = True
     grad_clip: float = 1000.0
     num_logged_audio: int = 2
     discriminators: dict[str, Any] | None = None
