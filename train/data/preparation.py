@@ -53,12 +53,11 @@ def summarise(reports: list[PrepareReport]) -> str:
     computed = sum(len(r.prepared_keys) for r in reports)
     audio = sum(r.audio_seconds for r in reports)
     wall = max(r.wall_seconds for r in reports)
-    line = (
+    return (
         f"prepared {computed} utterances ({audio:.1f} s of audio) in {wall:.1f} s with {len(reports)} "
         f"process(es): {audio / wall if wall else 0.0:.2f} s of audio per second; "
         f"{sum(r.already_cached for r in reports)} were cached already, {sum(len(r.skipped) for r in reports)} skipped"
     )
-    return line
 
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:

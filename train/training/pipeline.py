@@ -22,7 +22,8 @@ LAST = "last.ckpt"
 
 
 def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
-    """(datamodule, module, trainer) from the config. Weights are fetched before anything trains."""
+    """(datamodule, module, trainer) from the config. Weights are fetched before anything trains;
+    an unsupported precision is refused before anything at all."""
     check_precision(cfg.trainer.precision)
     lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     teacher = instantiate_with_weights(cfg.teacher) if cfg.get("teacher") else None
@@ -75,7 +76,6 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     update, with ``validate_first`` and a fresh start), ``resumed_from``, ``run_dir`` and
     ``last_checkpoint``.
     """
-    check_precision(cfg.trainer.precision)  # before anything slow
     if runs_folder(cfg).is_dir():
         remove_stale_temporaries(runs_folder(cfg))
     ckpt_path = resume_path(cfg)
