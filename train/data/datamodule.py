@@ -256,7 +256,6 @@ class VocoderDataModule(LightningDataModule):
         self.progress = progress
         self.mel = S3GenMel()
         self.skipped: list[tuple[str, str]] = []
-        self.report: PrepareReport | None = None
         self._utterances: list[Utterance] | None = None
         self.train_set: UtteranceDataset | None = None
         self.val_set: UtteranceDataset | None = None
@@ -367,11 +366,12 @@ class VocoderDataModule(LightningDataModule):
             position=rank,
         )
         pending = list(mine)
+        counted: set[str] = set()  # mel keys already in report.prepared_keys
         for wait in (False, True):  # first pass: skip what others hold; second: wait for it
             deferred = []
             for utterance in pending:
                 try:
-                    if self._prepare_one(utterance, wait, report):
+                    if self._prepare_one(utterance, wait, report, counted):
                         bar.update(1)
                         bar.set_postfix(audio_s_per_s=f"{report.audio_seconds / (time.perf_counter() - started):.1f}")
                     else:
@@ -394,10 +394,9 @@ class VocoderDataModule(LightningDataModule):
             len(report.skipped),
         )
         self.skipped = report.skipped
-        self.report = report
         return report
 
-    def _prepare_one(self, utterance: Utterance, wait: bool, report: PrepareReport) -> bool:
+    def _prepare_one(self, utterance: Utterance, wait: bool, report: PrepareReport, counted: set[str]) -> bool:
         """Make sure one utterance's entries exist; ``False`` if another process holds one of them."""
         teacher_key = self.teacher_key(utterance)
         if self.teacher is None and not utterance.has_audio:
@@ -416,8 +415,7 @@ class VocoderDataModule(LightningDataModule):
                     entry = self._compute_mel_entry(utterance)
                     self.cache.save("mel", utterance.key, entry)
                     report.computed_mels += 1
-                    report.audio_seconds += entry["mel"].shape[-1] * HOP_LENGTH / SAMPLE_RATE
-                    report.prepared_keys.append(utterance.key)
+                    self._count(utterance, entry["mel"], report, counted)
         if teacher_key is not None and ("teacher", teacher_key) not in self.cache:
             with self.cache.claim("teacher", teacher_key, wait) as mine:
                 if not mine:
@@ -427,10 +425,16 @@ class VocoderDataModule(LightningDataModule):
                     wav = synthesize(self.teacher, mel.unsqueeze(0), seed=self.teacher_seed)[0]
                     self.cache.save("teacher", teacher_key, {"wav": wav.cpu()})
                     report.computed_teacher += 1
-                    if utterance.key not in report.prepared_keys:
-                        report.prepared_keys.append(utterance.key)
-                        report.audio_seconds += mel.shape[-1] * HOP_LENGTH / SAMPLE_RATE
+                    self._count(utterance, mel, report, counted)
         return True
+
+    @staticmethod
+    def _count(utterance: Utterance, mel: Tensor, report: PrepareReport, counted: set[str]) -> None:
+        """Record an utterance this process computed something for, once."""
+        if utterance.key not in counted:
+            counted.add(utterance.key)
+            report.prepared_keys.append(utterance.key)
+            report.audio_seconds += mel.shape[-1] * HOP_LENGTH / SAMPLE_RATE
 
     def _distributed(self) -> tuple[int, int, torch.device | None]:
         trainer = getattr(self, "trainer", None)
