@@ -51,7 +51,7 @@ def overrides(ws) -> list[str]:
 def test_evaluate_script_writes_report_summary_plots_and_logs(tmp_path, workspace):
     run = tmp_path / "run"
     cmd = [sys.executable, "train/evaluate.py", *overrides(workspace), f"paths.log_dir={tmp_path / 'checkpoints'}",
-           "logger=csv", f"hydra.run.dir={run}"]  # fmt: skip
+           "logger=csv", f"hydra.run.dir={run}", f"parent={workspace['ckpt']}"]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -64,6 +64,8 @@ def test_evaluate_script_writes_report_summary_plots_and_logs(tmp_path, workspac
     for utterance in report["utterances"]:
         assert set(utterance["scores"]) == set(GROUPS)
         assert utterance["scores"]["student_vs_teacher"]["mel_distance_db"] > 0
+        assert utterance["scores"]["student_vs_parent"]["mel_distance_db"] < 1e-3  # its own parent: the same
+    assert report["parent"]["path"] == str(workspace["ckpt"]) and report["parent"]["config"]["dim"] == 32
     # an untrained student is far from both: the gates must say so
     gates = {g["name"]: g for g in report["gates"]}
     assert set(gates) == {"pesq", "stoi", "spectral_distance", "naturalness_drop"}

@@ -84,7 +84,7 @@ def minimal_report() -> dict:
     summary = report.summarise_groups(utterances)
     gates = [g.check(summary) for g in build_gates({"pesq": {"metric": "pesq_wb", "above": 3.5}})]
     return {
-        "schema_version": 2,
+        "schema_version": report.SCHEMA_VERSION,
         "created": "2026-11-24T00:00:00+00:00",
         "checkpoint": {"path": "x.ckpt", "sha256": "0" * 64, "params": 10, "config": {"dim": 8}},
         "teacher": {"status": "loaded", "reason": None, "weights_id": "abc", "seed": 0},
@@ -127,9 +127,9 @@ def test_report_round_trips_through_json_with_nan_as_null(tmp_path):
 def test_reports_off_the_schema_are_rejected_with_the_place(tmp_path, change, where):
     bad = minimal_report()
     change(bad)
-    with pytest.raises(ValueError, match=f"report.json: not a schema-2 evaluation report at {where}"):
+    with pytest.raises(ValueError, match=f"report.json: not a schema-{report.SCHEMA_VERSION} evaluation report at {where}"):
         write_report(bad, tmp_path / "report.json")
     assert not (tmp_path / "report.json").exists()
     (tmp_path / "report.json").write_text(json.dumps(report.without_nan(bad)))
-    with pytest.raises(ValueError, match="not a schema-2"):
+    with pytest.raises(ValueError, match=f"not a schema-{report.SCHEMA_VERSION}"):
         read_report(tmp_path / "report.json")

@@ -149,6 +149,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     log.info("evaluating %s on %s", checkpoint, device)
     student = load_student(checkpoint, device)
+    parent_path = Path(cfg.parent).expanduser() if cfg.get("parent") else None
+    parent = load_student(parent_path, device) if parent_path else None
     teacher, teacher_info = load_optional_teacher(cfg.get("teacher"), cfg.require_teacher)
     datamodule = hydra.utils.instantiate(cfg.data, teacher=teacher)
     datamodule.prepare_data()
@@ -165,6 +167,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         with torch.inference_mode():
             wav = student(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
         wavs = {"student": wav, **{system: item[system] for system in ("teacher", "audio") if system in item}}
+        if parent is not None:
+            with torch.inference_mode():
+                wavs["parent"] = parent(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
         record, first = score_utterance(metrics, wavs, name, scoring.window_seconds, scoring.max_windows)
         utterances.append(record)
         mels.append(item["mel"])
@@ -185,9 +190,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": {
             "path": str(checkpoint),
             "sha256": sha256_file(checkpoint),
-            "params": sum(p.numel() for p in student.parameters()),
+            "params": cost.count_parameters(student),
             "config": student.config,
         },
+        "parent": None
+        if parent is None
+        else {"path": str(parent_path), "sha256": sha256_file(parent_path), "config": parent.config},
         "teacher": {**teacher_info, "seed": cfg.data.teacher_seed},
         "data": {
             "sources": datamodule.sources,

@@ -3,7 +3,9 @@ the cost table; written as JSON (schema: ``train/evaluation/report_schema.json``
 
 Scores are grouped by what was compared. Paired groups, ``<estimate>_vs_<reference>``:
 ``student_vs_teacher`` (distillation fidelity), ``student_vs_audio`` and ``teacher_vs_audio``
-(against the ground truth). No-reference groups: ``student``, ``teacher``, ``audio``.
+(against the ground truth), and with a ``parent`` (the fp32 student a compressed one was made
+from) ``student_vs_parent`` and ``parent_vs_audio``. No-reference groups: ``student``,
+``teacher``, ``audio``, ``parent``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from scipy import stats
 from train.evaluation.metrics import NO_REFERENCE, PAIRED
 from train.utils.files import atomic_write_text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: the parent comparison
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
-PAIRED_GROUPS = ("student_vs_teacher", "student_vs_audio", "teacher_vs_audio")
-SYSTEMS = ("student", "teacher", "audio")
+PAIRED_GROUPS = ("student_vs_teacher", "student_vs_audio", "teacher_vs_audio", "student_vs_parent", "parent_vs_audio")
+SYSTEMS = ("student", "teacher", "audio", "parent")
 GROUPS = PAIRED_GROUPS + SYSTEMS
 
 
