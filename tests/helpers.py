@@ -126,3 +126,22 @@ def read_wandb_history(path: Path) -> list[dict]:
                     {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
                 )
     return rows
+
+
+class Interrupted(RuntimeError):
+    """Raised by :class:`StopAt`: a run cut short, as by a crash or a lost node."""
+
+
+class StopAt:
+    """A Lightning callback (``+callbacks.stop={_target_: helpers.StopAt, step: N}``) that
+    interrupts training when ``global_step`` reaches ``step``, like a crash would."""
+
+    def __new__(cls, step: int):
+        from lightning.pytorch import Callback
+
+        class _Stop(Callback):
+            def on_train_batch_start(self, trainer, *args):
+                if trainer.global_step >= step:
+                    raise Interrupted(f"interrupted at step {trainer.global_step}")
+
+        return _Stop()

@@ -1,4 +1,4 @@
-"""Cost benchmark: ``python -m train.bench [--seconds 10] [--repeats 3] [--train-steps 20]``.
+"""Cost benchmark: ``python -m train.bench [--students A [B ...]] [--json FILE] [--seconds 10] [--train-steps 20]``.
 
 Teacher and student side by side in one run, on the same mel (inference cost), then the
 training step with the real data pipeline and with the same batches in memory. See
@@ -8,6 +8,8 @@ training step with the real data pipeline and with the same batches in memory. S
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 
@@ -29,6 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median)")
     parser.add_argument("--chunk-frames", type=int, nargs="+", default=[10, 25, 50], help="streaming chunk sizes")
     parser.add_argument("--no-inference", action="store_true", help="skip the teacher-vs-student inference cost")
+    parser.add_argument(
+        "--students",
+        nargs="+",
+        default=[],
+        help="student files, a row each beside the teacher (.ckpt, pruned/QAT .ckpt, .safetensors, int8 .onnx); "
+        "default: the stock-size student with random weights",
+    )
+    parser.add_argument("--json", type=Path, help="also write the inference rows here (one object per row)")
     parser.add_argument("--train-steps", type=int, default=20, help="timed training steps (0: skip)")
     parser.add_argument(
         "--train-config", nargs="*", default=["experiment=finetune"], help="Hydra overrides of the training run"
@@ -48,14 +58,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if not args.no_inference:
-        rows = run(args.seconds, args.repeats, tuple(args.chunk_frames))
+        rows = run(args.seconds, args.repeats, tuple(args.chunk_frames), args.students)
         print(f"Inference on {args.seconds:g} s of audio; s/s = seconds of compute per second of audio (median)")
         print(cost_table(rows))
-        teacher, student = rows[0], rows[-1]
-        for key in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda"):
-            if teacher[key] is not None:
-                print(f"student speed-up, {key[4:].replace('_', ' ')}: {teacher[key] / student[key]:.1f}x")
-        print(f"student size: {teacher['weights_bytes'] / student['weights_bytes']:.1f}x smaller")
+        teacher = rows[0]
+        for student in rows[1:]:
+            ratios = [
+                f"{teacher[k] / student[k]:.1f}x on {k[4:].replace('_', ' ')}"
+                for k in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda")
+                if teacher[k] is not None and student[k] is not None
+            ]
+            chunk = next(k for k in student if k.startswith("first_chunk_") and k.endswith("_speedup"))
+            print(
+                f"{student['name']}: faster {', '.join(ratios)}; {teacher['bytes'] / student['bytes']:.1f}x smaller; "
+                f"first chunk ({chunk.split('_')[2]} frames) {student[chunk]:.1f}x sooner"
+            )
+        if args.json:
+            from train.utils.files import atomic_write_text
+
+            atomic_write_text(args.json, json.dumps(rows, indent=2))
+            print(f"rows written to {args.json}")
     if args.train_steps:
         train_rows = train_throughput(args.train_config, args.train_steps, args.train_compare)
         print(f"Training ({' '.join(args.train_config)}, {torch.get_num_threads()} threads, median step)")

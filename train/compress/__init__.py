@@ -1,1 +1,2 @@
-"""Compression (structured pruning, quantization-aware training, int8 runtimes): empty until it lands."""
+"""Compression of a trained student: structured pruning (:mod:`.pruning`), quantization-aware
+training (:mod:`.qat`), the int8 runtime (:mod:`.int8`) and how it was chosen (:mod:`.runtime`)."""

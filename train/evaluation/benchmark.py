@@ -10,19 +10,52 @@ run, quote ratios.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 
 from train.evaluation.cost import compare, stand_in_teacher
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
-from train.student.model import build_student
+from train.student.model import build_student, load_student
 
 
-def run(seconds: float = 10.0, repeats: int = 3, chunk_frames: tuple[int, ...] = (10, 25, 50)) -> list[dict]:
-    """Cost rows of the teacher and the student, both at full size with random weights, on one mel."""
+def run(
+    seconds: float = 10.0,
+    repeats: int = 3,
+    chunk_frames: tuple[int, ...] = (10, 25, 50),
+    students: Sequence[str | Path] = (),
+) -> list[dict]:
+    """Cost rows of the teacher and each student on one mel.
+
+    ``students``: files :func:`~train.student.model.load_student` reads (a training ``.ckpt``,
+    a pruned or QAT checkpoint, an exported ``.safetensors``, an int8 ``.onnx``), one row each;
+    none: the stock-size student with random weights. Each row gets ``name``, ``bytes`` (the
+    weights as they run: fp32 safetensors, or the ``.onnx`` file) and its speed-up over the
+    teacher (``speedup_1_thread``, ``speedup_all_threads``).
+    """
     torch.manual_seed(0)
     mel = torch.randn(1, 80, int(seconds * SAMPLE_RATE / HOP_LENGTH)) - 5.0
-    models = [
-        ("teacher (HiFT)", stand_in_teacher(), "random"),
-        ("student (Vocos)", build_student().eval().requires_grad_(False), "random"),
-    ]
-    return compare(models, mel, chunk_frames, repeats)["models"]
+    models = [("teacher (HiFT)", stand_in_teacher(), "random")]
+    if students:
+        models += [
+            (
+                Path(path).name if len(students) == len({Path(p).name for p in students}) else str(path),
+                load_student(path),
+                str(path),
+            )
+            for path in students
+        ]
+    else:
+        models.append(("student (Vocos)", build_student().eval().requires_grad_(False), "random"))
+    rows = compare(models, mel, chunk_frames, repeats)["models"]
+    teacher = rows[0]
+    for row in rows:
+        row["name"] = row["model"]
+        row["bytes"] = row["weights_bytes"]
+        row["rtf_1_thread"] = row["rtf_cpu_1_thread"]
+        row["speedup_1_thread"] = teacher["rtf_cpu_1_thread"] / row["rtf_cpu_1_thread"]
+        row["speedup_all_threads"] = teacher["rtf_cpu_all_threads"] / row["rtf_cpu_all_threads"]
+        chunk = str(25 if 25 in chunk_frames else chunk_frames[0])
+        row[f"first_chunk_{chunk}_speedup"] = teacher["first_chunk_ms_cpu"][chunk] / row["first_chunk_ms_cpu"][chunk]
+    return rows

@@ -65,7 +65,13 @@ def threads(n: int | None) -> Iterator[None]:
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    parameter = next(model.parameters(), None)  # the int8 runtime holds none: it runs on the CPU
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters of a PyTorch model, or of the weights an exported runtime holds (``num_parameters``)."""
+    return getattr(model, "num_parameters", None) or sum(p.numel() for p in model.parameters())
 
 
 def seconds_per_second(model: nn.Module, mel: Tensor, repeats: int = 3) -> float:
@@ -149,12 +155,12 @@ def profile(
     """Every cost figure of one model on one mel ``(1, 80, T)``; CUDA figures are ``None``
     without a GPU (``cuda=None``: use one when present)."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
+    cuda = cuda and next(model.parameters(), None) is not None  # an exported CPU runtime has no CUDA path
     home = _device_of(model)
     model.to("cpu")
-    params = sum(p.numel() for p in model.parameters())
     row = {
-        "params": params,
-        "weights_bytes": weights_bytes(model),
+        "params": count_parameters(model),
+        "weights_bytes": getattr(model, "file_bytes", None) or weights_bytes(model),
         "cpu_threads": torch.get_num_threads(),
     }
     with threads(1):
@@ -190,7 +196,8 @@ def compare(
     rows = []
     for name, model, weights in models:
         log.info("cost of %s: speed on 1 and all threads, memory in a fresh process, first chunks", name)
-        dtype = next(model.parameters()).dtype
+        parameter = next(model.parameters(), None)
+        dtype = parameter.dtype if parameter is not None else torch.float32
         rows.append({"model": name, "weights": weights, **profile(model, mel.to(dtype), chunk_frames, repeats, cuda)})
     device = f"CPU, {torch.get_num_threads()} threads"
     if torch.cuda.is_available() and cuda is not False:

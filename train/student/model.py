@@ -25,8 +25,9 @@ from train.utils.hub import fetch_file
 log = logging.getLogger(__name__)
 INIT_HINT = (
     "Set `student.init_from=null` to train the student from scratch, or point `student.init_from=` at a "
-    "local directory holding a Vocos `pytorch_model.bin`."
+    "local directory holding a Vocos `pytorch_model.bin`, a training .ckpt or an exported student .safetensors."
 )
+STUDENT_FILES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 
 
 class VocosStudent(nn.Module):
@@ -57,13 +58,21 @@ def build_student(
     hop_length: int = 480,
     init_from: str | None = None,
     local_files_only: bool = False,
+    fake_quant: str | None = None,
 ) -> VocosStudent:
-    """Build the student, optionally warm-started from a Vocos checkpoint.
+    """Build the student, optionally warm-started.
 
     Args:
-        init_from: a Hub repo id (e.g. ``charactr/vocos-mel-24khz``) or a local directory
-            with ``pytorch_model.bin``; every tensor whose shape fits is copied.
+        init_from: a Hub repo id (e.g. ``charactr/vocos-mel-24khz``) or a local directory with
+            ``pytorch_model.bin``: the ConvNeXt body is copied, the layers whose shapes differ
+            are kept as initialised (:func:`warm_start`). Or a student of this project (a
+            training ``.ckpt``, an exported ``.safetensors``): the parent of a compression
+            stage, loaded whole, *in the parent's shape* (the shape arguments are ignored).
+        fake_quant: ``"int8"`` builds the student prepared for quantization-aware training
+            (:mod:`train.compress.qat`), as the checkpoints of a QAT run record.
     """
+    if init_from and Path(init_from).expanduser().is_file():
+        return student_from_file(init_from, option="student.init_from")
     student = VocosStudent(
         VocosBackbone(input_channels, dim, intermediate_dim, num_layers),
         ISTFTHead(dim, n_fft, hop_length, padding="same"),
@@ -78,6 +87,39 @@ def build_student(
     }
     if init_from:
         warm_start(student, load_vocos_state_dict(init_from, local_files_only), init_from)
+    if fake_quant:
+        from train.compress.qat import SCHEME, prepare
+
+        if fake_quant != SCHEME:
+            raise StudentCheckpointError(f"fake_quant={fake_quant!r}: the only scheme is {SCHEME!r}")
+        prepare(student)
+    return student
+
+
+def student_from_file(path: str | Path, option: str = "checkpoint") -> VocosStudent:
+    """The student a file holds, built in the shape the file records (or its tensors show)."""
+    from train.compress.int8 import Int8ArtifactError, is_int8_artifact
+
+    if is_int8_artifact(path):
+        raise Int8ArtifactError(
+            f"{option}={path} is an int8 ONNX artifact: it runs (load_student, train/evaluate.py, train.bench) but "
+            "cannot be trained or quantised again. Start from the checkpoint it was made from (its .ckpt)."
+        )
+    if Path(path).suffix not in STUDENT_FILES:
+        raise StudentCheckpointError(f"{option}={path}: expected one of {', '.join(STUDENT_FILES)}")
+    state, config = read_generator_state(path)
+    if config is None:
+        try:
+            config = student_config(state)
+        except ValueError as err:
+            raise StudentCheckpointError(f"{option}={path}: cannot infer the student's shape: {err}") from err
+        log.info("%s records no student config; inferred from its shapes: %s", path, config)
+    student = build_student(**config)
+    try:
+        student.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise StudentCheckpointError(f"{option}={path}: does not load into a student built as {config}: {err}") from err
+    log.info("student from %s: %s", path, config)
     return student
 
 
@@ -88,8 +130,8 @@ def load_vocos_state_dict(source: str, local_files_only: bool = False) -> dict[s
         weights = path / "pytorch_model.bin"
         if not weights.is_file():
             raise MissingFileError(f"no pytorch_model.bin in {path}. {INIT_HINT}")
-    elif path.exists() or source.startswith((".", "/", "~")):
-        raise MissingFileError(f"student.init_from={source!r} is not a directory. {INIT_HINT}")
+    elif source.startswith((".", "/", "~")):
+        raise MissingFileError(f"student.init_from={source!r}: no such file or directory. {INIT_HINT}")
     else:
         weights = fetch_file(source, "pytorch_model.bin", local_files_only=local_files_only, hint=INIT_HINT)
     state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -208,22 +250,18 @@ def student_config(state: dict[str, Tensor]) -> dict[str, int]:
     }
 
 
-def load_student(path: str | Path, device: str | torch.device = "cpu") -> VocosStudent:
+def load_student(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a trained student from its checkpoint, in eval mode with gradients off.
 
     The architecture comes from the config the checkpoint records; files without one (bare
-    state dicts from elsewhere) fall back to :func:`student_config`.
+    state dicts from elsewhere) fall back to :func:`student_config`. A QAT checkpoint comes
+    back fake-quantised, as it trained. An int8 artifact (``.onnx``, ``train/quantize.py``)
+    comes back as its runtime, :class:`train.compress.int8.Int8Vocoder` (CPU).
     """
-    state, config = read_generator_state(path)
-    if config is None:
-        try:
-            config = student_config(state)
-        except ValueError as err:
-            raise StudentCheckpointError(f"{path}: cannot infer the student's shape: {err}") from err
-        log.info("%s records no student config; inferred from its shapes: %s", path, config)
-    student = build_student(**config)
-    try:
-        student.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise StudentCheckpointError(f"{path}: does not load into a student built as {config}: {err}") from err
-    return student.to(device).eval().requires_grad_(False)
+    from train.compress.int8 import Int8Vocoder, is_int8_artifact
+
+    if is_int8_artifact(path):
+        if not Path(path).is_file():
+            raise MissingFileError(f"int8 student not found: {path}")
+        return Int8Vocoder(path).eval()
+    return student_from_file(path).to(device).eval().requires_grad_(False)

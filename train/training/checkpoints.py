@@ -83,6 +83,7 @@ class RunCheckpoints(Checkpoint):
         self.mode = mode
         self.keep_best = keep_best
         self.best: list[tuple[float, str, int]] = []  # (score, file name, step), best first
+        self.ranked_shape: dict | None = None  # the student shape the best list ranks
         self.last_step_saved = -1
 
     @property
@@ -101,6 +102,10 @@ class RunCheckpoints(Checkpoint):
         if value is None or not math.isfinite(float(value)):
             return
         score = float(value)
+        shape = dict(getattr(getattr(pl_module, "generator", None), "config", None) or {})
+        if self.ranked_shape is not None and shape != self.ranked_shape:
+            self.best = []  # pruned since: the new shape is ranked on its own (the older files stay)
+        self.ranked_shape = shape
         if len(self.best) >= self.keep_best and not self._better(score, self.best[-1][0]):
             return
         name = f"best-step{trainer.global_step:08d}-{self.monitor.rsplit('/', 1)[-1]}{score:.4f}.ckpt"
@@ -131,9 +136,10 @@ class RunCheckpoints(Checkpoint):
         return (entry[0] if self.mode == "min" else -entry[0], -entry[2])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"dirpath": str(self.dirpath), "best": [list(b) for b in self.best]}
+        return {"dirpath": str(self.dirpath), "best": [list(b) for b in self.best], "ranked_shape": self.ranked_shape}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # the best list belongs to the folder it was made in; a resume into a new folder starts its own
         if state_dict.get("dirpath") == str(self.dirpath):
             self.best = [(float(s), str(n), int(k)) for s, n, k in state_dict.get("best", [])]
+            self.ranked_shape = state_dict.get("ranked_shape")

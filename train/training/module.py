@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from vocos.loss import DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss
 
 from train.s3gen.mel import SAMPLE_RATE
-from train.student.model import CONFIG_KEY
+from train.student.model import CONFIG_KEY, build_student
 from train.training.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, S3GenMelDistance
 from train.utils.errors import ConfigError
 
@@ -231,6 +231,14 @@ class VocoderDistillation(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record how to rebuild the student (``build_student`` arguments) beside its weights."""
         checkpoint[CONFIG_KEY] = dict(self.generator.config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before a resumed run's weights load: rebuild the student in the shape the checkpoint
+        records when it differs (a run resumed after a pruning step, ``compress=prune``)."""
+        config = checkpoint.get(CONFIG_KEY)
+        if config and dict(config) != dict(self.generator.config):
+            device = next(self.generator.parameters()).device
+            self.generator = build_student(**config).to(device)
 
     # -- validation ----------------------------------------------------------------
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:

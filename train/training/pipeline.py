@@ -12,6 +12,8 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 import train.utils.config  # noqa: F401  (resolvers the configs use)
+from train.compress.int8 import Int8ArtifactError, is_int8_artifact
+from train.compress.pruning import CompressionError
 from train.training.module import check_precision
 from train.utils.errors import MissingFileError
 from train.utils.files import remove_stale_temporaries
@@ -25,22 +27,40 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     """(datamodule, module, trainer) from the config. Weights are fetched before anything trains;
     an unsupported precision is refused before anything at all."""
     check_precision(cfg.trainer.precision)
+    check_parent(cfg)
     lightning.seed_everything(cfg.seed, workers=True, verbose=False)
+    generator = instantiate_with_weights(cfg.student)  # first: a wrong parent fails before any download
+    compress = instantiate(cfg.compress) if cfg.get("compress") else None
+    if compress is not None and hasattr(compress, "check"):
+        compress.check(generator)
     teacher = instantiate_with_weights(cfg.teacher) if cfg.get("teacher") else None
-    generator = instantiate_with_weights(cfg.student)
     datamodule = instantiate(cfg.data, teacher=teacher)
     module = instantiate(cfg.module, generator=generator)
     loggers: list[Logger] = instantiate_dict(cfg.get("logger"))
-    callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks"))
+    callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks")) + ([compress] if compress else [])
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks or None)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return datamodule, module, trainer
 
 
+def check_parent(cfg: DictConfig) -> None:
+    """A compression stage (``compress=prune|qat``) starts from a trained student file."""
+    if not cfg.get("compress"):
+        return
+    parent = cfg.student.get("init_from")
+    if not parent or not Path(str(parent)).expanduser().is_file():
+        raise CompressionError(
+            f"compress: a compression stage starts from a trained student; student.init_from={parent!r} is not a "
+            "file. Point it at a training .ckpt (e.g. checkpoints/runs/finetune/<run>/checkpoints/last.ckpt) "
+            "or an exported student .safetensors."
+        )
+
+
 def runs_folder(cfg: DictConfig) -> Path:
-    """Where this experiment's runs live: ``checkpoints/runs/<task_name>/``."""
-    return Path(cfg.paths.log_dir) / "runs" / cfg.task_name
+    """Where this experiment's runs live: ``checkpoints/runs/<run_group>/`` (the experiment's
+    ``task_name``, suffixed by a compression stage)."""
+    return Path(cfg.paths.log_dir) / "runs" / str(cfg.get("run_group") or cfg.task_name)
 
 
 def resume_path(cfg: DictConfig) -> Path | None:
@@ -59,11 +79,16 @@ def resume_path(cfg: DictConfig) -> Path | None:
         found = [p for p in folder.rglob(LAST) if p.parent.name == "checkpoints"] if folder.is_dir() else []
         if not found:
             raise MissingFileError(
-                f"ckpt_path=last: no run of '{cfg.task_name}' has a checkpoint yet ({folder}/*/checkpoints/{LAST}); "
-                "start one without ckpt_path"
+                f"ckpt_path=last: no run of '{folder.name}' has a checkpoint yet "
+                f"({folder}/*/checkpoints/{LAST}); start one without ckpt_path"
             )
         return max(found, key=lambda p: p.stat().st_mtime_ns)
     path = Path(requested).expanduser()
+    if is_int8_artifact(path):
+        raise Int8ArtifactError(
+            f"ckpt_path={requested} is an int8 ONNX artifact: a run resumes from its .ckpt (the run's "
+            "checkpoints/last.ckpt); to start a new stage from a student use student.init_from=<.ckpt>"
+        )
     if not path.is_file():
         raise MissingFileError(f"ckpt_path={requested}: no such checkpoint file")
     return path

@@ -91,6 +91,7 @@ class StudentSchema:
     hop_length: int = 480
     init_from: str | None = None
     local_files_only: bool = False
+    fake_quant: str | None = None
 
 
 def register() -> None:

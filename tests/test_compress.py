@@ -1,0 +1,229 @@
+"""Compression: structured pruning, quantization-aware training, the int8 runtime, the chain through fit.py."""
+
+import json
+
+import pytest
+import torch
+from helpers import Interrupted, compose, write_clips
+from vocos.heads import ISTFTHead
+from vocos.models import VocosBackbone
+
+from train.compress.int8 import Int8ArtifactError, Int8Vocoder, export_int8
+from train.compress.pruning import CompressionError, Pruning, check_targets, drop_blocks, prune, prune_widths, schedule
+from train.compress.qat import is_prepared, prepare, strip
+from train.compress.runtime import snr_db
+from train.student.model import build_student, load_student
+from train.training.pipeline import fit
+
+AUDIO_ONLY = ["~teacher", "module.target_weights={teacher:0,audio:1}"]
+
+
+def student(dim=32, intermediate_dim=64, num_layers=2, seed=0):
+    torch.manual_seed(seed)
+    s = build_student(dim=dim, intermediate_dim=intermediate_dim, num_layers=num_layers).eval()
+    for block in s.backbone.convnext:  # a trained-looking layer scale (Vocos initialises it near zero)
+        block.gamma.data.uniform_(0.2, 0.6)
+    return s
+
+
+def save_ckpt(model, path):
+    """A training checkpoint's student part: ``generator.*`` weights and the build config."""
+    torch.save({"state_dict": {f"generator.{k}": v for k, v in model.state_dict().items()},
+                "student_config": model.config}, path)  # fmt: skip
+
+
+@pytest.fixture
+def mel():
+    torch.manual_seed(1)
+    return torch.randn(2, 80, 12) - 5
+
+
+# -- pruning ----------------------------------------------------------------------------------
+def test_pruning_to_the_parents_own_shape_changes_nothing(mel):
+    parent = student()
+    same = prune(parent, {"dim": 32, "intermediate_dim": 64, "num_layers": 2}, "magnitude", mel)
+    widths_only = prune_widths(parent, 32, 64, "magnitude", mel)
+    with torch.no_grad():
+        assert torch.equal(same(mel), parent(mel)) and torch.equal(widths_only(mel), parent(mel))
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_pruning_gives_the_stock_vocos_shapes_and_loads_with_load_student(tmp_path, mel, importance):
+    parent = student()
+    loss = lambda s: (s(mel) - parent(mel).detach()).pow(2).mean()  # noqa: E731
+    pruned = prune(parent, {"dim": 16, "intermediate_dim": 24, "num_layers": 1}, importance, mel, loss)
+    stock_backbone, stock_head = VocosBackbone(80, 16, 24, 1), ISTFTHead(16, 1920, 480, padding="same")
+    stock = {f"backbone.{k}": v.shape for k, v in stock_backbone.state_dict().items()}
+    stock |= {f"head.{k}": v.shape for k, v in stock_head.state_dict().items()}
+    assert {k: v.shape for k, v in pruned.state_dict().items()} == stock
+    assert pruned.config == {**parent.config, "dim": 16, "intermediate_dim": 24, "num_layers": 1}
+    assert not any("torch_pruning" in type(m).__module__ for m in pruned.modules())
+    save_ckpt(pruned, tmp_path / "pruned.ckpt")
+    loaded = load_student(tmp_path / "pruned.ckpt")
+    with torch.no_grad():
+        assert torch.equal(loaded(mel), pruned(mel))
+    # what is kept is the parent's own channels: the input embedding's surviving rows are parent rows
+    kept = pruned.backbone.embed.weight.detach()
+    parent_rows = parent.backbone.embed.weight.detach()
+    assert all(any(torch.equal(row, p) for p in parent_rows) for row in kept)
+
+
+def test_depth_pruning_drops_the_block_whose_removal_costs_least(mel):
+    parent = student(num_layers=3)
+    parent.backbone.convnext[1].gamma.data.zero_()  # block 1 adds nothing: dropping it is free
+    loss = lambda s: (s(mel) - parent(mel).detach()).pow(2).mean()  # noqa: E731
+    shallower = drop_blocks(parent, 2, loss)
+    assert shallower.config["num_layers"] == 2
+    with torch.no_grad():
+        assert torch.allclose(shallower(mel), parent(mel), atol=1e-6)
+    assert torch.equal(shallower.backbone.convnext[1].pwconv1.weight, parent.backbone.convnext[2].pwconv1.weight)
+
+
+def test_progressive_schedule_is_linear_and_ends_at_the_target():
+    parent = {"dim": 512, "intermediate_dim": 1536, "num_layers": 8}
+    steps = schedule(parent, {"dim": 256, "intermediate_dim": 768, "num_layers": 6}, 2)
+    assert steps == [{"dim": 384, "intermediate_dim": 1152, "num_layers": 7},
+                     {"dim": 256, "intermediate_dim": 768, "num_layers": 6}]  # fmt: skip
+
+
+def test_bad_pruning_targets_name_the_option():
+    parent = {"dim": 64, "intermediate_dim": 128, "num_layers": 2}
+    with pytest.raises(CompressionError, match=r"compress.dim=96: .*parent's dim \(64\)"):
+        check_targets(parent, {"dim": 96})
+    with pytest.raises(
+        CompressionError, match=r"compress.intermediate_dim=100 is not a multiple of compress.round_to=8"
+    ):
+        check_targets(parent, {"intermediate_dim": 100})
+    with pytest.raises(CompressionError, match=r"compress.num_layers=0"):
+        check_targets(parent, {"num_layers": 0})
+    with pytest.raises(CompressionError, match="compress.importance='fisher'"):
+        Pruning(importance="fisher")
+    with pytest.raises(CompressionError, match=r"compress.at_steps=\[5, 2\]"):
+        Pruning(at_steps=[5, 2])
+    with pytest.raises(CompressionError, match="prune before quantization-aware training"):
+        Pruning(dim=16).check(prepare(student()))
+    assert check_targets(parent, {"dim": 32}) == {"dim": 32, "intermediate_dim": 128, "num_layers": 2}
+
+
+# -- QAT and the int8 runtime -------------------------------------------------------------------
+def test_qat_fake_quantises_every_linear_and_keeps_the_state_dict_keys(mel):
+    parent = student()
+    fake = prepare(student())
+    assert is_prepared(fake) and fake.config["fake_quant"] == "int8"
+    assert set(fake.state_dict()) == set(parent.state_dict())
+    linears = [m for m in strip(fake).modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 * 2 + 1  # two per block, the head
+    with torch.no_grad():
+        assert 20 < snr_db(parent(mel), fake(mel)) < 80  # the rounding is there, and small
+        assert torch.equal(strip(fake)(mel), parent(mel))  # stripping gives back the fp32 weights
+
+
+def test_int8_runtime_matches_the_fake_quantised_model_and_its_graph_matches_pytorch(tmp_path, mel):
+    fake = prepare(student(dim=64, intermediate_dim=128))
+    int8 = Int8Vocoder(export_int8(fake, tmp_path / "s.onnx"))
+    fp32 = Int8Vocoder(export_int8(fake, tmp_path / "fp32.onnx", quantize=False))
+    with torch.no_grad():
+        assert snr_db(fake(mel), int8(mel)) >= 30
+        assert snr_db(strip(fake)(mel), fp32(mel)) >= 90  # the exported graph + iSTFT is the PyTorch model
+    assert int8.file_bytes < 0.45 * fp32.file_bytes and int8.config == strip(fake).config
+    assert type(load_student(tmp_path / "s.onnx")) is Int8Vocoder
+
+
+# -- the chain through fit.py -----------------------------------------------------------------
+@pytest.fixture
+def clips(tmp_path):
+    return write_clips(tmp_path / "clips")
+
+
+def stage(tmp_path, clips, run, *extra):
+    return compose(["experiment=tiny", *AUDIO_ONLY, f"data.audio_dirs=[{clips}]", "data.batch_size=1",
+                    "validate_first=false", f"paths.output_dir={tmp_path / run}", *extra], tmp_path)  # fmt: skip
+
+
+def saved(path):
+    checkpoint = torch.load(path, weights_only=True)
+    return checkpoint["global_step"], checkpoint["student_config"]
+
+
+@pytest.mark.slow
+def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, clips):
+    parent = fit(stage(tmp_path, clips, "parent", "student.num_layers=2", "trainer.max_steps=2"))["last_checkpoint"]
+    prune_args = ["compress=prune", f"student.init_from={parent}", "compress.dim=16", "compress.intermediate_dim=32",
+                  "compress.num_layers=1", "compress.at_steps=[0,4]", "module.scheduler.total_steps=6"]  # fmt: skip
+    stop = "+callbacks.stop={_target_: helpers.StopAt, step: 3}"  # a crash after the step-2 checkpoint
+    with pytest.raises(Interrupted):
+        fit(stage(tmp_path, clips, "prune", *prune_args, "trainer.max_steps=6", stop))
+    last = tmp_path / "prune" / "checkpoints" / "last.ckpt"
+    step, shape = saved(last)
+    assert step == 2 and (shape["dim"], shape["num_layers"]) == (24, 2)  # mid-prune: the first cut only
+    second = fit(stage(tmp_path, clips, "prune", *prune_args, "trainer.max_steps=6"))  # same folder: resumes
+    assert second["resumed_from"] == str(last)
+    step, shape = saved(second["last_checkpoint"])
+    assert step == 6 and (shape["dim"], shape["intermediate_dim"], shape["num_layers"]) == (16, 32, 1)
+
+    qat_args = ["compress=qat", f"student.init_from={second['last_checkpoint']}", "module.scheduler.total_steps=4"]
+    with pytest.raises(Interrupted):
+        fit(stage(tmp_path, clips, "qat", *qat_args, "trainer.max_steps=4", stop))
+    assert saved(tmp_path / "qat" / "checkpoints" / "last.ckpt")[0] == 2
+    qat = fit(stage(tmp_path, clips, "qat", *qat_args, "trainer.max_steps=4"))
+    step, shape = saved(qat["last_checkpoint"])
+    assert qat["resumed_from"] and step == 4 and shape == {**second_shape(second), "fake_quant": "int8"}
+    assert is_prepared(load_student(qat["last_checkpoint"]))
+
+
+def second_shape(result):
+    return saved(result["last_checkpoint"])[1]
+
+
+def test_compression_stages_refuse_a_wrong_parent_before_training(tmp_path, clips):
+    with pytest.raises(CompressionError, match=r"student.init_from=None is not a file"):
+        fit(stage(tmp_path, clips, "a", "compress=prune"))
+    (tmp_path / "s.onnx").write_bytes(b"x")
+    with pytest.raises(Int8ArtifactError, match=r"student.init_from=.*s.onnx is an int8 ONNX artifact"):
+        fit(stage(tmp_path, clips, "b", "compress=qat", f"student.init_from={tmp_path / 's.onnx'}"))
+    with pytest.raises(Int8ArtifactError, match=r"ckpt_path=.*s.onnx is an int8 ONNX artifact"):
+        fit(stage(tmp_path, clips, "c", f"ckpt_path={tmp_path / 's.onnx'}"))
+    torch.save({"conv_pre.weight": torch.zeros(1)}, tmp_path / "hift.pt")
+    with pytest.raises(Exception, match=r"hift.pt: no Vocos student inside"):
+        fit(stage(tmp_path, clips, "d", "compress=prune", f"student.init_from={tmp_path / 'hift.pt'}"))
+    torch.save(student().state_dict(), tmp_path / "parent.pt")
+    with pytest.raises(CompressionError, match=r"compress.dim=256: must be between 1 and the parent's dim \(32\)"):
+        fit(stage(tmp_path, clips, "e", "compress=prune", f"student.init_from={tmp_path / 'parent.pt'}"))
+    with pytest.raises(CompressionError, match=r"the last cut must come before trainer.max_steps=4"):
+        fit(stage(tmp_path, clips, "f", "compress=prune", f"student.init_from={tmp_path / 'parent.pt'}",
+                  "compress.dim=16", "compress.intermediate_dim=32", "compress.num_layers=null"))  # fmt: skip
+    assert not list((tmp_path / "checkpoints").rglob("*.ckpt"))  # nothing trained
+
+
+# -- train/quantize.py ------------------------------------------------------------------------------
+def test_quantize_writes_the_runtime_only_when_it_reproduces_the_qat_model(tmp_path, clips):
+    from train.compress.export import QuantizationError, quantize
+
+    fake = prepare(student(dim=64, intermediate_dim=128))
+    save_ckpt(fake, tmp_path / "qat.ckpt")
+    base = [f"checkpoint={tmp_path / 'qat.ckpt'}", f"data.audio_dirs=[{clips}]", "max_utterances=2"]
+    with pytest.raises(QuantizationError, match=r"at only 3\d.\d dB SNR \(min_snr_db=200\); nothing written"):
+        quantize(compose([*base, "min_snr_db=200"], tmp_path, "quantize"))
+    assert not (tmp_path / "qat.int8.onnx").exists()
+    result = quantize(compose(base, tmp_path, "quantize"))
+    assert result["output"] == str(tmp_path / "qat.int8.onnx") and result["snr_min_db"] >= 30
+    assert Int8Vocoder(tmp_path / "qat.int8.onnx").config == strip(fake).config
+
+
+# -- the benchmark's rows for compressed students --------------------------------------------------
+def test_bench_json_has_a_row_per_student_beside_the_teacher(tmp_path):
+    from train import bench
+
+    pruned = prune(student(), {"dim": 16, "intermediate_dim": 32, "num_layers": 2}, "magnitude")
+    save_ckpt(pruned, tmp_path / "pruned.ckpt")
+    export_int8(prepare(pruned), tmp_path / "pruned.int8.onnx")
+    out = tmp_path / "rows.json"
+    students = [str(tmp_path / "pruned.ckpt"), str(tmp_path / "pruned.int8.onnx")]
+    bench.main(["--seconds", "0.2", "--repeats", "1", "--chunk-frames", "5", "--train-steps", "0",
+                "--students", *students, "--json", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == ["teacher (HiFT)", "pruned.ckpt", "pruned.int8.onnx"]
+    for row in rows:
+        assert {"name", "params", "bytes", "rtf_1_thread", "speedup_1_thread", "peak_rss_mb"} <= set(row)
+    assert rows[1]["params"] == sum(p.numel() for p in pruned.parameters())
+    assert rows[2]["bytes"] == (tmp_path / "pruned.int8.onnx").stat().st_size < rows[1]["bytes"]

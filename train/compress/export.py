@@ -1,0 +1,91 @@
+"""``train/quantize.py``: a QAT student -> its int8 runtime, checked before it is written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from train.compress.int8 import Int8Vocoder, export_int8
+from train.compress.qat import is_prepared
+from train.compress.runtime import compare, snr_db
+from train.evaluation.report import table
+from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
+from train.student.model import student_from_file
+from train.utils.errors import ConfigError
+from train.utils.files import atomic_write, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class QuantizationError(ConfigError, ValueError):
+    """The int8 runtime does not reproduce the QAT model well enough to ship."""
+
+
+def validation_mels(cfg: DictConfig) -> list[torch.Tensor]:
+    """The first ``max_utterances`` mels of the data's validation split, each ``(1, 80, T)``."""
+    datamodule = hydra.utils.instantiate(cfg.data, teacher=None)
+    datamodule.prepare_data()
+    dataset = datamodule.evaluation_set("val", cfg.get("max_frames"))
+    count = min(len(dataset), int(cfg.max_utterances))
+    return [dataset[i]["mel"].unsqueeze(0) for i in range(count)]
+
+
+def quantize(cfg: DictConfig) -> dict[str, Any]:
+    """Write the int8 runtime of ``cfg.checkpoint`` if it matches the fake-quantised model at
+    ``min_snr_db`` or better on every validation mel; optionally compare all runtimes."""
+    checkpoint = Path(cfg.checkpoint).expanduser()
+    student = student_from_file(checkpoint, option="checkpoint").eval().requires_grad_(False)
+    if not is_prepared(student):
+        log.warning(
+            "%s is not a QAT checkpoint: quantising a student that never trained with int8 rounding", checkpoint
+        )
+    output = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint.with_suffix(".int8.onnx")
+    mels = validation_mels(cfg)
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        runtime = Int8Vocoder(export_int8(student, Path(tmp) / "student.onnx"))
+        snrs = [snr_db(student(m), runtime(m)) for m in mels]
+        data = runtime.path.read_bytes()
+    worst = min(snrs)
+    log.info(
+        "int8 runtime vs the fake-quantised model on %d validation mels: SNR min %.1f dB, mean %.1f dB",
+        len(mels),
+        worst,
+        sum(snrs) / len(snrs),
+    )
+    if worst < cfg.min_snr_db:
+        raise QuantizationError(
+            f"the int8 runtime reproduces {checkpoint} at only {worst:.1f} dB SNR (min_snr_db={cfg.min_snr_db}); "
+            f"nothing written to {output}. Train longer with compress=qat, or lower min_snr_db knowingly."
+        )
+    atomic_write(output, lambda f: f.write(data))
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "output": str(output),
+        "bytes": len(data),
+        "snr_min_db": worst,
+        "snr_mean_db": sum(snrs) / len(snrs),
+        "utterances": len(mels),
+    }
+    log.info("int8 student: %s (%s bytes)", output, f"{len(data):,}")
+    if cfg.compare:
+        frames = round(cfg.compare_seconds * SAMPLE_RATE / HOP_LENGTH)
+        timing = torch.cat(mels, dim=-1).repeat(1, 1, frames // sum(m.shape[-1] for m in mels) + 1)[..., :frames]
+        rows = compare(student, mels, timing, compile=cfg.compare_compile)
+        result["runtimes"] = rows
+        out = Path(cfg.paths.output_dir)
+        atomic_write_text(out / "runtimes.json", json.dumps(rows, indent=2))
+        print(
+            f"Runtimes on {cfg.compare_seconds:g} s of validation mels (s/s: seconds per second of audio, median); "
+            f"SNR against the fake-quantised QAT model on {len(mels)} validation mels"
+        )
+        print(
+            table(list(rows[0]), [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()] for r in rows])
+        )
+    return result

@@ -1,0 +1,103 @@
+"""Which int8 runtime to ship: the candidates timed on the same mels and checked against the
+fake-quantised QAT model (what training saw), for ``python train/quantize.py compare=true``.
+
+Candidates: the QAT model itself (fake quantisation, eager); its fp32 weights; torchao's
+converted model (the QAT ``convert`` step: exactly the trained numerics); torchao's int8
+dynamic-activation kernels (``Int8DynamicActivationInt8WeightConfig``, asymmetric per-frame
+activations as QAT used), eager and under ``torch.compile``; ONNX Runtime int8
+(:mod:`train.compress.int8`), with and without the convs quantised.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchao.quantization import Int8DynamicActivationInt8WeightConfig, MappingType, quantize_
+from torchao.quantization.qat import QATConfig
+
+from train.compress.int8 import Int8Vocoder, export_int8
+from train.compress.qat import base_config, prepare, strip
+from train.evaluation.cost import threads, time_call
+from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+
+def snr_db(reference: Tensor, estimate: Tensor) -> float:
+    """10 log10(|reference|^2 / |reference - estimate|^2) over all samples."""
+    noise = (reference - estimate).pow(2).sum().clamp_min(1e-20)
+    return float(10 * torch.log10(reference.pow(2).sum() / noise))
+
+
+def candidates(qat_student: nn.Module, folder: Path, compile: bool = True) -> list[tuple[str, Callable, str]]:
+    """(name, mel -> wav callable, note) for every runtime, built from one QAT student."""
+    fake = prepare(copy.deepcopy(qat_student)).eval()
+    plain = strip(fake).eval()
+    converted = copy.deepcopy(fake)
+    quantize_(converted, QATConfig(base_config(), step="convert"))
+    kernels = copy.deepcopy(plain)
+    quantize_(kernels, Int8DynamicActivationInt8WeightConfig(act_mapping_type=MappingType.ASYMMETRIC))
+    rows = [
+        ("QAT model, fake quantisation (eager)", fake, "the reference: what training saw"),
+        ("fp32 weights (eager)", plain, "no quantisation"),
+        ("torchao QAT convert (eager)", converted, "int8 weights, dequantised for an fp32 matmul"),
+        ("torchao int8 kernels (eager)", kernels, "Int8DynamicActivationInt8WeightConfig, asymmetric activations"),
+    ]
+    if compile:
+        compiled = torch.compile(kernels)
+        rows.append(("torchao int8 kernels + torch.compile", compiled, "first call compiles"))
+    onnx_int8 = Int8Vocoder(export_int8(fake, folder / "int8.onnx"))
+    rows.append(("ONNX Runtime int8 (MatMul) + torch iSTFT", onnx_int8, f"{onnx_int8.file_bytes:,} bytes; shipped"))
+    convs = folder / "int8-convs.onnx"
+    _export_with_convs(fake, convs)
+    rows.append(("ONNX Runtime int8 (MatMul + Conv) + torch iSTFT", Int8Vocoder(convs), "convs quantised too"))
+    return rows
+
+
+def _export_with_convs(student: nn.Module, path: Path) -> None:
+    """The shipped export with the embedding and depthwise convs quantised as well (to compare)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = path.with_suffix(".fp32.onnx")
+    export_int8(student, fp32, quantize=False)
+    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True)
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for prop in onnx.load(str(fp32)).metadata_props:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(model, str(path))
+
+
+def compare(
+    qat_student: nn.Module, mels: Sequence[Tensor], timing_mel: Tensor, repeats: int = 5, compile: bool = True
+) -> list[dict]:
+    """One row per candidate: SNR against the fake-quantised model on ``mels`` (the lowest over
+    them, and the mean), seconds per second of audio on ``timing_mel`` at 1 thread and at all
+    threads, and for ``torch.compile`` the first call's time."""
+    seconds = timing_mel.shape[-1] * HOP_LENGTH / SAMPLE_RATE
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        rows_in = candidates(qat_student, Path(tmp), compile)
+        reference = [rows_in[0][1](m) for m in mels]
+        rows = []
+        for name, model, note in rows_in:
+            log.info("runtime candidate: %s", name)
+            start = time.perf_counter()
+            model(timing_mel)
+            first_call = time.perf_counter() - start
+            snrs = [snr_db(r, model(m)) for r, m in zip(reference, mels, strict=True)]
+            row = {"runtime": name, "snr_min_db": min(snrs), "snr_mean_db": sum(snrs) / len(snrs)}
+            with threads(1):
+                row["rtf_1_thread"] = time_call(lambda model=model: model(timing_mel), repeats) / seconds
+            row["rtf_all_threads"] = time_call(lambda model=model: model(timing_mel), repeats) / seconds
+            row["first_call_s"] = first_call
+            row["note"] = note
+            rows.append(row)
+    return rows

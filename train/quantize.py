@@ -1,0 +1,18 @@
+"""int8 runtime from a QAT student: ``python train/quantize.py checkpoint=PATH [compare=true]`` (``--help``)."""
+
+import hydra
+from omegaconf import DictConfig
+
+import train.utils.config  # noqa: F401  (resolvers and schemas the configs use)
+from train.utils.entry import run
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="quantize")
+def main(cfg: DictConfig) -> None:
+    from train.compress.export import quantize  # imported here so that --help answers at once
+
+    run(quantize, cfg)
+
+
+if __name__ == "__main__":
+    main()
