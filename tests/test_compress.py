@@ -227,3 +227,34 @@ def test_bench_json_has_a_row_per_student_beside_the_teacher(tmp_path):
         assert {"name", "params", "bytes", "rtf_1_thread", "speedup_1_thread", "peak_rss_mb"} <= set(row)
     assert rows[1]["params"] == sum(p.numel() for p in pruned.parameters())
     assert rows[2]["bytes"] == (tmp_path / "pruned.int8.onnx").stat().st_size < rows[1]["bytes"]
+
+
+def test_init_from_a_student_file_loads_it_whole_in_its_own_shape(tmp_path, mel):
+    from safetensors.torch import save_file
+
+    parent = student(dim=48, intermediate_dim=96)
+    save_ckpt(parent, tmp_path / "run.ckpt")
+    state = {k: v.contiguous() for k, v in parent.state_dict().items()}
+    save_file(state, str(tmp_path / "g.safetensors"), metadata={"config": json.dumps(parent.config)})
+    for path in (tmp_path / "run.ckpt", tmp_path / "g.safetensors"):
+        child = build_student(dim=512, intermediate_dim=1536, num_layers=8, init_from=str(path))  # shape: the file's
+        assert child.config == parent.config
+        with torch.no_grad():
+            assert torch.equal(child.eval()(mel), parent(mel))
+
+
+def test_a_compression_stage_also_learns_to_reproduce_its_parent(tmp_path, clips, mel):
+    from train.training.pipeline import build
+    from train.utils.errors import ConfigError
+
+    parent = student()
+    save_ckpt(parent, tmp_path / "parent.ckpt")
+    cfg = stage(tmp_path, clips, "a", "compress=qat", f"student.init_from={tmp_path / 'parent.ckpt'}")
+    assert dict(cfg.module.target_weights) == {"teacher": 0.0, "audio": 1.0, "parent": 1.0}
+    _, module, _ = build(cfg)
+    with torch.no_grad():
+        assert torch.equal(module.targets({"mel": mel, "audio": mel})["parent"], parent(mel))
+    assert not any(k.startswith("parent") for k in module.state_dict())  # never saved in checkpoints
+    cfg = stage(tmp_path, clips, "b", "+module.target_weights.parent=1.0")
+    with pytest.raises(ConfigError, match=r"module.target_weights.parent=1.0 needs the parent student as a file"):
+        build(cfg)

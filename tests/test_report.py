@@ -127,7 +127,8 @@ def test_report_round_trips_through_json_with_nan_as_null(tmp_path):
 def test_reports_off_the_schema_are_rejected_with_the_place(tmp_path, change, where):
     bad = minimal_report()
     change(bad)
-    with pytest.raises(ValueError, match=f"report.json: not a schema-{report.SCHEMA_VERSION} evaluation report at {where}"):
+    schema = f"schema-{report.SCHEMA_VERSION}"
+    with pytest.raises(ValueError, match=f"report.json: not a {schema} evaluation report at {where}"):
         write_report(bad, tmp_path / "report.json")
     assert not (tmp_path / "report.json").exists()
     (tmp_path / "report.json").write_text(json.dumps(report.without_nan(bad)))

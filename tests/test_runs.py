@@ -225,8 +225,8 @@ def test_help_says_what_each_experiment_does_without_loading_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "lightning" not in imported
-    for experiment in ("distill", "finetune", "tiny"):
-        assert f"experiment={experiment}" in result.stdout
+    for option in ("experiment=distill", "experiment=finetune", "experiment=tiny", "compress=prune", "compress=qat"):
+        assert option in result.stdout
     assert "train/prepare.py" in result.stdout and "train/evaluate.py" in result.stdout
     evaluate = subprocess.run(
         [sys.executable, str(REPO / "train" / "evaluate.py"), "--help"], capture_output=True, text=True, cwd=tmp_path
@@ -235,6 +235,12 @@ def test_help_says_what_each_experiment_does_without_loading_torch(tmp_path):
     assert "checkpoint=" in evaluate.stdout
     for group in ("student:", "module:", "trainer:", "callbacks:"):
         assert group not in evaluate.stdout, f"evaluate --help lists {group}"
+    quantize = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "train" / "quantize.py"), "--help"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert quantize.returncode == 0 and "checkpoint=PATH" in quantize.stdout and "min_snr_db" in quantize.stdout
+    assert "torch" not in {line.split("|")[-1].strip() for line in quantize.stderr.splitlines() if "|" in line}
 
 
 # -- SIGKILL at random points, then resume ------------------------------------------------------

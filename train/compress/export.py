@@ -54,7 +54,7 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         data = runtime.path.read_bytes()
     worst = min(snrs)
     log.info(
-        "int8 runtime vs the fake-quantised model on %d validation mels: SNR min %.1f dB, mean %.1f dB",
+        "int8 runtime vs the model as trained (fake-quantised if QAT), %d validation mels: SNR min %.1f, mean %.1f dB",
         len(mels),
         worst,
         sum(snrs) / len(snrs),

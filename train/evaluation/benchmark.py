@@ -20,6 +20,17 @@ from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.model import build_student, load_student
 
 
+def short_names(paths: Sequence[str | Path]) -> list[str]:
+    """The shortest path tails that tell the files apart, skipping run-folder plumbing:
+    ``.../finetune-256x768x6-prune/<run>/checkpoints/last.ckpt`` -> ``finetune-256x768x6-prune/last.ckpt``."""
+    parts = [[p for p in Path(path).parts if p != "checkpoints" and not p[:4].isdigit()] for path in paths]
+    for depth in range(1, max(map(len, parts), default=1) + 1):
+        names = ["/".join(p[-depth:][:1] + p[-1:]) if depth > 1 else p[-1] for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
 def run(
     seconds: float = 10.0,
     repeats: int = 3,
@@ -39,12 +50,7 @@ def run(
     models = [("teacher (HiFT)", stand_in_teacher(), "random")]
     if students:
         models += [
-            (
-                Path(path).name if len(students) == len({Path(p).name for p in students}) else str(path),
-                load_student(path),
-                str(path),
-            )
-            for path in students
+            (name, load_student(path), str(path)) for name, path in zip(short_names(students), students, strict=True)
         ]
     else:
         models.append(("student (Vocos)", build_student().eval().requires_grad_(False), "random"))

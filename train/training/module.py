@@ -28,7 +28,7 @@ from train.student.model import CONFIG_KEY, build_student
 from train.training.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, S3GenMelDistance
 from train.utils.errors import ConfigError
 
-TARGETS = ("teacher", "audio")
+TARGETS = ("teacher", "audio", "parent")
 
 
 def check_precision(precision: str | int) -> None:
@@ -65,7 +65,8 @@ class VocoderDistillation(LightningModule):
     optimizer_g, optimizer_d: partial optimizers taking parameters.
     scheduler: partial scheduler taking an optimizer (applied to both).
     target_weights: weight of each target in the reconstruction losses: ``teacher`` (HiFT's
-        waveform, distillation), ``audio`` (ground truth, fine-tuning) or a mix. The GAN's
+        waveform, distillation), ``audio`` (ground truth, fine-tuning), ``parent`` (the output
+        of ``parent``, the student a compression stage starts from) or a mix. The GAN's
         "real" signal is the target of larger weight.
     mel_only_steps: generator updates trained with reconstruction losses alone before the
         discriminators join.
@@ -91,13 +92,16 @@ class VocoderDistillation(LightningModule):
         freeze_discriminators: bool = True,
         grad_clip: float = 1000.0,
         num_logged_audio: int = 2,
+        parent: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         # plain dicts, so checkpoints load with torch.load(weights_only=True)
         target_weights = {k: float(v) for k, v in (target_weights or {"teacher": 1.0}).items()}
         discriminator_weights = {k: float(v) for k, v in (discriminator_weights or {}).items()}
-        self.save_hyperparameters(ignore=["generator", "discriminators", "optimizer_g", "optimizer_d", "scheduler"])
+        self.save_hyperparameters(
+            ignore=["generator", "discriminators", "optimizer_g", "optimizer_d", "scheduler", "parent"]
+        )
         self.generator = generator
         self.discriminators = nn.ModuleDict({k: v for k, v in (discriminators or {}).items() if v is not None})
         if self.discriminators and optimizer_d is None:
@@ -105,6 +109,13 @@ class VocoderDistillation(LightningModule):
         if set(target_weights) - set(TARGETS) or not any(target_weights.values()):
             raise ValueError(f"module.target_weights: use keys {TARGETS} with a positive weight; got {target_weights}")
         self.target_weights = {k: v for k, v in target_weights.items() if v}
+        if "parent" in self.target_weights and parent is None:
+            raise ConfigError(
+                "module.target_weights.parent needs the parent student: a compression stage "
+                "(compress=prune|qat) with student.init_from=<a student file> provides it"
+            )
+        # not a submodule: frozen, never saved in checkpoints, never wrapped by DDP
+        self.__dict__["parent"] = None if parent is None else parent.eval().requires_grad_(False)
         self.real_target = max(self.target_weights, key=self.target_weights.get)
         self.optimizer_g = optimizer_g
         self.optimizer_d = optimizer_d
@@ -127,6 +138,8 @@ class VocoderDistillation(LightningModule):
         return optimizers, [{"scheduler": self.scheduler(opt), "interval": "step"} for opt in optimizers]
 
     def targets(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if "parent" in self.target_weights and "parent" not in batch:
+            batch = {**batch, "parent": self.parent_output(batch["mel"])}
         missing = [name for name in self.target_weights if name not in batch]
         if missing:
             raise ValueError(
@@ -134,6 +147,13 @@ class VocoderDistillation(LightningModule):
                 "`teacher` targets need a teacher (`teacher=hift`), `audio` targets need audio"
             )
         return {name: batch[name] for name in self.target_weights}
+
+    @torch.no_grad()
+    def parent_output(self, mel: Tensor) -> Tensor:
+        """The parent student's waveform for ``mel`` (computed on the fly: it is cheap)."""
+        if next(self.parent.parameters()).device != mel.device:
+            self.parent.to(mel.device)
+        return self.parent(mel)
 
     def reconstruction_loss(self, y_hat: Tensor, targets: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         total, parts = y_hat.new_zeros((), dtype=torch.float32), {}
@@ -243,14 +263,15 @@ class VocoderDistillation(LightningModule):
     # -- validation ----------------------------------------------------------------
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         y_hat = self.generator(batch["mel"])
-        for name, y in self.targets(batch).items():
+        targets = self.targets(batch)
+        for name, y in targets.items():
             distance = self.mel_distance(y_hat, y)
             self.log(f"val/mel_distance_{name}", distance, sync_dist=True, batch_size=1)
             self.log(f"val/stft_distance_{name}", self.stft_loss(y_hat, y), sync_dist=True, batch_size=1)
             if name == self.real_target:  # the one number checkpoints are ranked by
                 self.log("val/mel_distance", distance, sync_dist=True, batch_size=1)
         if batch_idx < self.hparams.num_logged_audio:
-            self.log_media(batch_idx, batch["mel"], y_hat, self.targets(batch)[self.real_target])
+            self.log_media(batch_idx, batch["mel"], y_hat, targets[self.real_target])
 
     def log_media(self, index: int, mel: Tensor, y_hat: Tensor, target: Tensor) -> None:
         """Audio pair and a mel-spectrogram comparison, for loggers that take media (W&B)."""

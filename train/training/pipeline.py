@@ -15,7 +15,7 @@ import train.utils.config  # noqa: F401  (resolvers the configs use)
 from train.compress.int8 import Int8ArtifactError, is_int8_artifact
 from train.compress.pruning import CompressionError
 from train.training.module import check_precision
-from train.utils.errors import MissingFileError
+from train.utils.errors import ConfigError, MissingFileError
 from train.utils.files import remove_stale_temporaries
 from train.utils.instantiate import instantiate, instantiate_dict, instantiate_with_weights
 
@@ -35,7 +35,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
         compress.check(generator)
     teacher = instantiate_with_weights(cfg.teacher) if cfg.get("teacher") else None
     datamodule = instantiate(cfg.data, teacher=teacher)
-    module = instantiate(cfg.module, generator=generator)
+    module = instantiate(cfg.module, generator=generator, parent=parent_of(cfg))
     loggers: list[Logger] = instantiate_dict(cfg.get("logger"))
     callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks")) + ([compress] if compress else [])
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks or None)
@@ -55,6 +55,23 @@ def check_parent(cfg: DictConfig) -> None:
             "file. Point it at a training .ckpt (e.g. checkpoints/runs/finetune/<run>/checkpoints/last.ckpt) "
             "or an exported student .safetensors."
         )
+
+
+def parent_of(cfg: DictConfig) -> Any:
+    """The student ``student.init_from`` names, when the losses take its output as a target
+    (``module.target_weights.parent``, set by the compression stages)."""
+    weights = cfg.module.get("target_weights") or {}
+    if not weights.get("parent"):
+        return None
+    source = cfg.student.get("init_from")
+    if not source or not Path(str(source)).expanduser().is_file():
+        raise ConfigError(
+            f"module.target_weights.parent={weights['parent']} needs the parent student as a file: "
+            f"student.init_from={source!r} is not one"
+        )
+    from train.student.model import load_student
+
+    return load_student(str(source))
 
 
 def runs_folder(cfg: DictConfig) -> Path:
