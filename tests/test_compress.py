@@ -13,7 +13,7 @@ from train.compress.pruning import CompressionError, Pruning, check_targets, dro
 from train.compress.qat import is_prepared, prepare, strip
 from train.compress.runtime import snr_db
 from train.student.model import build_student, load_student
-from train.training.pipeline import fit
+from train.training.pipeline import build, fit
 
 AUDIO_ONLY = ["~teacher", "module.target_weights={teacher:0,audio:1}"]
 
@@ -148,6 +148,10 @@ def saved(path):
 @pytest.mark.slow
 def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, clips):
     parent = fit(stage(tmp_path, clips, "parent", "student.num_layers=2", "trainer.max_steps=2"))["last_checkpoint"]
+    _, module, _ = build(stage(tmp_path, clips, "x", "compress=qat", f"student.init_from={parent}"))
+    trained = torch.load(parent, weights_only=True)["state_dict"]
+    for key, value in module.discriminators.state_dict().items():  # the parent run's discriminators go on
+        assert torch.equal(value, trained[f"discriminators.{key}"])
     prune_args = ["compress=prune", f"student.init_from={parent}", "compress.dim=16", "compress.intermediate_dim=32",
                   "compress.num_layers=1", "compress.at_steps=[0,4]", "module.scheduler.total_steps=6"]  # fmt: skip
     stop = "+callbacks.stop={_target_: helpers.StopAt, step: 3}"  # a crash after the step-2 checkpoint
@@ -244,7 +248,6 @@ def test_init_from_a_student_file_loads_it_whole_in_its_own_shape(tmp_path, mel)
 
 
 def test_a_compression_stage_also_learns_to_reproduce_its_parent(tmp_path, clips, mel):
-    from train.training.pipeline import build
     from train.utils.errors import ConfigError
 
     parent = student()
@@ -258,3 +261,14 @@ def test_a_compression_stage_also_learns_to_reproduce_its_parent(tmp_path, clips
     cfg = stage(tmp_path, clips, "b", "+module.target_weights.parent=1.0")
     with pytest.raises(ConfigError, match=r"module.target_weights.parent=1.0 needs the parent student as a file"):
         build(cfg)
+
+
+def test_progressive_pruning_is_refused_under_ddp_and_after_the_last_step():
+    from types import SimpleNamespace
+
+    module = SimpleNamespace(generator=student())
+    with pytest.raises(CompressionError, match=r"at_steps=\[0, 10\] with 2 processes: DDP cannot change"):
+        Pruning(dim=16, at_steps=[0, 10]).setup(SimpleNamespace(world_size=2, max_steps=100), module, "fit")
+    Pruning(dim=16, at_steps=[0]).setup(SimpleNamespace(world_size=2, max_steps=100), module, "fit")  # one cut: fine
+    with pytest.raises(CompressionError, match=r"last cut must come before trainer.max_steps=10"):
+        Pruning(dim=16, at_steps=[0, 10]).setup(SimpleNamespace(world_size=1, max_steps=10), module, "fit")

@@ -36,6 +36,8 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     teacher = instantiate_with_weights(cfg.teacher) if cfg.get("teacher") else None
     datamodule = instantiate(cfg.data, teacher=teacher)
     module = instantiate(cfg.module, generator=generator, parent=parent_of(cfg))
+    if compress is not None:
+        warm_start_discriminators(module, cfg.student.init_from)
     loggers: list[Logger] = instantiate_dict(cfg.get("logger"))
     callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks")) + ([compress] if compress else [])
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks or None)
@@ -72,6 +74,22 @@ def parent_of(cfg: DictConfig) -> Any:
     from train.student.model import load_student
 
     return load_student(str(source))
+
+
+def warm_start_discriminators(module: Any, source: str) -> None:
+    """A compression stage goes on with the discriminators its parent's run trained (when
+    ``source`` is a training ``.ckpt`` holding them in the same shapes), not fresh ones."""
+    if not module.discriminators or Path(source).suffix != ".ckpt":
+        return
+    import torch
+
+    state = torch.load(Path(source).expanduser(), map_location="cpu", weights_only=True).get("state_dict", {})
+    own = module.discriminators.state_dict()
+    found = {k.removeprefix("discriminators."): v for k, v in state.items() if k.startswith("discriminators.")}
+    usable = {k: v for k, v in found.items() if k in own and own[k].shape == v.shape}
+    if usable:
+        module.discriminators.load_state_dict(usable, strict=False)
+    log.info("discriminators from %s: %d of %d tensors", source, len(usable), len(own))
 
 
 def runs_folder(cfg: DictConfig) -> Path:
