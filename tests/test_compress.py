@@ -8,11 +8,11 @@ from helpers import Interrupted, compose, write_clips
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 
-from train.compress.int8 import Int8ArtifactError, Int8Vocoder, export_int8
+from train.compress.int8 import export_int8
 from train.compress.pruning import CompressionError, Pruning, check_targets, drop_blocks, prune, prune_widths, schedule
-from train.compress.qat import is_prepared, prepare, strip
 from train.compress.runtime import snr_db
 from train.student.model import build_student, load_student
+from train.student.quantized import Int8ArtifactError, Int8Vocoder, is_prepared, prepare, strip
 from train.training.pipeline import build, fit
 
 AUDIO_ONLY = ["~teacher", "module.target_weights={teacher:0,audio:1}"]

@@ -12,12 +12,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from train.compress.int8 import Int8Vocoder, export_int8
-from train.compress.qat import is_prepared
+from train.compress.int8 import export_int8
 from train.compress.runtime import compare, snr_db
 from train.evaluation.report import table
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.model import student_from_file
+from train.student.quantized import Int8Vocoder, is_prepared
 from train.utils.errors import ConfigError
 from train.utils.files import atomic_write, atomic_write_text
 

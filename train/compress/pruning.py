@@ -31,6 +31,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
 from train.student.model import VocosStudent, build_student
+from train.student.quantized import is_prepared
 from train.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -276,8 +277,6 @@ class Pruning(Callback):
 
     def check(self, parent: VocosStudent) -> None:
         """Refuse targets this parent cannot be pruned to (before anything trains)."""
-        from train.compress.qat import is_prepared
-
         if is_prepared(parent):
             raise CompressionError(
                 "compress=prune: student.init_from holds a QAT (fake-quantised) student; prune before "

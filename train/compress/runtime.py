@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from torchao.quantization import Int8DynamicActivationInt8WeightConfig, MappingType, quantize_
 from torchao.quantization.qat import QATConfig
 
-from train.compress.int8 import Int8Vocoder, export_int8
-from train.compress.qat import base_config, prepare, strip
+from train.compress.int8 import export_int8
 from train.evaluation.cost import threads, time_call
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
+from train.student.quantized import Int8Vocoder, base_config, prepare, strip
 
 log = logging.getLogger(__name__)
 

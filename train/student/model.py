@@ -88,7 +88,7 @@ def build_student(
     if init_from:
         warm_start(student, load_vocos_state_dict(init_from, local_files_only), init_from)
     if fake_quant:
-        from train.compress.qat import SCHEME, prepare
+        from train.student.quantized import SCHEME, prepare  # here: torchao and ONNX are slow to import
 
         if fake_quant != SCHEME:
             raise StudentCheckpointError(f"fake_quant={fake_quant!r}: the only scheme is {SCHEME!r}")
@@ -98,7 +98,7 @@ def build_student(
 
 def student_from_file(path: str | Path, option: str = "checkpoint") -> VocosStudent:
     """The student a file holds, built in the shape the file records (or its tensors show)."""
-    from train.compress.int8 import Int8ArtifactError, is_int8_artifact
+    from train.student.quantized import Int8ArtifactError, is_int8_artifact
 
     if is_int8_artifact(path):
         raise Int8ArtifactError(
@@ -258,7 +258,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
     back fake-quantised, as it trained. An int8 artifact (``.onnx``, ``train/quantize.py``)
     comes back as its runtime, :class:`train.compress.int8.Int8Vocoder` (CPU).
     """
-    from train.compress.int8 import Int8Vocoder, is_int8_artifact
+    from train.student.quantized import Int8Vocoder, is_int8_artifact
 
     if is_int8_artifact(path):
         if not Path(path).is_file():

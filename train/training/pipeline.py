@@ -12,8 +12,8 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 import train.utils.config  # noqa: F401  (resolvers the configs use)
-from train.compress.int8 import Int8ArtifactError, is_int8_artifact
 from train.compress.pruning import CompressionError
+from train.student.quantized import Int8ArtifactError, is_int8_artifact
 from train.training.module import check_precision
 from train.utils.errors import ConfigError, MissingFileError
 from train.utils.files import remove_stale_temporaries
