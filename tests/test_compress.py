@@ -268,7 +268,27 @@ def test_progressive_pruning_is_refused_under_ddp_and_after_the_last_step():
 
     module = SimpleNamespace(generator=student())
     with pytest.raises(CompressionError, match=r"at_steps=\[0, 10\] with 2 processes: DDP cannot change"):
-        Pruning(dim=16, at_steps=[0, 10]).setup(SimpleNamespace(world_size=2, max_steps=100), module, "fit")
-    Pruning(dim=16, at_steps=[0]).setup(SimpleNamespace(world_size=2, max_steps=100), module, "fit")  # one cut: fine
+        Pruning(dim=16, at_steps=[0, 10]).setup(SimpleNamespace(world_size=2, max_steps=100), module, "validate")
+    Pruning(dim=16, at_steps=[0]).setup(SimpleNamespace(world_size=2, max_steps=100), module, "validate")  # fine
     with pytest.raises(CompressionError, match=r"last cut must come before trainer.max_steps=10"):
-        Pruning(dim=16, at_steps=[0, 10]).setup(SimpleNamespace(world_size=1, max_steps=10), module, "fit")
+        Pruning(dim=16, at_steps=[0, 10]).setup(SimpleNamespace(world_size=1, max_steps=10), module, "validate")
+
+
+@pytest.mark.slow
+def test_pruning_under_two_process_ddp_cuts_once_before_the_model_is_wrapped(tmp_path, clips):
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    save_ckpt(student(), tmp_path / "parent.ckpt")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, str(REPO / "train" / "fit.py"), "experiment=tiny", "trainer=ddp_cpu", *AUDIO_ONLY,
+           f"data.audio_dirs=[{clips}]", "data.batch_size=1", "trainer.max_steps=2", "compress=prune",
+           f"student.init_from={tmp_path / 'parent.ckpt'}", "compress.dim=16", "compress.intermediate_dim=32",
+           "compress.num_layers=1", "compress.at_steps=[0]", f"paths.log_dir={tmp_path / 'checkpoints'}",
+           f"hydra.run.dir={out}"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    step, shape = saved(out / "checkpoints" / "last.ckpt")
+    assert step == 2 and (shape["dim"], shape["intermediate_dim"], shape["num_layers"]) == (16, 32, 1)

@@ -245,15 +245,18 @@ def _renumber(key: str, renumber: dict[int, int]) -> str:
 
 
 class Pruning(Callback):
-    """Prune the training student progressively: before the update at each step of ``at_steps``
-    it is cut to the next shape of a linear schedule ending at (``dim``, ``intermediate_dim``,
-    ``num_layers``); ``None`` keeps the parent's value. Channels are ranked by ``importance``
-    (``magnitude`` or ``taylor``, the latter on the training batch's reconstruction loss).
+    """Prune the training student progressively: at each step of ``at_steps`` it is cut to the
+    next shape of a linear schedule ending at (``dim``, ``intermediate_dim``, ``num_layers``);
+    ``None`` keeps the parent's value. Channels are ranked by ``importance`` (``magnitude``, or
+    ``taylor`` on a training batch's reconstruction loss), blocks by their measured effect on it.
 
-    On resume the checkpoint's shape is rebuilt before its weights load (the module's
-    ``on_load_checkpoint``), and cuts already behind ``global_step`` are not repeated.
-    Under DDP a cut would change parameter shapes inside the wrapped model: only
-    ``at_steps: [0]`` (one cut before training) is allowed there.
+    A cut at step 0 happens in ``setup``, before the optimizers exist and before DDP wraps the
+    model, on the first training batch (DDP then copies rank 0's weights to every rank as it
+    wraps, so the ranks agree even where their batches ranked channels differently). Later cuts happen before that step's update and swap the
+    optimizer's parameters; DDP cannot change parameter shapes inside a wrapped model, so with
+    several processes only ``at_steps: [0]`` is allowed. On resume the checkpoint's shape is
+    rebuilt before its weights load (the module's ``on_load_checkpoint``), and cuts already
+    behind ``global_step`` are not repeated.
     """
 
     def __init__(
@@ -285,36 +288,41 @@ class Pruning(Callback):
         check_targets(widths(parent), self.requested, self.round_to)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        parent = widths(pl_module.generator)
-        if self.plan:  # a resumed run: the generator may already be pruned; keep the plan from the parent
-            return
-        target = check_targets(parent, self.requested, self.round_to)
-        self.plan = schedule(parent, target, len(self.at_steps), self.round_to)
-        if 0 < trainer.max_steps <= self.at_steps[-1]:
-            raise CompressionError(
-                f"compress.at_steps={self.at_steps}: the last cut must come before trainer.max_steps="
-                f"{trainer.max_steps}, with steps left to recover"
-            )
-        if trainer.world_size > 1 and self.at_steps != [0]:
-            raise CompressionError(
-                f"compress.at_steps={self.at_steps} with {trainer.world_size} processes: DDP cannot change "
-                "parameter shapes during a run; use compress.at_steps=[0] or train on one device"
-            )
-        log.info("pruning %s -> %s at steps %s (%s importance)", parent, target, self.at_steps, self.importance)
+        if not self.plan:  # computed once, from the parent (setup runs again for fit after validate)
+            parent = widths(pl_module.generator)
+            target = check_targets(parent, self.requested, self.round_to)
+            if 0 < trainer.max_steps <= self.at_steps[-1]:
+                raise CompressionError(
+                    f"compress.at_steps={self.at_steps}: the last cut must come before trainer.max_steps="
+                    f"{trainer.max_steps}, with steps left to recover"
+                )
+            if trainer.world_size > 1 and self.at_steps != [0]:
+                raise CompressionError(
+                    f"compress.at_steps={self.at_steps} with {trainer.world_size} processes: DDP cannot change "
+                    "parameter shapes during a run; use compress.at_steps=[0] or train on one device"
+                )
+            self.plan = schedule(parent, target, len(self.at_steps), self.round_to)
+            log.info("pruning %s -> %s at steps %s (%s importance)", parent, target, self.at_steps, self.importance)
+        if stage == "fit" and self.at_steps[0] == 0 and trainer.ckpt_path is None:
+            batch = next(iter(trainer.datamodule.train_dataloader()))
+            self.cut(trainer, pl_module, 0, batch)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step
-        if step not in self.at_steps:
-            return
+        if trainer.global_step in self.at_steps:
+            self.cut(trainer, pl_module, trainer.global_step, batch)
+
+    def cut(self, trainer: Trainer, pl_module: LightningModule, step: int, batch: Any) -> None:
+        """Prune to the shape planned for ``step``, unless the student is already that small."""
         shape = self.plan[self.at_steps.index(step)]
         current = widths(pl_module.generator)
         if all(current[k] <= shape[k] for k in shape):
-            return  # this cut is behind us (a resumed run)
+            return  # this cut is behind us (a resumed run, or step 0 done in setup)
         shape = {k: min(current[k], shape[k]) for k in shape}
+        device = _device(pl_module.generator)
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
         def loss_fn(student: VocosStudent) -> Tensor:
-            targets = pl_module.targets(batch)
-            return pl_module.reconstruction_loss(student(batch["mel"]), targets)[0]
+            return pl_module.reconstruction_loss(student(batch["mel"]), pl_module.targets(batch))[0]
 
         student = prune(pl_module.generator, shape, self.importance, batch["mel"][:1], loss_fn)
         replace_generator(pl_module, student)
