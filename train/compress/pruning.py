@@ -252,9 +252,10 @@ class Pruning(Callback):
 
     A cut at step 0 happens in ``setup``, before the optimizers exist and before DDP wraps the
     model, on the first training batch (DDP then copies rank 0's weights to every rank as it
-    wraps, so the ranks agree even where their batches ranked channels differently). Later cuts happen before that step's update and swap the
-    optimizer's parameters; DDP cannot change parameter shapes inside a wrapped model, so with
-    several processes only ``at_steps: [0]`` is allowed. On resume the checkpoint's shape is
+    wraps, so the ranks agree even where their batches ranked channels differently). Later cuts
+    happen before that step's update and swap the optimizer's parameters; DDP cannot change
+    parameter shapes inside a wrapped model, so with several processes only ``at_steps: [0]``
+    is allowed. On resume the checkpoint's shape is
     rebuilt before its weights load (the module's ``on_load_checkpoint``), and cuts already
     behind ``global_step`` are not repeated.
     """
