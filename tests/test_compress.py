@@ -292,3 +292,9 @@ def test_pruning_under_two_process_ddp_cuts_once_before_the_model_is_wrapped(tmp
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     step, shape = saved(out / "checkpoints" / "last.ckpt")
     assert step == 2 and (shape["dim"], shape["intermediate_dim"], shape["num_layers"]) == (16, 32, 1)
+
+
+def test_an_unreadable_int8_artifact_is_named(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(Int8ArtifactError, match=r"junk.onnx: not an int8 student written by train/quantize.py"):
+        load_student(tmp_path / "junk.onnx")

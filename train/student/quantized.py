@@ -82,7 +82,8 @@ class Int8ArtifactError(ConfigError, ValueError):
 
 
 class Int8Vocoder(nn.Module):
-    """``mel (B, 80, T) -> wav (B, T * hop)`` through an ONNX model written by :func:`export_int8`."""
+    """``mel (B, 80, T) -> wav (B, T * hop)`` through an ONNX model written by
+    :func:`train.compress.int8.export_int8` (``train/quantize.py``)."""
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
