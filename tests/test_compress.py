@@ -146,7 +146,7 @@ def saved(path):
 
 
 @pytest.mark.slow
-def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, clips):
+def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, clips, caplog):
     parent = fit(stage(tmp_path, clips, "parent", "student.num_layers=2", "trainer.max_steps=2"))["last_checkpoint"]
     _, module, _ = build(stage(tmp_path, clips, "x", "compress=qat", f"student.init_from={parent}"))
     trained = torch.load(parent, weights_only=True)["state_dict"]
@@ -160,7 +160,9 @@ def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, cl
     last = tmp_path / "prune" / "checkpoints" / "last.ckpt"
     step, shape = saved(last)
     assert step == 2 and (shape["dim"], shape["num_layers"]) == (24, 2)  # mid-prune: the first cut only
-    second = fit(stage(tmp_path, clips, "prune", *prune_args, "trainer.max_steps=6"))  # same folder: resumes
+    with caplog.at_level("INFO", logger="train.training.pipeline"):
+        second = fit(stage(tmp_path, clips, "prune", *prune_args, "trainer.max_steps=6"))  # same folder: resumes
+    assert f"next stage: compress=qat student.init_from={second['last_checkpoint']}" in caplog.text
     assert second["resumed_from"] == str(last)
     step, shape = saved(second["last_checkpoint"])
     assert step == 6 and (shape["dim"], shape["intermediate_dim"], shape["num_layers"]) == (16, 32, 1)
@@ -169,7 +171,9 @@ def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, cl
     with pytest.raises(Interrupted):
         fit(stage(tmp_path, clips, "qat", *qat_args, "trainer.max_steps=4", stop))
     assert saved(tmp_path / "qat" / "checkpoints" / "last.ckpt")[0] == 2
-    qat = fit(stage(tmp_path, clips, "qat", *qat_args, "trainer.max_steps=4"))
+    with caplog.at_level("INFO", logger="train.training.pipeline"):
+        qat = fit(stage(tmp_path, clips, "qat", *qat_args, "trainer.max_steps=4"))
+    assert f"next stage: python train/quantize.py checkpoint={qat['last_checkpoint']}" in caplog.text
     step, shape = saved(qat["last_checkpoint"])
     assert qat["resumed_from"] and step == 4 and shape == {**second_shape(second), "fake_quant": "int8"}
     assert is_prepared(load_student(qat["last_checkpoint"]))
@@ -180,6 +184,8 @@ def second_shape(result):
 
 
 def test_compression_stages_refuse_a_wrong_parent_before_training(tmp_path, clips):
+    from train.utils.errors import ConfigError
+
     with pytest.raises(CompressionError, match=r"student.init_from=None is not a file"):
         fit(stage(tmp_path, clips, "a", "compress=prune"))
     (tmp_path / "s.onnx").write_bytes(b"x")
@@ -190,6 +196,10 @@ def test_compression_stages_refuse_a_wrong_parent_before_training(tmp_path, clip
     torch.save({"conv_pre.weight": torch.zeros(1)}, tmp_path / "hift.pt")
     with pytest.raises(Exception, match=r"hift.pt: no Vocos student inside"):
         fit(stage(tmp_path, clips, "d", "compress=prune", f"student.init_from={tmp_path / 'hift.pt'}"))
+    vocos_100 = build_student(input_channels=100, dim=32, intermediate_dim=64, num_layers=1, n_fft=1024, hop_length=256)
+    torch.save(vocos_100.state_dict(), tmp_path / "vocos.bin")  # a stock Vocos's own framing
+    with pytest.raises(ConfigError, match=r"vocos.bin: a student for 100 mels at hop 256; S3Gen's mels are 80"):
+        fit(stage(tmp_path, clips, "g", "compress=prune", f"student.init_from={tmp_path / 'vocos.bin'}"))
     torch.save(student().state_dict(), tmp_path / "parent.pt")
     with pytest.raises(CompressionError, match=r"compress.dim=256: must be between 1 and the parent's dim \(32\)"):
         fit(stage(tmp_path, clips, "e", "compress=prune", f"student.init_from={tmp_path / 'parent.pt'}"))

@@ -279,6 +279,8 @@ class Pruning(Callback):
         self.round_to = round_to
         self.plan: list[dict] = []
 
+    next_stage = "compress=qat student.init_from={last} (with this run's experiment and data options)"
+
     def check(self, parent: VocosStudent) -> None:
         """Refuse targets this parent cannot be pruned to (before anything trains)."""
         if is_prepared(parent):

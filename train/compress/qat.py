@@ -16,6 +16,8 @@ class QuantizationAware(Callback):
     """``compress=qat``: fake-quantise the student before training starts (and before a resumed
     run's weights load, so they load into the same modules)."""
 
+    next_stage = "python train/quantize.py checkpoint={last}"
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not is_prepared(pl_module.generator):
             prepare(pl_module.generator)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import train.utils.config  # noqa: F401  (resolvers the configs use)
 from train.compress.pruning import CompressionError
+from train.s3gen.mel import HOP_LENGTH, N_MELS
 from train.student.quantized import Int8ArtifactError, is_int8_artifact
 from train.training.module import check_precision
 from train.utils.errors import ConfigError, MissingFileError
@@ -30,6 +31,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     check_parent(cfg)
     lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     generator = instantiate_with_weights(cfg.student)  # first: a wrong parent fails before any download
+    check_framing(generator, cfg.student.get("init_from"))
     compress = instantiate(cfg.compress) if cfg.get("compress") else None
     if compress is not None and hasattr(compress, "check"):
         compress.check(generator)
@@ -44,6 +46,17 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return datamodule, module, trainer
+
+
+def check_framing(generator: Any, source: str | None) -> None:
+    """A student loaded from a file must take S3Gen's mels (80 bins) at S3Gen's hop (480)."""
+    config = getattr(generator, "config", {})
+    if (config.get("input_channels"), config.get("hop_length")) != (N_MELS, HOP_LENGTH):
+        raise ConfigError(
+            f"student.init_from={source}: a student for {config.get('input_channels')} mels at hop "
+            f"{config.get('hop_length')}; S3Gen's mels are {N_MELS} bins at hop {HOP_LENGTH}. A Vocos of another "
+            "framing warm-starts through a directory holding its pytorch_model.bin (its body is copied)."
+        )
 
 
 def check_parent(cfg: DictConfig) -> None:
@@ -147,6 +160,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         initial = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
         log.info("step-0 validation: %s", _fmt(initial))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    next_stage = next((getattr(c, "next_stage", None) for c in trainer.callbacks if hasattr(c, "next_stage")), None)
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     last = getattr(trainer.checkpoint_callback, "last_path", None)
     last = str(last) if last is not None and Path(last).is_file() else None
@@ -155,9 +169,10 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         log.info("final metrics: %s", _fmt(final))
         log.info(
             "run folder: %s\nlast checkpoint: %s\nto go on: the same command with `ckpt_path=last` "
-            "(and a larger trainer.max_steps)",
+            "(and a larger trainer.max_steps)%s",
             run_dir,
             last,
+            f"\nnext stage: {next_stage.format(last=last)}" if next_stage and last else "",
         )
     return {
         "initial": initial,
