@@ -268,6 +268,14 @@ def test_a_compression_stage_also_learns_to_reproduce_its_parent(tmp_path, clips
     with torch.no_grad():
         assert torch.equal(module.targets({"mel": mel, "audio": mel})["parent"], parent(mel))
     assert not any(k.startswith("parent") for k in module.state_dict())  # never saved in checkpoints
+    original = student(dim=64, intermediate_dim=128, seed=3)  # e.g. the uncompressed student, for a QAT stage
+    save_ckpt(original, tmp_path / "original.ckpt")
+    init = f"student.init_from={tmp_path / 'parent.ckpt'}"
+    _, module, _ = build(stage(tmp_path, clips, "c", "compress=qat", init, f"parent={tmp_path / 'original.ckpt'}"))
+    with torch.no_grad():
+        assert torch.equal(module.targets({"mel": mel, "audio": mel})["parent"], original(mel))
+    with pytest.raises(ConfigError, match=r"parent='.*gone.ckpt' is not one"):
+        build(stage(tmp_path, clips, "d", "compress=qat", init, f"parent={tmp_path / 'gone.ckpt'}"))
     cfg = stage(tmp_path, clips, "b", "+module.target_weights.parent=1.0")
     with pytest.raises(ConfigError, match=r"module.target_weights.parent=1.0 needs the parent student as a file"):
         build(cfg)

@@ -73,16 +73,18 @@ def check_parent(cfg: DictConfig) -> None:
 
 
 def parent_of(cfg: DictConfig) -> Any:
-    """The student ``student.init_from`` names, when the losses take its output as a target
-    (``module.target_weights.parent``, set by the compression stages)."""
+    """The student ``parent`` (default: ``student.init_from``) names, when the losses take its
+    output as a target (``module.target_weights.parent``, set by the compression stages)."""
     weights = cfg.module.get("target_weights") or {}
     if not weights.get("parent"):
         return None
-    source = cfg.student.get("init_from")
+    option, source = (
+        ("parent", cfg.get("parent")) if cfg.get("parent") else ("student.init_from", cfg.student.get("init_from"))
+    )
     if not source or not Path(str(source)).expanduser().is_file():
         raise ConfigError(
             f"module.target_weights.parent={weights['parent']} needs the parent student as a file: "
-            f"student.init_from={source!r} is not one"
+            f"{option}={source!r} is not one"
         )
     from train.student.model import load_student
 
