@@ -15,14 +15,8 @@ import torch
 
 from train.data.preparation import prepare_throughput
 from train.evaluation.benchmark import run
-from train.evaluation.report import cost_table, table
+from train.evaluation.report import cost_table, rows_table
 from train.training.throughput import train_throughput
-
-
-def format_rows(rows: list[dict]) -> str:
-    return table(
-        list(rows[0]), [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.train_steps:
         train_rows = train_throughput(args.train_config, args.train_steps, args.train_compare)
         print(f"Training ({' '.join(args.train_config)}, {torch.get_num_threads()} threads, median step)")
-        print(format_rows(train_rows))
+        print(rows_table(train_rows))
         real, memory, *compared = train_rows
         print(f"real data vs in-memory step time: {100 * (real['s_per_step'] / memory['s_per_step'] - 1):+.1f} %")
         for row in compared:
@@ -91,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.prepare_processes:
         prepare_rows = prepare_throughput(args.prepare_processes)
         print("Prepare stage (experiment=distill on the bundled corpus, stand-in teacher of Chatterbox's size)")
-        print(format_rows(prepare_rows))
+        print(rows_table(prepare_rows))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from train.compress.int8 import export_int8
 from train.compress.runtime import compare, snr_db
-from train.evaluation.report import table
+from train.evaluation.report import rows_table
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.model import student_from_file
 from train.student.quantized import Int8Vocoder, is_prepared
@@ -85,7 +85,5 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
             f"Runtimes on {cfg.compare_seconds:g} s of validation mels (s/s: seconds per second of audio, median); "
             f"SNR against the fake-quantised QAT model on {len(mels)} validation mels"
         )
-        print(
-            table(list(rows[0]), [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()] for r in rows])
-        )
+        print(rows_table(rows, "{:.4g}"))
     return result

@@ -46,10 +46,16 @@ class _Spectral(nn.Module):
         return magnitude * torch.cos(phase), magnitude * torch.sin(phase)
 
 
-def export_int8(student: nn.Module, path: str | Path, quantize: bool = True) -> Path:
+QUANTIZED_OPS = ("MatMul", "Gemm")  # the Linear layers; the convs stay fp32 (README: "Which int8 runtime")
+
+
+def export_int8(
+    student: nn.Module, path: str | Path, quantize: bool = True, op_types: tuple[str, ...] | None = QUANTIZED_OPS
+) -> Path:
     """Write ``student`` (fake-quantised or plain) as an int8 ONNX model at ``path``, atomically.
 
-    ``quantize=False`` writes the fp32 graph (for comparisons).
+    ``quantize=False`` writes the fp32 graph; ``op_types=None`` quantises every op ONNX Runtime
+    can (the convs too). Both for comparisons.
     """
     plain = strip(student).cpu().eval()
     config = dict(plain.config)
@@ -78,10 +84,10 @@ def export_int8(student: nn.Module, path: str | Path, quantize: bool = True) -> 
                 str(final),
                 weight_type=QuantType.QInt8,
                 per_channel=True,
-                op_types_to_quantize=["MatMul", "Gemm"],
+                op_types_to_quantize=list(op_types) if op_types else None,
             )
         model = onnx.load(str(final))
-    scheme = DESCRIPTION if quantize else "fp32"
+    scheme = (DESCRIPTION if op_types == QUANTIZED_OPS else f"int8 ops: {op_types or 'all'}") if quantize else "fp32"
     for key, value in (("config", json.dumps(config)), ("quantization", scheme)):
         model.metadata_props.add(key=key, value=value)
     return atomic_write(path, lambda f: f.write(model.SerializeToString()))

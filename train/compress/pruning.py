@@ -21,6 +21,7 @@ and the distillation losses recover it until the next cut.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -134,7 +135,7 @@ def block_costs(student: VocosStudent, loss_fn: LossFn) -> list[float]:
 def drop_blocks(student: VocosStudent, num_layers: int, loss_fn: LossFn) -> VocosStudent:
     """A student with ``num_layers`` blocks: the ones dropped are those whose removal raises the
     loss least, chosen one at a time (costs are measured again after each drop)."""
-    student = _copy(student)
+    student = copy.deepcopy(student)  # cut a copy: the caller's student and optimizer stay intact
     while len(student.backbone.convnext) > num_layers:
         costs = block_costs(student, loss_fn)
         cheapest = min(range(len(costs)), key=costs.__getitem__)
@@ -162,7 +163,7 @@ def prune_widths(
 
     ``importance="taylor"`` needs ``loss_fn`` (its gradients score the channels).
     """
-    student = _copy(student)
+    student = copy.deepcopy(student)  # cut a copy: the caller's student and optimizer stay intact
     if example_mel is None:
         example_mel = torch.randn(1, student.n_mels, 16, device=_device(student))
     trunk = _Trunk(student)
@@ -215,13 +216,6 @@ def prune(
 
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
-
-
-def _copy(student: VocosStudent) -> VocosStudent:
-    """A deep copy to cut into, leaving the caller's student (and its optimizer) untouched."""
-    copy = build_student(**student.config).to(_device(student))
-    copy.load_state_dict(student.state_dict())
-    return copy
 
 
 def _rebuild(student: VocosStudent) -> VocosStudent:

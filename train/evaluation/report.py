@@ -201,6 +201,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def rows_table(rows: list[Mapping[str, Any]], number: str = "{:.3f}") -> str:
+    """A Markdown table of dict rows with the same keys; floats formatted with ``number``."""
+    cells = [[number.format(v) if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
+    return table(list(rows[0]), cells)
+
+
 def cost_table(rows: list[Mapping[str, Any]]) -> str:
     chunks = list(rows[0]["first_chunk_ms_cpu"]) if rows else []
     header = ["model", "params", "weights bytes", "s/s CPU 1 thread", "s/s CPU all threads", "s/s CUDA"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,7 @@ class Int8Vocoder(nn.Module):
         except Exception as err:
             raise Int8ArtifactError(f"{self.path}: not an int8 student written by train/quantize.py ({err})") from err
         self.quantization = meta.get("quantization", "")
-        self.num_parameters = sum(
-            int(torch.tensor(list(t.dims)).prod()) if t.dims else 1 for t in model.graph.initializer
-        )
+        self.num_parameters = sum(math.prod(t.dims) for t in model.graph.initializer)
         self.file_bytes = len(data)
         self.n_mels = self.config["input_channels"]
         self.hop_length = self.config["hop_length"]

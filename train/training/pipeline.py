@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
         compress.check(generator)
     teacher = instantiate_with_weights(cfg.teacher) if cfg.get("teacher") else None
     datamodule = instantiate(cfg.data, teacher=teacher)
-    module = instantiate(cfg.module, generator=generator, parent=parent_of(cfg))
+    module = instantiate(cfg.module, generator=generator, parent=parent_of(cfg, generator))
     if compress is not None:
         warm_start_discriminators(module, cfg.student.init_from)
     loggers: list[Logger] = instantiate_dict(cfg.get("logger"))
@@ -72,9 +73,10 @@ def check_parent(cfg: DictConfig) -> None:
         )
 
 
-def parent_of(cfg: DictConfig) -> Any:
+def parent_of(cfg: DictConfig, generator: Any) -> Any:
     """The student ``parent`` (default: ``student.init_from``) names, when the losses take its
-    output as a target (``module.target_weights.parent``, set by the compression stages)."""
+    output as a target (``module.target_weights.parent``, set by the compression stages). Without
+    ``parent`` it is a frozen copy of ``generator`` as loaded from ``student.init_from``."""
     weights = cfg.module.get("target_weights") or {}
     if not weights.get("parent"):
         return None
@@ -86,6 +88,8 @@ def parent_of(cfg: DictConfig) -> Any:
             f"module.target_weights.parent={weights['parent']} needs the parent student as a file: "
             f"{option}={source!r} is not one"
         )
+    if option == "student.init_from":
+        return copy.deepcopy(generator).eval().requires_grad_(False)
     from train.student.model import load_student
 
     return load_student(str(source))
@@ -98,7 +102,9 @@ def warm_start_discriminators(module: Any, source: str) -> None:
         return
     import torch
 
-    state = torch.load(Path(source).expanduser(), map_location="cpu", weights_only=True).get("state_dict", {})
+    # mmap: only the discriminators' pages are read, not the whole (optimizer-laden) checkpoint again
+    state = torch.load(Path(source).expanduser(), map_location="cpu", weights_only=True, mmap=True)
+    state = state.get("state_dict", {})
     own = module.discriminators.state_dict()
     found = {k.removeprefix("discriminators."): v for k, v in state.items() if k.startswith("discriminators.")}
     usable = {k: v for k, v in found.items() if k in own and own[k].shape == v.shape}
