@@ -1,2 +1,2 @@
 """Compression of a trained student: structured pruning (:mod:`.pruning`), quantization-aware
-training (:mod:`.qat`), the int8 runtime (:mod:`.int8`) and how it was chosen (:mod:`.runtime`)."""
+training (:mod:`.qat`), writing the int8 runtime (:mod:`.export`) and how it was chosen (:mod:`.runtime`)."""

@@ -12,12 +12,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from train.compress.int8 import export_int8
 from train.compress.runtime import compare, snr_db
 from train.evaluation.report import rows_table
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.model import student_from_file
-from train.student.quantized import Int8Vocoder, is_prepared
+from train.student.graph import OnnxVocoder, export_onnx
+from train.student.quantized import is_prepared
 from train.utils.errors import ConfigError
 from train.utils.files import atomic_write, atomic_write_text
 
@@ -49,7 +49,7 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     output = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint.with_suffix(".int8.onnx")
     mels = validation_mels(cfg)
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        runtime = Int8Vocoder(export_int8(student, Path(tmp) / "student.onnx"))
+        runtime = OnnxVocoder(export_onnx(student, Path(tmp) / "student.onnx", quantize=True))
         snrs = [snr_db(student(m), runtime(m)) for m in mels]
         data = runtime.path.read_bytes()
     worst = min(snrs)

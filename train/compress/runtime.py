@@ -5,7 +5,7 @@ Candidates: the QAT model itself (fake quantisation, eager); its fp32 weights; t
 converted model (the QAT ``convert`` step: exactly the trained numerics); torchao's int8
 dynamic-activation kernels (``Int8DynamicActivationInt8WeightConfig``, asymmetric per-frame
 activations as QAT used), eager and under ``torch.compile``; ONNX Runtime int8
-(:mod:`train.compress.int8`), with and without the convs quantised.
+(:mod:`train.student.graph`, the iSTFT in the graph), with and without the convs quantised.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from torchao.quantization import Int8DynamicActivationInt8WeightConfig, MappingType, quantize_
 from torchao.quantization.qat import QATConfig
 
-from train.compress.int8 import export_int8
 from train.evaluation.cost import threads, time_call
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
-from train.student.quantized import Int8Vocoder, base_config, prepare, strip
+from train.student.graph import OnnxVocoder, export_onnx
+from train.student.quantized import base_config, prepare, strip
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,10 @@ def candidates(qat_student: nn.Module, folder: Path, compile: bool = True) -> li
     if compile:
         compiled = torch.compile(kernels)
         rows.append(("torchao int8 kernels + torch.compile", compiled, "first call compiles"))
-    onnx_int8 = Int8Vocoder(export_int8(fake, folder / "int8.onnx"))
-    rows.append(("ONNX Runtime int8 (MatMul) + torch iSTFT", onnx_int8, f"{onnx_int8.file_bytes:,} bytes; shipped"))
-    convs = Int8Vocoder(export_int8(fake, folder / "int8-convs.onnx", op_types=None))
-    rows.append(("ONNX Runtime int8 (MatMul + Conv) + torch iSTFT", convs, "convs quantised too"))
+    onnx_int8 = OnnxVocoder(export_onnx(fake, folder / "int8.onnx", quantize=True))
+    rows.append(("ONNX Runtime int8 (Linear layers)", onnx_int8, f"{onnx_int8.file_bytes:,} bytes; shipped"))
+    convs = OnnxVocoder(export_onnx(fake, folder / "int8-convs.onnx", quantize=True, op_types=None))
+    rows.append(("ONNX Runtime int8 (Linear layers + convs)", convs, "convs quantised too"))
     return rows
 
 

@@ -98,12 +98,12 @@ def build_student(
 
 def student_from_file(path: str | Path, option: str = "checkpoint") -> VocosStudent:
     """The student a file holds, built in the shape the file records (or its tensors show)."""
-    from train.student.quantized import Int8ArtifactError, is_int8_artifact
+    from train.student.graph import OnnxArtifactError, is_onnx
 
-    if is_int8_artifact(path):
-        raise Int8ArtifactError(
-            f"{option}={path} is an int8 ONNX artifact: it runs (load_student, train/evaluate.py, train.bench) but "
-            "cannot be trained or quantised again. Start from the checkpoint it was made from (its .ckpt)."
+    if is_onnx(path):
+        raise OnnxArtifactError(
+            f"{option}={path} is an ONNX student: it runs (load_student, train/evaluate.py, train.bench) but "
+            "cannot be trained, quantised or exported again. Start from the checkpoint it was made from (its .ckpt)."
         )
     if Path(path).suffix not in STUDENT_FILES:
         raise StudentCheckpointError(f"{option}={path}: expected one of {', '.join(STUDENT_FILES)}")
@@ -255,13 +255,13 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
 
     The architecture comes from the config the checkpoint records; files without one (bare
     state dicts from elsewhere) fall back to :func:`student_config`. A QAT checkpoint comes
-    back fake-quantised, as it trained. An int8 artifact (``.onnx``, ``train/quantize.py``)
-    comes back as its runtime, :class:`train.compress.int8.Int8Vocoder` (CPU).
+    back fake-quantised, as it trained. An ONNX student (``.onnx``: ``train/quantize.py``'s int8,
+    a release's ``model.onnx``) comes back as its runtime, :class:`train.student.graph.OnnxVocoder` (CPU).
     """
-    from train.student.quantized import Int8Vocoder, is_int8_artifact
+    from train.student.graph import OnnxVocoder, is_onnx
 
-    if is_int8_artifact(path):
+    if is_onnx(path):
         if not Path(path).is_file():
-            raise MissingFileError(f"int8 student not found: {path}")
-        return Int8Vocoder(path).eval()
+            raise MissingFileError(f"ONNX student not found: {path}")
+        return OnnxVocoder(path).eval()
     return student_from_file(path).to(device).eval().requires_grad_(False)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 import train.utils.config  # noqa: F401  (resolvers the configs use)
 from train.compress.pruning import CompressionError
 from train.s3gen.mel import HOP_LENGTH, N_MELS
-from train.student.quantized import Int8ArtifactError, is_int8_artifact
+from train.student.graph import OnnxArtifactError, is_onnx
 from train.training.module import check_precision
 from train.utils.errors import ConfigError, MissingFileError
 from train.utils.files import remove_stale_temporaries
@@ -140,9 +140,9 @@ def resume_path(cfg: DictConfig) -> Path | None:
             )
         return max(found, key=lambda p: p.stat().st_mtime_ns)
     path = Path(requested).expanduser()
-    if is_int8_artifact(path):
-        raise Int8ArtifactError(
-            f"ckpt_path={requested} is an int8 ONNX artifact: a run resumes from its .ckpt (the run's "
+    if is_onnx(path):
+        raise OnnxArtifactError(
+            f"ckpt_path={requested} is an ONNX student: a run resumes from its .ckpt (the run's "
             "checkpoints/last.ckpt); to start a new stage from a student use student.init_from=<.ckpt>"
         )
     if not path.is_file():

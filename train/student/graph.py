@@ -1,0 +1,244 @@
+"""The student as one ONNX graph, ``mel (B, 80, T) -> wav (B, T * hop)``, and its runtime.
+
+ONNX has no inverse-STFT operator and no complex tensors, and Vocos's head needs both. The
+exportable student here rewrites the head's last step with real tensors only, in one of two
+formulations (``istft=``):
+
+- ``"matmul"`` (the default): the inverse real DFT as two matrix products, with half the
+  cosine / sine basis (frame samples ``t`` and ``n_fft - t`` share their rows up to a sign).
+  The basis is computed inside the graph from ``Range``, ``Cos`` and ``Sin``, so the file holds
+  no 7 MB constant.
+- ``"dft"``: ONNX's ``DFT`` operator (``torch.fft.irfft`` through the exporter).
+
+Both window the frames and overlap-add them with pads and adds (``n_fft`` is a whole number
+of hops), then divide by the window envelope, exactly as ``vocos.spectral_ops.ISTFT`` with
+``padding="same"`` does. Which one is faster under ONNX Runtime is measured by
+``python train/export.py ... compare_istft=true``; README, "Release", has the figures.
+
+:func:`export_onnx` writes the graph (fp32, or with its Linear layers quantised to int8 by
+ONNX Runtime's dynamic quantisation: weights symmetric per output channel, activations per
+call); :class:`OnnxVocoder` runs such a file as a ``mel -> wav`` module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+from train.utils.errors import ConfigError
+from train.utils.files import atomic_write
+
+log = logging.getLogger(__name__)
+ISTFT_FORMS = ("matmul", "dft")
+QUANTIZED_OPS = ("MatMul", "Gemm")  # the Linear layers; the convs stay fp32 (README: "Which int8 runtime")
+SUFFIX = ".onnx"
+
+
+class OnnxArtifactError(ConfigError, ValueError):
+    """An ONNX student where a trainable checkpoint is needed, or an unreadable ONNX file."""
+
+
+def _overlap_add(frames: Tensor, hop: int) -> Tensor:
+    """``(B, n_fft, T) -> (B, (T - 1) * hop + n_fft)``: frame ``t`` added in at sample ``t * hop``.
+
+    With ``n_fft = k * hop`` each frame is ``k`` hop-long pieces; piece ``i`` of frame ``t`` lands
+    in output block ``t + i``. So the sum is ``k`` shifted copies: pads and adds, which export
+    to ONNX with a dynamic frame axis (``Col2Im`` would too, but is not in every runtime).
+    """
+    batch, n_fft, frames_count = frames.shape
+    pieces = n_fft // hop
+    parts = frames.reshape(batch, pieces, hop, frames_count)
+    out = nn.functional.pad(parts[:, 0], (0, pieces - 1))
+    for i in range(1, pieces):
+        out = out + nn.functional.pad(parts[:, i], (i, pieces - 1 - i))
+    return out.transpose(1, 2).reshape(batch, -1)
+
+
+class RealISTFT(nn.Module):
+    """``vocos``' ISTFT (``padding="same"``) on ``(real, imag)`` spectra ``(B, n_fft/2 + 1, T)``."""
+
+    def __init__(self, n_fft: int, hop_length: int, form: str = "matmul") -> None:
+        super().__init__()
+        if form not in ISTFT_FORMS:
+            raise ValueError(f"istft={form!r}: expected one of {', '.join(ISTFT_FORMS)}")
+        if n_fft % 2 or n_fft % hop_length:
+            raise ValueError(f"n_fft={n_fft} must be even and a whole number of hops (hop_length={hop_length})")
+        self.n_fft, self.hop_length, self.form = n_fft, hop_length, form
+        window = torch.hann_window(n_fft)
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("window_sq", window.square(), persistent=False)
+
+    def frames(self, real: Tensor, imag: Tensor) -> Tensor:
+        """The inverse real DFT of every frame, ``(B, n_fft, T)`` (unwindowed)."""
+        n = self.n_fft
+        if self.form == "dft":
+            return torch.fft.irfft(torch.complex(real, imag), n, dim=1)
+        half = n // 2 + 1
+        index = torch.arange(half, dtype=torch.float32, device=real.device)
+        # (t * f) mod n before scaling keeps the angle exact in float32 for every t, f
+        angle = torch.remainder(index[:, None] * index[None], n) * (2 * math.pi / n)
+        weight = torch.full((half,), 2.0 / n, device=real.device)  # DC and Nyquist count once
+        weight = torch.cat([weight[:1] * 0.5, weight[1:-1], weight[-1:] * 0.5])
+        cos_part = torch.matmul(torch.cos(angle) * weight, real)  # rows t = 0 .. n/2
+        sin_part = torch.matmul(torch.sin(angle) * -weight, imag)
+        # sample n - t has the same cosine and the opposite sine of sample t
+        return torch.cat([cos_part + sin_part, (cos_part - sin_part)[:, 1:-1].flip(1)], dim=1)
+
+    def forward(self, real: Tensor, imag: Tensor) -> Tensor:
+        frames = self.frames(real, imag) * self.window[None, :, None]
+        count = frames.shape[-1]
+        signal = _overlap_add(frames, self.hop_length)
+        envelope = _overlap_add(self.window_sq[None, :, None].expand(1, self.n_fft, count), self.hop_length)
+        pad = (self.n_fft - self.hop_length) // 2
+        return signal[:, pad:-pad] / envelope[:, pad:-pad]
+
+
+class WaveformGraph(nn.Module):
+    """The student with real tensors only: backbone, head projection, magnitude / phase, RealISTFT."""
+
+    def __init__(self, student: nn.Module, istft: str = "matmul") -> None:
+        super().__init__()
+        head = student.head
+        if getattr(head.istft, "padding", "same") != "same" or head.istft.win_length != head.istft.n_fft:
+            raise ValueError("only the student's iSTFT (padding 'same', win_length = n_fft) is exportable")
+        self.backbone = student.backbone
+        self.out = head.out
+        self.istft = RealISTFT(head.istft.n_fft, head.istft.hop_length, istft)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        x = self.out(self.backbone(mel)).transpose(1, 2)
+        magnitude, phase = x.chunk(2, dim=1)
+        magnitude = torch.exp(magnitude).clip(max=1e2)  # as vocos' ISTFTHead
+        return self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+
+
+def export_onnx(
+    student: nn.Module,
+    path: str | Path,
+    quantize: bool = False,
+    istft: str = "matmul",
+    op_types: tuple[str, ...] | None = QUANTIZED_OPS,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``student`` (plain or fake-quantised) as one ONNX graph at ``path``, atomically.
+
+    ``quantize=True`` quantises its Linear layers to int8 (``op_types=None``: every op ONNX
+    Runtime can, the convs too; for comparisons). The student's build config, the numerics and
+    ``metadata`` go into the model's metadata. The time axis (and batch) are dynamic.
+    """
+    from train.student.quantized import DESCRIPTION, strip  # torchao is slow to import
+
+    plain = strip(student).cpu().eval()
+    config = dict(plain.config)
+    graph = WaveformGraph(plain, istft).eval()
+    mel = torch.randn(2, config["input_channels"], 50)  # not 1: torch.export fixes sizes 0 and 1
+    shapes = {"mel": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("frames", min=2, max=1 << 20)}}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on torchvision and the like
+        fp32 = Path(tmp) / "fp32.onnx"
+        program = torch.onnx.export(
+            graph,
+            (mel,),
+            dynamic_shapes=shapes,
+            input_names=["mel"],
+            output_names=["wav"],
+            opset_version=18,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        program.save(str(fp32))
+        final = fp32
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            final = Path(tmp) / "int8.onnx"
+            quantize_dynamic(
+                str(fp32),
+                str(final),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=list(op_types) if op_types else None,
+            )
+        model = onnx.load(str(final))
+    numerics = (DESCRIPTION if op_types == QUANTIZED_OPS else f"int8 ops: {op_types or 'all'}") if quantize else "fp32"
+    del model.metadata_props[:]
+    for node in model.graph.node:  # the exporter's stack traces: a third of a small model's bytes
+        del node.metadata_props[:]
+        node.doc_string = ""
+    entries = {"config": json.dumps(config), "quantization": numerics, "istft": istft, **(metadata or {})}
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    return atomic_write(path, lambda f: f.write(model.SerializeToString()))
+
+
+class OnnxVocoder(nn.Module):
+    """``mel (B, 80, T) -> wav (B, T * hop)`` through a file :func:`export_onnx` wrote (CPU, ONNX
+    Runtime), with as many threads as ``torch.get_num_threads()`` says at the call."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._load(self.path.read_bytes())
+
+    def _load(self, data: bytes) -> None:
+        self._bytes = data
+        try:
+            model = onnx.load_model_from_string(data)
+            meta = {p.key: p.value for p in model.metadata_props}
+            self.config = json.loads(meta["config"])
+        except Exception as err:
+            raise OnnxArtifactError(
+                f"{self.path}: not a student graph written by this project (train/quantize.py, train/export.py): {err}"
+            ) from err
+        self.quantization = meta.get("quantization", "")
+        self.num_parameters = sum(math.prod(t.dims) for t in model.graph.initializer)
+        self.file_bytes = len(data)
+        self.n_mels = self.config["input_channels"]
+        self.hop_length = self.config["hop_length"]
+        self._sessions: dict[int, ort.InferenceSession] = {}
+
+    def session(self) -> ort.InferenceSession:
+        threads = torch.get_num_threads()
+        if threads not in self._sessions:
+            self._sessions[threads] = session(self._bytes, threads)
+        return self._sessions[threads]
+
+    def forward(self, mel: Tensor) -> Tensor:
+        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"the student expects a mel of shape (B, {self.n_mels}, T); got {tuple(mel.shape)}")
+        (wav,) = self.session().run(None, {"mel": mel.detach().float().cpu().numpy()})
+        return torch.from_numpy(wav).to(mel.device)
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable (the memory benchmark runs it in a fresh process)
+        return {k: v for k, v in self.__dict__.items() if k != "_sessions"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._sessions = {}
+
+
+def session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads that do not spin between calls
+    (a spinning pool would fight PyTorch for the cores)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix == SUFFIX
