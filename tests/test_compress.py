@@ -10,8 +10,8 @@ from vocos.models import VocosBackbone
 
 from train.compress.pruning import CompressionError, Pruning, check_targets, drop_blocks, prune, prune_widths, schedule
 from train.compress.runtime import snr_db
-from train.student.model import build_student, load_student
 from train.student.graph import OnnxArtifactError, OnnxVocoder, export_onnx
+from train.student.model import build_student, load_student
 from train.student.quantized import is_prepared, prepare, strip
 from train.training.pipeline import build, fit
 

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from train.compress.runtime import compare, snr_db
 from train.evaluation.report import rows_table
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
-from train.student.model import student_from_file
 from train.student.graph import OnnxVocoder, export_onnx
+from train.student.model import student_from_file
 from train.student.quantized import is_prepared
 from train.utils.errors import ConfigError
 from train.utils.files import atomic_write, atomic_write_text
