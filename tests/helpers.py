@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from train.s3gen.hift import HiFTGenerator
+from train.student.model import build_student
 
 KIT = Path(__file__).parent / "fixtures" / "conformance"
 SMALL_WEIGHTS = KIT / "hift_small_weights.safetensors"
@@ -145,3 +146,18 @@ class StopAt:
                     raise Interrupted(f"interrupted at step {trainer.global_step}")
 
         return _Stop()
+
+
+def student(dim=32, intermediate_dim=64, num_layers=2, seed=0):
+    """A small student with random weights that look trained."""
+    torch.manual_seed(seed)
+    s = build_student(dim=dim, intermediate_dim=intermediate_dim, num_layers=num_layers).eval()
+    for block in s.backbone.convnext:  # a trained-looking layer scale (Vocos initialises it near zero)
+        block.gamma.data.uniform_(0.2, 0.6)
+    return s
+
+
+def save_ckpt(model, path):
+    """A training checkpoint's student part: ``generator.*`` weights and the build config."""
+    torch.save({"state_dict": {f"generator.{k}": v for k, v in model.state_dict().items()},
+                "student_config": model.config}, path)  # fmt: skip

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import Interrupted, compose, write_clips
+from helpers import Interrupted, compose, save_ckpt, student, write_clips
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 
@@ -16,20 +16,6 @@ from train.student.quantized import is_prepared, prepare, strip
 from train.training.pipeline import build, fit
 
 AUDIO_ONLY = ["~teacher", "module.target_weights={teacher:0,audio:1}"]
-
-
-def student(dim=32, intermediate_dim=64, num_layers=2, seed=0):
-    torch.manual_seed(seed)
-    s = build_student(dim=dim, intermediate_dim=intermediate_dim, num_layers=num_layers).eval()
-    for block in s.backbone.convnext:  # a trained-looking layer scale (Vocos initialises it near zero)
-        block.gamma.data.uniform_(0.2, 0.6)
-    return s
-
-
-def save_ckpt(model, path):
-    """A training checkpoint's student part: ``generator.*`` weights and the build config."""
-    torch.save({"state_dict": {f"generator.{k}": v for k, v in model.state_dict().items()},
-                "student_config": model.config}, path)  # fmt: skip
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from train.compress.runtime import compare, snr_db
+from train.data.datamodule import held_out_items
+from train.evaluation.pipeline import sha256_file
 from train.evaluation.report import rows_table
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.graph import OnnxVocoder, export_onnx
@@ -28,15 +29,6 @@ class QuantizationError(ConfigError, ValueError):
     """The int8 runtime does not reproduce the QAT model well enough to ship."""
 
 
-def validation_mels(cfg: DictConfig) -> list[torch.Tensor]:
-    """The first ``max_utterances`` mels of the data's validation split, each ``(1, 80, T)``."""
-    datamodule = hydra.utils.instantiate(cfg.data, teacher=None)
-    datamodule.prepare_data()
-    dataset = datamodule.evaluation_set("val", cfg.get("max_frames"))
-    count = min(len(dataset), int(cfg.max_utterances))
-    return [dataset[i]["mel"].unsqueeze(0) for i in range(count)]
-
-
 def quantize(cfg: DictConfig) -> dict[str, Any]:
     """Write the int8 runtime of ``cfg.checkpoint`` if it matches the fake-quantised model at
     ``min_snr_db`` or better on every validation mel; optionally compare all runtimes."""
@@ -47,9 +39,10 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
             "%s is not a QAT checkpoint: quantising a student that never trained with int8 rounding", checkpoint
         )
     output = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint.with_suffix(".int8.onnx")
-    mels = validation_mels(cfg)
+    mels = [item["mel"].unsqueeze(0) for _, item in held_out_items(cfg.data, cfg.max_utterances, cfg.get("max_frames"))]
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        runtime = OnnxVocoder(export_onnx(student, Path(tmp) / "student.onnx", quantize=True))
+        source = {"source": checkpoint.name, "source_sha256": sha256_file(checkpoint)}
+        runtime = OnnxVocoder(export_onnx(student, Path(tmp) / "student.onnx", quantize=True, metadata=source))
         snrs = [snr_db(student(m), runtime(m)) for m in mels]
         data = runtime.path.read_bytes()
     worst = min(snrs)

@@ -17,12 +17,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 import torch
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
@@ -557,3 +558,17 @@ class VocoderDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=1, num_workers=self.num_workers)
+
+
+def held_out_items(
+    data: Any, count: int, max_frames: int | None = None, teacher: nn.Module | None = None, split: str = "val"
+) -> list[tuple[str, dict[str, Tensor]]]:
+    """The first ``count`` utterances of the data config ``data``'s ``split`` (by name), each
+    ``(name, {"mel": (80, T), "audio": (T * 480,) if any, "teacher": ... if cached})``: what the
+    scripts that check a model after training (quantize, export) run it on."""
+    import hydra
+
+    datamodule = hydra.utils.instantiate(data, teacher=teacher)
+    datamodule.prepare_data()
+    dataset = datamodule.evaluation_set(split, max_frames)
+    return [(dataset.entries[i][0].name, dataset[i]) for i in range(min(len(dataset), int(count)))]

@@ -20,14 +20,15 @@ LOG_MEL_RANGE = (-11.5, 2.0)  # S3Gen log-mel: floor ln(1e-5) up to loud speech
 
 
 def mel_comparison(name: str, mels: Mapping[str, Tensor]) -> Figure:
-    """S3Gen log-mels ``(80, T)`` stacked: ground truth, teacher, student (those present)."""
-    order = [k for k in TITLES if k in mels]
+    """S3Gen log-mels ``(80, T)`` stacked: ground truth, teacher, student (those present), then
+    any other systems in their given order, titled by their keys."""
+    order = [k for k in TITLES if k in mels] + [k for k in mels if k not in TITLES]
     fig, axes = plt.subplots(len(order), 1, figsize=(9, 2.2 * len(order)), sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], order, strict=True):
         image = ax.imshow(
             mels[key].numpy(), origin="lower", aspect="auto", vmin=LOG_MEL_RANGE[0], vmax=LOG_MEL_RANGE[1]
         )
-        ax.set_title(TITLES[key], fontsize=10)
+        ax.set_title(TITLES.get(key, key), fontsize=10)
         ax.set_ylabel("mel bin")
     axes[-1, 0].set_xlabel("frame (20 ms)")
     fig.colorbar(image, ax=axes[:, 0].tolist(), label="ln magnitude")

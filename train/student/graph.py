@@ -201,6 +201,7 @@ class OnnxVocoder(nn.Module):
             raise OnnxArtifactError(
                 f"{self.path}: not a student graph written by this project (train/quantize.py, train/export.py): {err}"
             ) from err
+        self.metadata = meta
         self.quantization = meta.get("quantization", "")
         self.num_parameters = sum(math.prod(t.dims) for t in model.graph.initializer)
         self.file_bytes = len(data)

@@ -12,6 +12,16 @@ from lightning.pytorch.loggers import WandbLogger
 log = logging.getLogger(__name__)
 
 
+def wandb_mode(mode: str | None = None) -> str | None:
+    """``mode`` if given; else ``WANDB_MODE``'s (``None``: W&B reads it itself); else ``online``
+    when W&B credentials exist and ``offline`` otherwise (sync later with ``wandb sync``)."""
+    if mode is None and "WANDB_MODE" not in os.environ:
+        mode = "online" if wandb.login(prompt=False) else "offline"
+        if mode == "offline":
+            log.info("W&B: not logged in, logging offline; upload later with `wandb sync`")
+    return mode
+
+
 def wandb_logger(mode: str | None = None, **kwargs: Any) -> WandbLogger:
     """A ``WandbLogger`` whose mode follows the user's login, and that prints only what matters.
 
@@ -19,10 +29,7 @@ def wandb_logger(mode: str | None = None, **kwargs: Any) -> WandbLogger:
     and ``offline`` otherwise (sync later with ``wandb sync <run dir>``). W&B's own console
     output is kept to where the run is (``quiet``).
     """
-    if mode is None and "WANDB_MODE" not in os.environ:
-        mode = "online" if wandb.login(prompt=False) else "offline"
-        if mode == "offline":
-            log.info("W&B: not logged in, logging offline; upload later with `wandb sync`")
+    mode = wandb_mode(mode)
     if mode is not None:
         kwargs["mode"] = mode
     kwargs.setdefault("settings", wandb.Settings(quiet=True))

@@ -1,0 +1,288 @@
+"""Release: export (vocos layout, ONNX with the iSTFT inside, model card, listening page,
+release.json) and publishing to a Hub double on 127.0.0.1 and to W&B offline."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import REPO, compose, save_ckpt, student, tiny_config, write_clips, write_s3gen_checkpoint
+from huggingface_hub import ModelCard
+from hub_server import HubServer
+
+from train.compress.runtime import snr_db
+from train.evaluation.pipeline import evaluate, sha256_file
+from train.evaluation.report import read_report
+from train.release.export import ReleaseError, export
+from train.release.vocos_layout import FILTERBANK_KEY, MEL_SPEC, load_vocos
+from train.s3gen.hift import HiFTGenerator
+from train.s3gen.mel import S3GenMel
+from train.student.graph import RealISTFT
+from train.student.quantized import prepare, strip
+
+TOKEN = "hf_testtoken_5b1d9e0c7a2f"  # what a real token looks like; must appear in no file written
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny QAT student with its evaluation report (an untrained student: verdict `fail`), and
+    its release exported with force=true."""
+    root = tmp_path_factory.mktemp("release")
+    torch.manual_seed(0)
+    clips = write_clips(root / "clips", count=3, seconds=1.0)
+    teacher = write_s3gen_checkpoint(root / "s3gen.safetensors", HiFTGenerator(**tiny_config()))
+    qat = prepare(student(dim=32, intermediate_dim=64, num_layers=2))
+    ckpt = root / "checkpoints" / "runs" / "tiny-qat" / "r0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    save_ckpt(qat, ckpt)
+    data = [f"data.audio_dirs=[{clips}]", f"teacher.checkpoint={teacher}", "teacher.device=cpu"]
+    report = evaluate(
+        compose(
+            [*data, f"checkpoint={ckpt}", "split=all", "device=cpu", "cost=null", "~logger", "progress_bar=false",
+             "metrics.naturalness=null"],  # fmt: skip
+            root / "eval",
+            "evaluate",
+        )
+    )
+    report_path = root / "eval" / "run" / "report.json"
+    assert report["verdict"] == "fail"  # untrained: the gates fail
+    export_args = [*data, f"checkpoint={ckpt}", f"report={report_path}", "max_utterances=2", "cost.seconds=0.2",
+                   "cost.repeats=1", "card.repo_id=acme/tiny-vocos"]  # fmt: skip
+    with pytest.raises(ReleaseError, match=r"verdict is 'fail' \(gates: .*pesq.*\); nothing exported. Pass force"):
+        export(compose(export_args, root, "export"))
+    manifest = export(compose([*export_args, "force=true"], root, "export"))
+    return {
+        "root": root,
+        "ckpt": ckpt,
+        "qat": qat,
+        "report": read_report(report_path),
+        "report_path": report_path,
+        "folder": Path(manifest["folder"]),
+        "manifest": manifest,
+        "data": data,
+        "export_args": export_args,
+    }
+
+
+@pytest.fixture
+def mel():
+    torch.manual_seed(3)
+    return torch.randn(2, 80, 37) - 5
+
+
+# -- the files ----------------------------------------------------------------------------------------
+def test_the_release_folder_loads_in_plain_vocos_and_decodes_as_the_student(workspace, mel):
+    folder = workspace["folder"]
+    assert folder == workspace["root"] / "checkpoints" / "release" / "vocos-s3gen-tiny-qat-32x64x2-int8"
+    vocos = load_vocos(folder)  # Vocos.from_hparams + a strict load_state_dict
+    plain = strip(workspace["qat"])
+    with torch.no_grad():
+        assert torch.allclose(vocos.decode(mel), plain(mel), atol=1e-6)
+    # the feature extractor holds S3Gen's filterbank and framing, so Vocos(audio) is close to S3Gen's mel
+    assert torch.equal(vocos.state_dict()[FILTERBANK_KEY], S3GenMel().fbank.T)
+    audio = torch.randn(24000) * 0.1
+    assert (vocos.feature_extractor(audio[None])[0] - S3GenMel()(audio, 24000)[0]).abs().mean() < 1e-3
+    residual = workspace["manifest"]["feature_residual"]
+    assert residual["frames"] > 0 and residual["mean_abs"] < 1e-3
+    import yaml
+
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["mel"] == MEL_SPEC and config["backbone"]["init_args"]["dim"] == 32
+
+
+def test_onnx_graphs_match_pytorch_for_any_length_and_batch(workspace, mel):
+    folder = workspace["folder"]
+    plain = strip(workspace["qat"])
+    fp32 = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(folder / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        for x in (mel, mel[:1, :, :1], mel[:, :, :2], torch.randn(3, 80, 120) - 5):
+            (wav,) = fp32.run(None, {"mel": x.numpy()})
+            assert wav.shape == (x.shape[0], x.shape[-1] * 480)
+            assert np.abs(wav - plain(x).numpy()).max() <= 1e-4
+        (wav8,) = int8.run(None, {"mel": mel.numpy()})
+        assert snr_db(workspace["qat"](mel), torch.from_numpy(wav8)) >= 30
+    verification = workspace["manifest"]["verification"]
+    assert verification["onnx_max_abs"] <= 1e-4 and verification["int8_snr_min_db"] >= 30
+    assert verification["vocos_max_abs"] <= 1e-6
+
+
+@pytest.mark.parametrize("form", ["matmul", "dft"])
+def test_the_real_valued_istft_is_vocos_istft(form):
+    from vocos.spectral_ops import ISTFT
+
+    torch.manual_seed(0)
+    spec = torch.randn(2, 961, 9, dtype=torch.complex64)
+    expected = ISTFT(1920, 480, 1920, padding="same")(spec)
+    got = RealISTFT(1920, 480, form)(spec.real, spec.imag)
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+
+
+def test_release_json_lists_every_file_with_its_sha256(workspace):
+    folder, manifest = workspace["folder"], workspace["manifest"]
+    written = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {"release.json"}
+    assert set(manifest["files"]) == written
+    for name, entry in manifest["files"].items():
+        assert sha256_file(folder / name) == entry["sha256"] and (folder / name).stat().st_size == entry["bytes"]
+    on_disk = json.loads((folder / "release.json").read_text())
+    assert on_disk["source"]["sha256"] == sha256_file(workspace["ckpt"])
+    assert on_disk["evaluation"]["verdict"] == "fail" and re.fullmatch(r"[0-9a-f]{40}", on_disk["git"]["commit"])
+
+
+def test_the_model_card_carries_the_reports_numbers(workspace):
+    card = ModelCard.load(workspace["folder"] / "README.md")
+    report = workspace["report"]
+    results = {(r.metric_config, r.metric_type): r for r in card.data.eval_results}
+    assert ("student_vs_teacher", "pesq_wb") in results and ("student_vs_audio", "mel_distance_db") in results
+    for (comparison, metric), result in results.items():
+        stat = report["summary"][comparison][metric]
+        assert result.metric_value == pytest.approx(stat["mean"], abs=1e-4)
+        assert result.metric_args["ci95"] == pytest.approx(stat["ci95"], abs=1e-4)
+        assert result.dataset_args["utterances"] == report["data"]["utterances"]
+    assert card.data.license == "mit" and card.data.library_name == "vocos"
+    # the body: the verdict, the cost table from one run, and usage naming the repo
+    assert "Verdict of the report's gates: **fail**" in card.text
+    cost = workspace["manifest"]["cost"]["rows"]
+    assert [r["name"] for r in cost][0] == "teacher (HiFT)" and len(cost) == 4
+    assert f"| teacher (HiFT) | {cost[0]['bytes']:,} |" in card.text
+    assert 'Vocos.from_pretrained("acme/tiny-vocos")' in card.text
+
+
+def test_listening_page_plays_in_headless_chromium(workspace, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's package)")
+    page = (workspace["folder"] / "listen.html").as_uri()
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"]
+    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    players = re.findall(r"<audio[^>]*>", dom)
+    # per held-out utterance: ground truth, teacher, fp32 and int8 students
+    assert len(players) == 4 * workspace["manifest"]["verification"]["utterances"] > 0, dom[-2000:]
+    durations = [re.search(r'data-duration="([^"]+)"', p) for p in players]
+    assert all(d and float(d[1]) > 0 for d in durations), players
+    shot = tmp_path / "listen.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,1600", page], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000
+
+
+# -- refusals --------------------------------------------------------------------------------------------
+def test_export_refuses_to_overwrite_and_leaves_nothing_behind_on_failure(workspace):
+    root, folder = workspace["root"], workspace["folder"]
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    args = [*workspace["export_args"], "force=true", "cost=null"]
+    with pytest.raises(ReleaseError, match=r"vocos-s3gen-tiny-qat-32x64x2-int8 already exists.*overwrite=true"):
+        export(compose(args, root, "export"))
+    # a check that cannot pass (max_abs_diff=0) stops the export with nothing written, old release intact
+    with pytest.raises(ReleaseError, match=r"model.onnx differs from the PyTorch student by up to .*nothing written"):
+        export(compose([*args, "overwrite=true", "max_abs_diff=0"], root, "export"))
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporaries left
+    other = root / "other.ckpt"
+    save_ckpt(student(dim=16, intermediate_dim=32), other)
+    with pytest.raises(ReleaseError, match=r"report=.* evaluates .*last.ckpt .* not checkpoint=.*other.ckpt"):
+        export(compose([*args, f"checkpoint={other}", "name=x"], root, "export"))
+
+
+# -- publishing ----------------------------------------------------------------------------------------------
+def _publish(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "train" / "publish.py"), *args, f"hydra.run.dir={cwd / 'runs' / 'publish'}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+@pytest.fixture
+def hub_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "WANDB_"))}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_XET="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        env[var] = str(tmp_path / "wandb-home")
+    return env
+
+
+@pytest.mark.slow
+def test_publish_end_to_end_then_plain_vocos_downloads_it(workspace, tmp_path, hub_env, mel):
+    with HubServer(TOKEN) as hub:
+        env = {**hub_env, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
+        done = _publish([f"release={workspace['folder']}", "repo_id=acme/tiny-vocos", "tag=v0.1"], env, tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (commit,) = hub.state.commits("acme/tiny-vocos")
+        assert hub.state.repos["acme/tiny-vocos"]["refs"]["v0.1"] == commit
+        message = hub.state.repos["acme/tiny-vocos"]["commits"][commit]["message"]
+        assert "last.ckpt" in message and "verdict fail" in message
+        assert any(path.endswith("/lfs-upload/" + workspace["manifest"]["files"]["model.onnx"]["sha256"])
+                   for _, path, _ in hub.state.requests)  # fmt: skip  (binaries went through LFS)
+        downloads = [p for m, p, _ in hub.state.requests if m == "GET" and "/resolve/" in p]
+        assert len(downloads) == len(workspace["manifest"]["files"]) + 1  # checked back, every file
+
+        # plain vocos, in a fresh process, against the same Hub: from_pretrained and decode
+        torch.save(mel, tmp_path / "mel.pt")
+        script = (
+            "import sys, torch; from vocos import Vocos; v = Vocos.from_pretrained('acme/tiny-vocos'); "
+            "torch.save(v.decode(torch.load(sys.argv[1])), sys.argv[2])"
+        )
+        loaded = subprocess.run([sys.executable, "-c", script, str(tmp_path / "mel.pt"), str(tmp_path / "wav.pt")],
+                                capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+    with torch.no_grad():
+        assert torch.allclose(torch.load(tmp_path / "wav.pt"), strip(workspace["qat"])(mel), atol=1e-6)
+    # W&B: an offline run in the publish run's folder, holding the model artifact with its metadata
+    (run_file,) = (tmp_path / "runs").rglob("run-*.wandb")
+    logged = run_file.read_bytes()
+    assert workspace["manifest"]["name"].encode() in logged and b'"verdict":"fail"' in logged
+    # the token is in no file this run wrote (Hydra's config dump, logs, W&B, the Hub cache)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    assert TOKEN not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_an_upload_failing_half_way_leaves_no_commit(workspace, tmp_path, hub_env):
+    with HubServer(TOKEN) as hub:
+        hub.state.fail_lfs_upload_after = 2
+        env = {**hub_env, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
+        done = _publish([f"release={workspace['folder']}", "repo_id=acme/tiny-vocos", "wandb.mode=disabled"], env,
+                        tmp_path)  # fmt: skip
+        assert done.returncode == 1
+        said = done.stdout + done.stderr
+        assert "storage quota exceeded" in said and "the repo has no partial release" in said
+        assert hub.state.commits("acme/tiny-vocos") == [] and len(hub.state.lfs) == 2
+        assert not any("/commit/" in path for _, path, _ in hub.state.requests)
+    assert TOKEN not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_dry_run_offline_and_no_token_send_nothing(workspace, tmp_path, hub_env):
+    with HubServer(TOKEN) as hub:
+        base = [f"release={workspace['folder']}", "repo_id=acme/tiny-vocos"]
+        env = {**hub_env, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
+        dry = _publish([*base, "dry_run=true"], env, tmp_path)
+        assert dry.returncode == 0, dry.stderr[-2000:]
+        assert "model.int8.onnx" in dry.stdout and "Nothing was sent" in dry.stdout
+        assert f"{workspace['manifest']['files']['model.onnx']['bytes']:,} bytes" in dry.stdout
+        offline = _publish(base, {**env, "HF_HUB_OFFLINE": "1"}, tmp_path)
+        assert offline.returncode == 1 and "HF_HUB_OFFLINE is set" in offline.stdout + offline.stderr
+        no_token = _publish(base, {k: v for k, v in env.items() if k != "HF_TOKEN"}, tmp_path)
+        assert no_token.returncode == 1 and "no Hugging Face token" in no_token.stdout + no_token.stderr
+        assert hub.state.requests == []
+
+
+def test_publish_refuses_a_release_that_changed_since_export(workspace, tmp_path):
+    from train.release.publish import PublishError, publish
+
+    copy = tmp_path / "copy"
+    shutil.copytree(workspace["folder"], copy)
+    (copy / "config.yaml").write_text((copy / "config.yaml").read_text() + "\n# edited\n")
+    cfg = compose([f"release={copy}", "repo_id=acme/x", "dry_run=true"], tmp_path, "publish")
+    with pytest.raises(PublishError, match=r"files changed since export \(sha256 differs\): \['config.yaml'\]"):
+        publish(cfg)
+    (copy / "stray.txt").write_text("x")
+    with pytest.raises(PublishError, match=r"does not match its release.json: missing \[\], not listed \['stray.txt'\]"):
+        publish(cfg)

@@ -1,0 +1,433 @@
+"""``train/export.py``: a trained student -> a release folder, checked before it exists.
+
+The folder (``checkpoints/release/<name>/`` by default)::
+
+    config.yaml, pytorch_model.bin   vocos' own layout (Vocos.from_hparams / from_pretrained)
+    model.safetensors                the same weights, with the student's build config
+    model.onnx                       fp32, the iSTFT in the graph (train.student.graph)
+    model.int8.onnx                  QAT students: the int8 runtime (train/quantize.py's numerics)
+    README.md                        the model card (train.release.card)
+    listen.html, listen/             the A/B listening page (train.release.listen)
+    release.json                     sizes, sha256s, source checkpoint, git commit, verdict, checks
+
+It is built in a temporary folder beside the destination and renamed into place only after
+every check passed: ``vocos`` decodes exactly as the student, ``model.onnx`` within
+``max_abs_diff``, ``model.int8.onnx`` at ``min_snr_db`` or better. A failed check, an existing
+release (without ``overwrite=true``) or a report whose verdict is ``fail`` (without
+``force=true``) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import DictConfig
+from safetensors.torch import save_file
+
+from train.data.datamodule import held_out_items
+from train.evaluation import benchmark
+from train.evaluation.pipeline import load_optional_teacher, sha256_file
+from train.evaluation.report import read_report, table
+from train.release import card, listen
+from train.release.vocos_layout import feature_residual, load_vocos, write_vocos_layout
+from train.student.graph import ISTFT_FORMS, OnnxVocoder, export_onnx, session
+from train.student.model import student_from_file
+from train.student.quantized import is_prepared, strip
+from train.utils.errors import ConfigError
+from train.utils.files import temporary_path
+
+log = logging.getLogger(__name__)
+MANIFEST = "release.json"
+FILE_NOTES = {
+    "config.yaml": "vocos `from_hparams` config (feature extractor, backbone, head) and the expected mel",
+    "pytorch_model.bin": "fp32 weights in vocos' layout, S3Gen's filterbank in the feature extractor",
+    "model.safetensors": "the same fp32 weights, with the build config in the metadata",
+    "model.onnx": "fp32 ONNX, mel -> wav, iSTFT in the graph",
+    "model.int8.onnx": "int8 ONNX (Linear layers), mel -> wav, iSTFT in the graph",
+    "README.md": "this card",
+    "listen.html": "A/B listening page (with `listen/`)",
+    "release.json": "sizes and sha256 of every file, source, commit, verdict, checks",
+}
+
+
+class ReleaseError(ConfigError, RuntimeError):
+    """A release that must not be written: a failed check, an existing folder, a failing verdict."""
+
+
+def git_commit(root: Path) -> dict[str, Any]:
+    """The commit the code was at, and whether tracked files had changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        )
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def check_report(report_path: Path, checkpoint: Path, checkpoint_sha: str, force: bool) -> dict[str, Any]:
+    """The evaluation report, if it evaluates ``checkpoint`` (or an ONNX student made from it)
+    and its verdict is not ``fail`` (unless ``force``)."""
+    report = read_report(report_path)
+    evaluated = report["checkpoint"]
+    made_from = None
+    if evaluated["sha256"] != checkpoint_sha and Path(evaluated["path"]).suffix == ".onnx":
+        try:
+            made_from = OnnxVocoder(evaluated["path"]).metadata.get("source_sha256")
+        except (OSError, ConfigError):
+            made_from = None
+    if checkpoint_sha not in (evaluated["sha256"], made_from):
+        raise ReleaseError(
+            f"report={report_path} evaluates {evaluated['path']} (sha256 {evaluated['sha256'][:12]}), not "
+            f"checkpoint={checkpoint} (sha256 {checkpoint_sha[:12]}) nor a student made from it. Evaluate this "
+            "checkpoint (python train/evaluate.py checkpoint=...) and pass that report."
+        )
+    if report["verdict"] == "fail" and not force:
+        failed = [g["name"] for g in report["gates"] if g["status"] == "fail"]
+        raise ReleaseError(
+            f"report={report_path}: the evaluation's verdict is 'fail' (gates: {', '.join(failed)}); nothing exported. "
+            "Pass force=true to release it anyway (the card will say so)."
+        )
+    return report
+
+
+def run_config(checkpoint: Path) -> dict[str, Any] | None:
+    """The Hydra config of the run that wrote ``checkpoint`` (``<run>/.hydra/config.yaml``), if there."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        path = folder / ".hydra" / "config.yaml"
+        if path.is_file():
+            return yaml.safe_load(path.read_text())
+    return None
+
+
+def history(checkpoint: Path, depth: int = 6) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """How the student was made, from the run configs up its ``student.init_from`` chain:
+    (lines for the card, base models on the Hub, each run's data sources)."""
+    lines, bases, runs = [], [], []
+    current: Path | None = checkpoint
+    while current is not None and depth > 0:
+        depth -= 1
+        config = run_config(current)
+        if config is None:
+            lines.append(f"`{current.name}`: no run config beside it; its history is not recorded.")
+            break
+        runs.append(config)
+        student = config.get("student") or {}
+        compress = (config.get("compress") or {}).get("_target_", "")
+        stage = {"train.compress.pruning.Pruning": "structured pruning", "train.compress.qat.QuantizationAware": "QAT"}
+        what = stage.get(compress, "training")
+        steps = (config.get("trainer") or {}).get("max_steps")
+        targets = ", ".join(
+            f"{k} {v:g}" for k, v in ((config.get("module") or {}).get("target_weights") or {}).items() if v
+        )
+        detail = ""
+        if what == "structured pruning":
+            c = config["compress"]
+            detail = (
+                f" to dim {c.get('dim')}, intermediate {c.get('intermediate_dim')}, {c.get('num_layers')} blocks "
+                f"({c.get('importance')} importance, cuts at steps {c.get('at_steps')})"
+            )
+        teacher = (config.get("teacher") or {}).get("checkpoint") if config.get("teacher") else None
+        lines.append(
+            f"{what}{detail}: run group `{config.get('run_group', config.get('task_name'))}`, "
+            f"{steps} steps, targets: {targets or 'n/a'}"
+            + (f", teacher weights `{teacher}`" if teacher else ", no teacher")
+        )
+        init = student.get("init_from")
+        if not init:
+            lines.append("initialised from scratch.")
+            break
+        if Path(init).exists():
+            current = Path(init)
+            continue
+        bases.append(init)
+        lines.append(f"warm-started from `{init}` (the ConvNeXt body).")
+        break
+    return lines[::-1], bases, runs
+
+
+def training_data(runs: list[dict[str, Any]], root: Path) -> str:
+    """The data of every run in the chain, with the licence notes found beside it."""
+    sources: list[str] = []
+    for config in runs:
+        data = config.get("data") or {}
+        for folder in [*(data.get("audio_dirs") or []), data.get("mel_dir"), data.get("paired_audio_dir")]:
+            if folder and str(folder) not in sources:
+                sources.append(str(folder))
+    if not sources:
+        return "Not recorded (no run config beside the checkpoint)."
+    parts = []
+    for source in sources:
+        folder = Path(source) if Path(source).is_absolute() else root / source
+        notes = [folder / n for n in ("ATTRIBUTION.md", "LICENSE", "LICENSE.md", "README.md")]
+        found = next((n for n in notes if n.is_file()), None)
+        shown = os.path.relpath(folder, root) if folder.is_relative_to(root) else source
+        if found:
+            text = found.read_text(encoding="utf-8").strip().splitlines()
+            body = "\n".join(line for line in text if not line.startswith("# "))
+            parts.append(f"`{shown}` ({found.name}):\n\n{body.strip()}")
+        else:
+            parts.append(f"`{shown}`: no licence note found beside it; check its terms before using this model.")
+    return "\n\n".join(parts)
+
+
+def time_istft_forms(student: torch.nn.Module, mel: torch.Tensor, folder: Path, repeats: int = 5) -> list[dict]:
+    """Both iSTFT formulations exported fp32 and timed under ONNX Runtime on the same mel."""
+    rows = []
+    for form in ISTFT_FORMS:
+        path = export_onnx(student, folder / f"{form}.onnx", istft=form)
+        row: dict[str, Any] = {"istft": form, "bytes": path.stat().st_size}
+        with torch.no_grad():
+            reference = strip(student)(mel)
+        for threads in (1, os.cpu_count() or 1):
+            runner = session(path, threads)
+            feed = {"mel": mel.numpy()}
+            (out,) = runner.run(None, feed)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                runner.run(None, feed)
+                times.append(time.perf_counter() - start)
+            row[f"ms_{threads}_thread{'s' if threads > 1 else ''}"] = 1000 * sorted(times)[len(times) // 2]
+        row["max_abs_diff"] = float((torch.from_numpy(out) - reference).abs().max())
+        rows.append(row)
+    return rows
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Write the release of ``cfg.checkpoint``; returns its manifest (``release.json``)."""
+    checkpoint = Path(cfg.checkpoint).expanduser()
+    student = student_from_file(checkpoint, option="checkpoint").eval().requires_grad_(False)
+    plain = strip(student).eval()
+    int8 = is_prepared(student)
+    checkpoint_sha = sha256_file(checkpoint)
+    report = check_report(Path(cfg.report).expanduser(), checkpoint, checkpoint_sha, cfg.force) if cfg.report else None
+    if report is None:
+        log.warning("no report= given: the card will have no quality figures and release.json no verdict")
+    name = cfg.name or _default_name(checkpoint, plain.config, int8)
+    out = Path(cfg.out).expanduser() if cfg.out else Path(cfg.paths.release_dir) / name
+    if out.exists() and not cfg.overwrite:
+        raise ReleaseError(f"{out} already exists; nothing written. Pass overwrite=true to replace it, or out=...")
+
+    teacher, _ = load_optional_teacher(cfg.get("teacher"), required=False)
+    items = held_out_items(cfg.data, cfg.max_utterances, cfg.get("max_frames"), teacher=teacher)
+    if not items:
+        raise ReleaseError(f"no held-out utterances in {cfg.data.get('audio_dirs')}: nothing to check the export on")
+    mels = [item["mel"].unsqueeze(0) for _, item in items]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = temporary_path(out)
+    staging.mkdir()
+    try:
+        manifest = _build(cfg, staging, checkpoint, checkpoint_sha, student, plain, int8, report, name, items, mels)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    listing = table(["file", "bytes"], [[k, f"{v['bytes']:,}"] for k, v in manifest["files"].items()])
+    log.info("release: %s\n%s", out, listing)
+    return {**manifest, "folder": str(out)}
+
+
+def _default_name(checkpoint: Path, config: dict[str, Any], int8: bool) -> str:
+    # a run's checkpoint: runs/<run group>/<run>/checkpoints/<file>
+    group = checkpoint.parents[2].name if checkpoint.parent.name == "checkpoints" else checkpoint.stem
+    shape = f"{config['dim']}x{config['intermediate_dim']}x{config['num_layers']}"
+    return f"vocos-s3gen-{group}{'' if shape in group else '-' + shape}{'-int8' if int8 else ''}"
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished folder to ``out``; an old release there is moved aside first and
+    removed only once the new one is in place."""
+    old = None
+    if out.exists():
+        old = temporary_path(out)
+        out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(
+    cfg: DictConfig,
+    folder: Path,
+    checkpoint: Path,
+    checkpoint_sha: str,
+    student: torch.nn.Module,
+    plain: torch.nn.Module,
+    int8: bool,
+    report: dict[str, Any] | None,
+    name: str,
+    items: list[tuple[str, dict[str, torch.Tensor]]],
+    mels: list[torch.Tensor],
+) -> dict[str, Any]:
+    write_vocos_layout(plain, folder)
+    save_file(
+        {k: v.contiguous() for k, v in plain.state_dict().items()},
+        str(folder / "model.safetensors"),
+        metadata={"config": json.dumps(plain.config), "format": "pt"},
+    )
+    source = {"source_sha256": checkpoint_sha, "source": checkpoint.name}
+    export_onnx(plain, folder / "model.onnx", istft=cfg.istft, metadata=source)
+    if int8:
+        export_onnx(student, folder / "model.int8.onnx", quantize=True, istft=cfg.istft, metadata=source)
+
+    verification = _verify(cfg, folder, student, plain, int8, mels)
+    vocos = load_vocos(folder)
+    residual = feature_residual(vocos, [(item["audio"], item["mel"]) for _, item in items if "audio" in item])
+
+    cost = None
+    if cfg.cost:
+        names = ["model.safetensors", "model.onnx", *(["model.int8.onnx"] if int8 else [])]
+        students = [folder / n for n in names]
+        rows = benchmark.run(cfg.cost.seconds, cfg.cost.repeats, (int(cfg.cost.chunk_frames),), students=students)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, load average {load:.1f}"
+        cost = {
+            "rows": rows,
+            "seconds": cfg.cost.seconds,
+            "repeats": cfg.cost.repeats,
+            "chunk_frames": int(cfg.cost.chunk_frames),
+            "machine": machine,
+        }
+        for row, label in zip(rows[1:], ("model.safetensors (PyTorch fp32)", "model.onnx (ONNX Runtime fp32)",
+                                          "model.int8.onnx (ONNX Runtime int8)"), strict=False):  # fmt: skip
+            row["name"] = label
+
+    istft = None
+    if cfg.compare_istft:
+        seconds = cfg.cost.seconds if cfg.cost else 10.0
+        timing = torch.cat(mels, dim=-1).repeat(1, 1, int(seconds * 50) // sum(m.shape[-1] for m in mels) + 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            istft = time_istft_forms(plain, timing[..., : int(seconds * 50)], Path(tmp))
+        print(f"iSTFT formulations, fp32 graph under ONNX Runtime, {seconds:g} s of validation mels (median of 5):")
+        cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()] for row in istft]
+        print(table(list(istft[0]), cells))
+
+    wavs = []
+    with torch.inference_mode():
+        for utterance, item in items[: cfg.listen_utterances]:
+            systems = {k: item[k] for k in ("audio", "teacher") if k in item}
+            mel = item["mel"].unsqueeze(0)
+            systems["this model (fp32)"] = plain(mel)[0]
+            if int8:
+                systems["this model (int8)"] = OnnxVocoder(folder / "model.int8.onnx")(mel)[0]
+            wavs.append((utterance, systems))
+    listen.write_listening_page(folder, wavs, f"{name}: listening test", "<p>Held-out speech, not trained on.</p>")
+
+    lines, bases, runs = history(checkpoint)
+    facts = {
+        "name": name,
+        "config": plain.config,
+        "parameters": sum(p.numel() for p in plain.parameters()),
+        "report": report,
+        "cost": cost,
+        "int8": int8,
+        "license": cfg.card.license,
+        "base_models": bases,
+        "history": lines + ([f"quantised to int8 for ONNX Runtime: {_int8_scheme(folder)}"] if int8 else []),
+        "licences": list(cfg.card.licences),
+        "training_data": training_data(runs, Path(cfg.paths.root_dir)),
+        "limitations": list(card.limitations(report, int8)) + list(cfg.card.limitations or []),
+        "verification": verification,
+        "feature_residual": residual,
+        "git": git_commit(Path(cfg.paths.root_dir)),
+        "repo_hint": cfg.card.repo_id or f"<namespace>/{name}",
+        "files": [(p.name, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file()],
+        "file_notes": FILE_NOTES,
+    }
+    card.model_card(facts).save(folder / "README.md")
+
+    files = {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+    manifest = {
+        "name": name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
+        "source": {"checkpoint": str(checkpoint), "sha256": checkpoint_sha},
+        "git": facts["git"],
+        "config": plain.config,
+        "int8": int8,
+        "evaluation": None
+        if report is None
+        else {"report": str(cfg.report), "sha256": sha256_file(Path(cfg.report)), "verdict": report["verdict"]},
+        "verification": verification,
+        "feature_residual": residual,
+        "cost": cost,
+        "istft": istft,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _int8_scheme(folder: Path) -> str:
+    return OnnxVocoder(folder / "model.int8.onnx").quantization
+
+
+def _verify(
+    cfg: DictConfig,
+    folder: Path,
+    student: torch.nn.Module,
+    plain: torch.nn.Module,
+    int8: bool,
+    mels: list[torch.Tensor],
+) -> dict[str, Any]:
+    """Every exported form against the PyTorch student, on the held-out mels; raises on a miss."""
+    from train.compress.runtime import snr_db
+
+    vocos = load_vocos(folder)
+    fp32 = OnnxVocoder(folder / "model.onnx")
+    quantized = OnnxVocoder(folder / "model.int8.onnx") if int8 else None
+    vocos_diff, onnx_diff, snrs = 0.0, 0.0, []
+    with torch.inference_mode():
+        for mel in mels:
+            reference = plain(mel)
+            vocos_diff = max(vocos_diff, float((vocos.decode(mel) - reference).abs().max()))
+            onnx_diff = max(onnx_diff, float((fp32(mel) - reference).abs().max()))
+            if quantized is not None:
+                snrs.append(snr_db(student(mel), quantized(mel)))
+    result: dict[str, Any] = {
+        "utterances": len(mels),
+        "max_frames": max(m.shape[-1] for m in mels),
+        "vocos_max_abs": vocos_diff,
+        "onnx_max_abs": onnx_diff,
+        "onnx_limit": cfg.max_abs_diff,
+    }
+    log.info("export checks: vocos decode max |diff| %.2g; model.onnx max |diff| %.2g", vocos_diff, onnx_diff)
+    if vocos_diff > cfg.max_abs_diff:
+        raise ReleaseError(f"vocos' decode of the exported weights differs from the student by {vocos_diff:.3g}")
+    if onnx_diff > cfg.max_abs_diff:
+        raise ReleaseError(
+            f"model.onnx differs from the PyTorch student by up to {onnx_diff:.3g} (max_abs_diff={cfg.max_abs_diff}); "
+            "nothing written"
+        )
+    if quantized is not None:
+        result.update(int8_snr_min_db=min(snrs), int8_snr_mean_db=sum(snrs) / len(snrs), int8_limit_db=cfg.min_snr_db)
+        log.info("export checks: model.int8.onnx SNR vs the QAT model: min %.1f dB", min(snrs))
+        if min(snrs) < cfg.min_snr_db:
+            raise ReleaseError(
+                f"model.int8.onnx reproduces the QAT model at only {min(snrs):.1f} dB SNR "
+                f"(min_snr_db={cfg.min_snr_db}); nothing written"
+            )
+    return result

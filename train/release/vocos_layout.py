@@ -1,0 +1,135 @@
+"""The student in the ``vocos`` package's own layout: ``config.yaml`` + ``pytorch_model.bin``.
+
+``Vocos.from_hparams(config.yaml)`` builds ``MelSpectrogramFeatures``, ``VocosBackbone`` and
+``ISTFTHead`` from it; a strict ``load_state_dict`` of ``pytorch_model.bin`` (what
+``Vocos.from_pretrained`` does) then gives ``decode(mel)`` equal to the student, whose keys are
+already ``backbone.*`` / ``head.*``.
+
+``MelSpectrogramFeatures`` cannot be configured into the S3Gen mel (its filterbank is HTK-scale,
+unnormalised, up to 12 kHz), but the filterbank is a buffer saved with the weights, so the
+release stores S3Gen's Slaney 0-8 kHz filterbank there. With ``padding: same`` the framing is
+S3Gen's too (reflect padding of 720 samples per side, no centring). What still differs is the
+log floor and the magnitude epsilon (``log(max(x, 1e-7))`` of ``|X|`` against S3Gen's
+``log(max(x, 1e-5))`` of ``sqrt(|X|^2 + 1e-9)``); :func:`feature_residual` measures it, and the
+model card states it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+from vocos import Vocos
+
+from train.s3gen.mel import SAMPLE_RATE, S3GenMel
+
+CONFIG = "config.yaml"
+WEIGHTS = "pytorch_model.bin"
+FILTERBANK_KEY = "feature_extractor.mel_spec.mel_scale.fb"
+# What the release's mels must be; a drop-in checks its S3Gen against this (not read by vocos)
+MEL_SPEC = {
+    "kind": "s3gen",
+    "sample_rate": SAMPLE_RATE,
+    "n_fft": 1920,
+    "win_length": 1920,
+    "hop_length": 480,
+    "n_mels": 80,
+    "f_min": 0.0,
+    "f_max": 8000.0,
+    "mel_scale": "slaney",
+    "norm": "slaney",
+    "log": "natural log of max(mel, 1e-5) of the magnitude sqrt(re^2 + im^2 + 1e-9)",
+}
+
+
+def vocos_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``config.yaml`` of a student built with ``config`` (``build_student``'s arguments)."""
+    return {
+        "feature_extractor": {
+            "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
+            "init_args": {
+                "sample_rate": SAMPLE_RATE,
+                "n_fft": config["n_fft"],
+                "hop_length": config["hop_length"],
+                "n_mels": config["input_channels"],
+                "padding": "same",
+            },
+        },
+        "backbone": {
+            "class_path": "vocos.models.VocosBackbone",
+            "init_args": {
+                "input_channels": config["input_channels"],
+                "dim": config["dim"],
+                "intermediate_dim": config["intermediate_dim"],
+                "num_layers": config["num_layers"],
+            },
+        },
+        "head": {
+            "class_path": "vocos.heads.ISTFTHead",
+            "init_args": {
+                "dim": config["dim"],
+                "n_fft": config["n_fft"],
+                "hop_length": config["hop_length"],
+                "padding": "same",
+            },
+        },
+        # not read by vocos: what the mels fed to decode() must be, for tools that check
+        "mel": MEL_SPEC,
+    }
+
+
+def vocos_state_dict(student: nn.Module) -> dict[str, Tensor]:
+    """The student's weights plus the feature extractor's buffers, S3Gen's filterbank among them:
+    every key a Vocos built from :func:`vocos_config` expects, for a strict load."""
+    config = student.config
+    if config["n_fft"] != MEL_SPEC["n_fft"] or config["input_channels"] != MEL_SPEC["n_mels"]:
+        raise ValueError(f"a student for {config['input_channels']} mels at n_fft {config['n_fft']} is not S3Gen's")
+    mel = S3GenMel()
+    extractor = {
+        "feature_extractor.mel_spec.spectrogram.window": mel.window.clone(),
+        FILTERBANK_KEY: mel.fbank.T.contiguous(),  # (n_freqs, n_mels), as torchaudio's MelScale keeps it
+    }
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in student.state_dict().items()}
+    return {**extractor, **weights}
+
+
+def write_vocos_layout(student: nn.Module, folder: Path) -> list[Path]:
+    """Write ``config.yaml`` and ``pytorch_model.bin`` into ``folder`` (a fresh staging folder)."""
+    (folder / CONFIG).write_text(yaml.safe_dump(vocos_config(student.config), sort_keys=False))
+    torch.save(vocos_state_dict(student), folder / WEIGHTS)
+    return [folder / CONFIG, folder / WEIGHTS]
+
+
+def load_vocos(folder: str | Path) -> Vocos:
+    """A release folder through ``vocos``' own code, as ``Vocos.from_pretrained`` reads a Hub repo."""
+    folder = Path(folder)
+    model = Vocos.from_hparams(str(folder / CONFIG))
+    model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True), strict=True)
+    return model.eval()
+
+
+def feature_residual(vocos: Vocos, clips: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """How far ``vocos.feature_extractor(audio)`` is from the true S3Gen mel, over ``(audio, mel)``
+    pairs (24 kHz audio ``(L,)``, its S3Gen mel ``(80, T)``): in natural-log units, and the
+    mean as a log-mel distance in dB (``20 / ln 10`` times it)."""
+    diffs = []
+    for audio, mel in clips:
+        with torch.no_grad():
+            features = vocos.feature_extractor(audio.float().unsqueeze(0))[0]
+        frames = min(features.shape[-1], mel.shape[-1])
+        diffs.append((features[:, :frames] - mel[:, :frames]).abs().flatten())
+    if not diffs:
+        return {}
+    every = torch.cat(diffs)
+    return {
+        "max_abs": float(every.max()),
+        "mean_abs": float(every.mean()),
+        "mean_abs_db": float(every.mean() * 20 / math.log(10)),
+        "share_of_bins_within_1e-3": float((every <= 1e-3).float().mean()),
+        "frames": int(every.numel() // MEL_SPEC["n_mels"]),
+    }
