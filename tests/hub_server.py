@@ -131,8 +131,10 @@ class _Handler(BaseHTTPRequestHandler):
             request = json.loads(body)
             repo_id = f"{request['organization']}/{request['name']}" if request.get("organization") else request["name"]
             with self.state.lock:
-                if repo_id in self.state.repos:
-                    return self._error(409, "You already created this model repo")
+                if repo_id in self.state.repos:  # the Hub answers with the repo's url too
+                    message = "You already created this model repo"
+                    url = f"http://{self.headers['Host']}/{repo_id}"
+                    return self._send(409, {"error": message, "url": url}, {"X-Error-Message": message})
                 self.state.repos[repo_id] = {"refs": {"main": None}, "commits": {}, "private": request.get("private")}
             return self._send(200, {"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id})
         if path == "/api/validate-yaml":  # the card's metadata, checked before an upload
@@ -142,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
             except (yaml.YAMLError, IndexError) as err:
                 return self._send(400, {"errors": [{"message": str(err)}], "warnings": []})
             return self._send(200, {"errors": [], "warnings": []})
-        match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit|tag)/(.+)", path)
+        match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit|tag|branch)/(.+)", path)
         if match:
             if not self._authorised():
                 return
@@ -205,6 +207,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "revision not found")
         self.state.repos[repo_id]["refs"][json.loads(body)["tag"]] = commit
         self._send(200, {})
+
+
+def _branch(self, repo_id: str, revision: str, body: bytes) -> None:
+    refs = self.state.repos[repo_id]["refs"]
+    if revision in refs:
+        return self._error(409, "Reference already exists")
+    refs[revision] = refs.get("main")
+    self._send(200, {})
+
+
+_Handler._branch = _branch
 
 
 class HubServer:

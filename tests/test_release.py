@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from helpers import REPO, compose, save_ckpt, student, tiny_config, write_clips, write_s3gen_checkpoint
-from huggingface_hub import ModelCard
 from hub_server import HubServer
+from huggingface_hub import ModelCard
 
 from train.compress.runtime import snr_db
 from train.evaluation.pipeline import evaluate, sha256_file
@@ -45,8 +45,16 @@ def workspace(tmp_path_factory):
     data = [f"data.audio_dirs=[{clips}]", f"teacher.checkpoint={teacher}", "teacher.device=cpu"]
     report = evaluate(
         compose(
-            [*data, f"checkpoint={ckpt}", "split=all", "device=cpu", "cost=null", "~logger", "progress_bar=false",
-             "metrics.naturalness=null"],  # fmt: skip
+            [
+                *data,
+                f"checkpoint={ckpt}",
+                "split=all",
+                "device=cpu",
+                "cost=null",
+                "~logger",
+                "progress_bar=false",
+                "metrics.naturalness=null",
+            ],  # fmt: skip
             root / "eval",
             "evaluate",
         )
@@ -216,8 +224,10 @@ def test_publish_end_to_end_then_plain_vocos_downloads_it(workspace, tmp_path, h
         assert hub.state.repos["acme/tiny-vocos"]["refs"]["v0.1"] == commit
         message = hub.state.repos["acme/tiny-vocos"]["commits"][commit]["message"]
         assert "last.ckpt" in message and "verdict fail" in message
-        assert any(path.endswith("/lfs-upload/" + workspace["manifest"]["files"]["model.onnx"]["sha256"])
-                   for _, path, _ in hub.state.requests)  # fmt: skip  (binaries went through LFS)
+        assert any(
+            path.endswith("/lfs-upload/" + workspace["manifest"]["files"]["model.onnx"]["sha256"])
+            for _, path, _ in hub.state.requests
+        )  # fmt: skip  (binaries went through LFS)
         downloads = [p for m, p, _ in hub.state.requests if m == "GET" and "/resolve/" in p]
         assert len(downloads) == len(workspace["manifest"]["files"]) + 1  # checked back, every file
 
@@ -230,12 +240,19 @@ def test_publish_end_to_end_then_plain_vocos_downloads_it(workspace, tmp_path, h
         loaded = subprocess.run([sys.executable, "-c", script, str(tmp_path / "mel.pt"), str(tmp_path / "wav.pt")],
                                 capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
         assert loaded.returncode == 0, loaded.stderr[-3000:]
+        # a second release goes to a branch: main stays as it was
+        again = _publish([f"release={workspace['folder']}", "repo_id=acme/tiny-vocos", "revision=candidate",
+                          "wandb.mode=disabled"], env, tmp_path)  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+        refs = hub.state.repos["acme/tiny-vocos"]["refs"]
+        assert refs["main"] == commit and refs["candidate"] != commit
     with torch.no_grad():
         assert torch.allclose(torch.load(tmp_path / "wav.pt"), strip(workspace["qat"])(mel), atol=1e-6)
     # W&B: an offline run in the publish run's folder, holding the model artifact with its metadata
     (run_file,) = (tmp_path / "runs").rglob("run-*.wandb")
     logged = run_file.read_bytes()
     assert workspace["manifest"]["name"].encode() in logged and b'"verdict":"fail"' in logged
+    assert b'"pesq_wb":' in logged  # the report's metrics
     # the token is in no file this run wrote (Hydra's config dump, logs, W&B, the Hub cache)
     for path in tmp_path.rglob("*"):
         if path.is_file():
@@ -284,5 +301,7 @@ def test_publish_refuses_a_release_that_changed_since_export(workspace, tmp_path
     with pytest.raises(PublishError, match=r"files changed since export \(sha256 differs\): \['config.yaml'\]"):
         publish(cfg)
     (copy / "stray.txt").write_text("x")
-    with pytest.raises(PublishError, match=r"does not match its release.json: missing \[\], not listed \['stray.txt'\]"):
+    with pytest.raises(
+        PublishError, match=r"does not match its release.json: missing \[\], not listed \['stray.txt'\]"
+    ):
         publish(cfg)

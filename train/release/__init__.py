@@ -1,1 +1,2 @@
-"""Release (export in Vocos's layout and ONNX, model card, listening page, publishing): empty until it lands."""
+"""Release: the export in vocos' layout and as ONNX (:mod:`.export`, :mod:`.vocos_layout`), the model
+card (:mod:`.card`), the listening page (:mod:`.listen`) and publishing to the Hub and W&B (:mod:`.publish`)."""

@@ -141,8 +141,11 @@ def history(checkpoint: Path, depth: int = 6) -> tuple[list[str], list[str], lis
                 f"({c.get('importance')} importance, cuts at steps {c.get('at_steps')})"
             )
         teacher = (config.get("teacher") or {}).get("checkpoint") if config.get("teacher") else None
+        group = str(config.get("run_group") or config.get("task_name")).replace(
+            "${task_name}", str(config.get("task_name"))
+        )
         lines.append(
-            f"{what}{detail}: run group `{config.get('run_group', config.get('task_name'))}`, "
+            f"{what}{detail}: run group `{group}`, "
             f"{steps} steps, targets: {targets or 'n/a'}"
             + (f", teacher weights `{teacher}`" if teacher else ", no teacher")
         )
@@ -371,7 +374,17 @@ def _build(
         "int8": int8,
         "evaluation": None
         if report is None
-        else {"report": str(cfg.report), "sha256": sha256_file(Path(cfg.report)), "verdict": report["verdict"]},
+        else {
+            "report": str(cfg.report),
+            "sha256": sha256_file(Path(cfg.report)),
+            "verdict": report["verdict"],
+            "evaluated": Path(report["checkpoint"]["path"]).name,
+            "utterances": report["data"]["utterances"],
+            "metrics": {
+                group: {metric: stat["mean"] for metric, stat in stats.items() if stat.get("mean") is not None}
+                for group, stats in report["summary"].items()
+            },
+        },
         "verification": verification,
         "feature_residual": residual,
         "cost": cost,

@@ -60,7 +60,7 @@ def plan(folder: Path, manifest: dict[str, Any]) -> list[tuple[str, int]]:
 def commit_message(manifest: dict[str, Any]) -> str:
     source = manifest["source"]
     verdict = (manifest.get("evaluation") or {}).get("verdict", "not evaluated")
-    checkpoint = Path(source['checkpoint']).name
+    checkpoint = Path(source["checkpoint"]).name
     return f"{manifest['name']}: from {checkpoint} (sha256 {source['sha256'][:12]}), verdict {verdict}"
 
 
@@ -162,6 +162,7 @@ def log_artifact(folder: Path, manifest: dict[str, Any], cfg: DictConfig, result
         "hub": {"repo_id": cfg.repo_id, "commit": result.get("commit")},
         "source": manifest["source"],
         "verdict": (manifest.get("evaluation") or {}).get("verdict", "not evaluated"),
+        "metrics": (manifest.get("evaluation") or {}).get("metrics", {}),
         "verification": manifest.get("verification"),
         "config": manifest.get("config"),
         "git": manifest.get("git"),

@@ -39,6 +39,8 @@ from train.utils.errors import ConfigError
 from train.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
+for _name in ("onnx_ir", "onnxscript"):  # the exporter's optimiser logs every pass at INFO
+    logging.getLogger(_name).setLevel(logging.WARNING)
 ISTFT_FORMS = ("matmul", "dft")
 QUANTIZED_OPS = ("MatMul", "Gemm")  # the Linear layers; the convs stay fp32 (README: "Which int8 runtime")
 SUFFIX = ".onnx"
@@ -163,13 +165,19 @@ def export_onnx(
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             final = Path(tmp) / "int8.onnx"
-            quantize_dynamic(
-                str(fp32),
-                str(final),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                op_types_to_quantize=list(op_types) if op_types else None,
-            )
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(max(level, logging.WARNING))  # ONNX Runtime logs each op skipped
+            try:
+                quantize_dynamic(
+                    str(fp32),
+                    str(final),
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    op_types_to_quantize=list(op_types) if op_types else None,
+                )
+            finally:
+                root.setLevel(level)
         model = onnx.load(str(final))
     numerics = (DESCRIPTION if op_types == QUANTIZED_OPS else f"int8 ops: {op_types or 'all'}") if quantize else "fp32"
     del model.metadata_props[:]
