@@ -303,3 +303,11 @@ def test_an_unreadable_onnx_student_is_named(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(OnnxArtifactError, match=r"junk.onnx: not a student graph written by this project"):
         load_student(tmp_path / "junk.onnx")
+    # a spectrum-only graph (what train/quantize.py wrote before the iSTFT moved into the graph)
+    import onnx
+
+    model = onnx.load(str(export_onnx(student(), tmp_path / "old.onnx")))
+    model.graph.output[0].name = "real"
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    with pytest.raises(OnnxArtifactError, match=r"old.onnx: a graph with outputs \['real'\], not the waveform"):
+        load_student(tmp_path / "old.onnx")
