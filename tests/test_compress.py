@@ -114,6 +114,10 @@ def test_int8_runtime_matches_the_fake_quantised_model_and_its_graph_matches_pyt
     # at this width the fp32 embedding conv is a third of the weights; at 256/768 x 6 int8 is 0.3x (README)
     assert int8.file_bytes < 0.55 * fp32.file_bytes and int8.config == strip(fake).config
     assert type(load_student(tmp_path / "s.onnx")) is OnnxVocoder
+    import onnx
+
+    quantized = [n for n in onnx.load(str(tmp_path / "s.onnx")).graph.node if n.op_type == "MatMulInteger"]
+    assert len(quantized) == 2 * 2 + 1  # the Linear layers only: the iSTFT's matrix products stay fp32
 
 
 # -- the chain through fit.py -----------------------------------------------------------------

@@ -187,6 +187,10 @@ def export_onnx(
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             final = Path(tmp) / "int8.onnx"
+            # the iSTFT's own matrix products stay fp32 (its constants are named istft.*)
+            istft_nodes = [
+                n.name for n in onnx.load(str(fp32)).graph.node if any(i.startswith("istft.") for i in n.input)
+            ]
             root = logging.getLogger()
             level = root.level
             root.setLevel(max(level, logging.WARNING))  # ONNX Runtime logs each op skipped
@@ -197,6 +201,7 @@ def export_onnx(
                     weight_type=QuantType.QInt8,
                     per_channel=True,
                     op_types_to_quantize=list(op_types) if op_types else None,
+                    nodes_to_exclude=istft_nodes,
                 )
             finally:
                 root.setLevel(level)
