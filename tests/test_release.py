@@ -288,7 +288,13 @@ def test_dry_run_offline_and_no_token_send_nothing(workspace, tmp_path, hub_env)
         assert offline.returncode == 1 and "HF_HUB_OFFLINE is set" in offline.stdout + offline.stderr
         no_token = _publish(base, {k: v for k, v in env.items() if k != "HF_TOKEN"}, tmp_path)
         assert no_token.returncode == 1 and "no Hugging Face token" in no_token.stdout + no_token.stderr
+        on_the_command_line = _publish([*base, f"+token={TOKEN}"], env, tmp_path)
+        assert on_the_command_line.returncode == 1
+        assert "token= is not an option" in on_the_command_line.stdout + on_the_command_line.stderr
         assert hub.state.requests == []
+    for path in tmp_path.rglob("*"):  # not even the refused command line was written down
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
 
 
 def test_publish_refuses_a_release_that_changed_since_export(workspace, tmp_path):

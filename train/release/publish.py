@@ -67,6 +67,12 @@ def commit_message(manifest: dict[str, Any]) -> str:
 def publish(cfg: DictConfig) -> dict[str, Any]:
     """Upload ``cfg.release`` to ``cfg.repo_id`` as one commit (or, with ``dry_run``, list what
     would go); check it back; log it to W&B. Returns what was done."""
+    secrets = [key for key in cfg if "token" in str(key).lower()]
+    if secrets:
+        raise PublishError(
+            f"{secrets[0]}= is not an option: the token comes from `hf auth login` or HF_TOKEN only, so that it is "
+            "never in a command line, a log or a config dump"
+        )
     folder = Path(cfg.release).expanduser()
     if not folder.is_dir():
         raise PublishError(f"release={folder}: no such folder (python train/export.py writes one)")
