@@ -311,3 +311,39 @@ def test_publish_refuses_a_release_that_changed_since_export(workspace, tmp_path
         PublishError, match=r"does not match its release.json: missing \[\], not listed \['stray.txt'\]"
     ):
         publish(cfg)
+
+
+def test_the_cards_history_and_data_come_from_the_run_configs_up_the_chain(tmp_path):
+    import yaml
+
+    from train.release.export import history, training_data
+
+    corpus = tmp_path / "data" / "corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "ATTRIBUTION.md").write_text("# Corpus\n\nClips of a public-domain reading, BSD-2-Clause packaging.\n")
+    parent = tmp_path / "runs" / "finetune" / "r1" / "checkpoints" / "last.ckpt"
+    child = tmp_path / "runs" / "finetune-qat" / "r2" / "checkpoints" / "last.ckpt"
+    for ckpt, config in (
+        (parent, {"task_name": "finetune", "student": {"init_from": None}, "trainer": {"max_steps": 2500}}),
+        (child, {"task_name": "finetune", "run_group": "${task_name}-qat", "trainer": {"max_steps": 300},
+                 "student": {"init_from": str(parent)},
+                 "compress": {"_target_": "train.compress.qat.QuantizationAware"},
+                 "module": {"target_weights": {"audio": 0.0, "parent": 1.0}}}),
+    ):  # fmt: skip
+        (ckpt.parents[1] / ".hydra").mkdir(parents=True)
+        ckpt.parent.mkdir()
+        ckpt.write_bytes(b"")
+        config = {
+            **config,
+            "paths": {"data_dir": str(tmp_path / "data")},
+            "data": {"audio_dirs": ["${paths.data_dir}/corpus"]},
+        }
+        (ckpt.parents[1] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    lines, bases, runs = history(child)
+    assert lines[0] == "initialised from scratch." and lines[1].startswith("training: run group `finetune`, 2500 steps")
+    assert (
+        lines[2] == "QAT: run group `finetune-qat`, 300 steps, targets: parent 1, no teacher"
+    )  # interpolation resolved
+    assert bases == [] and len(runs) == 2
+    data = training_data(runs, tmp_path)
+    assert data.startswith("`data/corpus` (ATTRIBUTION.md)") and "BSD-2-Clause packaging" in data

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from train.data.datamodule import held_out_items
@@ -105,11 +105,24 @@ def check_report(report_path: Path, checkpoint: Path, checkpoint_sha: str, force
 
 
 def run_config(checkpoint: Path) -> dict[str, Any] | None:
-    """The Hydra config of the run that wrote ``checkpoint`` (``<run>/.hydra/config.yaml``), if there."""
+    """The Hydra config of the run that wrote ``checkpoint`` (``<run>/.hydra/config.yaml``), if
+    there, with the interpolations of the parts the card reads resolved (``${paths.data_dir}``,
+    ``${task_name}``; Hydra saves them unresolved)."""
     for folder in (checkpoint.parent, checkpoint.parent.parent):
         path = folder / ".hydra" / "config.yaml"
         if path.is_file():
-            return yaml.safe_load(path.read_text())
+            config = OmegaConf.create(yaml.safe_load(path.read_text()))
+            resolved = {}
+            for key in config:
+                try:
+                    resolved[key] = (
+                        OmegaConf.to_container(config[key], resolve=True)
+                        if OmegaConf.is_config(config[key])
+                        else OmegaConf.select(config, str(key))
+                    )
+                except Exception:  # e.g. ${hydra:...}, only known inside the run
+                    resolved[key] = OmegaConf.to_container(config[key]) if OmegaConf.is_config(config[key]) else None
+            return resolved
     return None
 
 
@@ -156,6 +169,9 @@ def history(checkpoint: Path, depth: int = 6) -> tuple[list[str], list[str], lis
         if Path(init).exists():
             current = Path(init)
             continue
+        if str(init).startswith((".", "/", "~")) or Path(init).suffix:
+            lines.append(f"started from `{init}`, no longer on this machine: the history before it is not recorded.")
+            break
         bases.append(init)
         lines.append(f"warm-started from `{init}` (the ConvNeXt body).")
         break
