@@ -208,16 +208,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.state.repos[repo_id]["refs"][json.loads(body)["tag"]] = commit
         self._send(200, {})
 
-
-def _branch(self, repo_id: str, revision: str, body: bytes) -> None:
-    refs = self.state.repos[repo_id]["refs"]
-    if revision in refs:
-        return self._error(409, "Reference already exists")
-    refs[revision] = refs.get("main")
-    self._send(200, {})
-
-
-_Handler._branch = _branch
+    def _branch(self, repo_id: str, revision: str, body: bytes) -> None:
+        refs = self.state.repos[repo_id]["refs"]
+        if revision in refs:
+            return self._error(409, "Reference already exists")
+        refs[revision] = refs.get("main")
+        self._send(200, {})
 
 
 class HubServer:

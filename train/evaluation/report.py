@@ -187,12 +187,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def _stat(stat: Mapping[str, Any] | None) -> str:
-    if stat is None or stat["mean"] is None:
-        return "–"
-    low, high = stat["ci95"]
-    interval = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
-    return f"{stat['mean']:.3f}{interval}"
+def format_stat(stat: Mapping[str, Any] | None, spec: str = ".3f", count: bool = False, missing: str = "–") -> str:
+    """A summary statistic as ``mean [low, high]`` (and ``(n=...)`` with ``count``)."""
+    if stat is None or stat.get("mean") is None:
+        return missing
+    low, high = stat.get("ci95") or (None, None)
+    interval = f" [{low:{spec}}, {high:{spec}}]" if low is not None and high is not None else ""
+    return f"{stat['mean']:{spec}}{interval}" + (f" (n={stat.get('n')})" if count else "")
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -254,7 +255,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     if paired:
         lines += ["", "## Quality: mean [95 % interval]", ""]
         rows = [
-            [f"{m} ({PAIRED[m].unit})" if PAIRED[m].unit else m] + [_stat(summary[g].get(m)) for g in paired]
+            [f"{m} ({PAIRED[m].unit})" if PAIRED[m].unit else m] + [format_stat(summary[g].get(m)) for g in paired]
             for m in PAIRED
             if any(m in summary[g] for g in paired)
         ]
@@ -262,7 +263,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     systems = [s for s in SYSTEMS if s in summary]
     if systems:
         lines += ["", "## Naturalness (no reference): mean [95 % interval]", ""]
-        rows = [[m] + [_stat(summary[s].get(m)) for s in systems] for m in NO_REFERENCE]
+        rows = [[m] + [format_stat(summary[s].get(m)) for s in systems] for m in NO_REFERENCE]
         lines.append(table(["metric", *systems], rows))
     if report["cost"]:
         cost = report["cost"]

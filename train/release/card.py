@@ -15,7 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from train.evaluation.report import table
+from train.evaluation.report import format_stat, table
 
 # (metric, comparison) pairs the card reports; the list, in this order
 CARD_METRICS = ("pesq_wb", "stoi", "mel_distance_db", "f0_rmse_cents", "vuv_f1", "dnsmos_ovrl_drop")
@@ -98,13 +98,7 @@ def quality_section(report: Mapping[str, Any] | None) -> str:
         for comparison in COMPARISONS:
             if comparison not in report["summary"]:
                 continue
-            stat = report["summary"][comparison].get(metric)
-            if not stat or stat.get("mean") is None:
-                row.append("n/a")
-                continue
-            low, high = stat.get("ci95") or (None, None)
-            interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
-            row.append(f"{stat['mean']:.3g}{interval} (n={stat.get('n')})")
+            row.append(format_stat(report["summary"][comparison].get(metric), ".3g", count=True, missing="n/a"))
         rows.append(row)
     if len(header) > 1:
         lines.append(table(header, rows))

@@ -112,18 +112,18 @@ def run_config(checkpoint: Path) -> dict[str, Any] | None:
         path = folder / ".hydra" / "config.yaml"
         if path.is_file():
             config = OmegaConf.create(yaml.safe_load(path.read_text()))
-            resolved = {}
-            for key in config:
-                try:
-                    resolved[key] = (
-                        OmegaConf.to_container(config[key], resolve=True)
-                        if OmegaConf.is_config(config[key])
-                        else OmegaConf.select(config, str(key))
-                    )
-                except Exception:  # e.g. ${hydra:...}, only known inside the run
-                    resolved[key] = OmegaConf.to_container(config[key]) if OmegaConf.is_config(config[key]) else None
-            return resolved
+            return {key: _resolved(config, key) for key in config}
     return None
+
+
+def _resolved(config: DictConfig, key: str) -> Any:
+    """``config[key]`` as plain data with its interpolations resolved, or left as written when one
+    can only be resolved inside the run (``${hydra:...}``)."""
+    node = config._get_node(key)
+    try:
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else config[key]
+    except Exception:
+        return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node._value()
 
 
 def history(checkpoint: Path, depth: int = 6) -> tuple[list[str], list[str], list[dict[str, Any]]]:
@@ -203,14 +203,15 @@ def training_data(runs: list[dict[str, Any]], root: Path) -> str:
     return "\n\n".join(parts)
 
 
-def time_istft_forms(student: torch.nn.Module, mel: torch.Tensor, folder: Path, repeats: int = 5) -> list[dict]:
-    """Both iSTFT formulations exported fp32 and timed under ONNX Runtime on the same mel."""
+def time_istft_forms(plain: torch.nn.Module, mel: torch.Tensor, folder: Path, repeats: int = 5) -> list[dict]:
+    """Both iSTFT formulations of the fp32 student ``plain`` exported and timed under ONNX Runtime
+    on the same mel."""
+    with torch.no_grad():
+        reference = plain(mel)
     rows = []
     for form in ISTFT_FORMS:
-        path = export_onnx(student, folder / f"{form}.onnx", istft=form)
+        path = export_onnx(plain, folder / f"{form}.onnx", istft=form)
         row: dict[str, Any] = {"istft": form, "bytes": path.stat().st_size}
-        with torch.no_grad():
-            reference = strip(student)(mel)
         for threads in (1, os.cpu_count() or 1):
             runner = session(path, threads)
             feed = {"mel": mel.numpy()}
@@ -245,13 +246,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     items = held_out_items(cfg.data, cfg.max_utterances, cfg.get("max_frames"), teacher=teacher)
     if not items:
         raise ReleaseError(f"no held-out utterances in {cfg.data.get('audio_dirs')}: nothing to check the export on")
-    mels = [item["mel"].unsqueeze(0) for _, item in items]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_path(out)
     staging.mkdir()
     try:
-        manifest = _build(cfg, staging, checkpoint, checkpoint_sha, student, plain, int8, report, name, items, mels)
+        manifest = _build(cfg, staging, checkpoint, checkpoint_sha, student, plain, int8, report, name, items)
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -296,8 +296,8 @@ def _build(
     report: dict[str, Any] | None,
     name: str,
     items: list[tuple[str, dict[str, torch.Tensor]]],
-    mels: list[torch.Tensor],
 ) -> dict[str, Any]:
+    mels = [item["mel"].unsqueeze(0) for _, item in items]
     write_vocos_layout(plain, folder)
     save_file(
         {k: v.contiguous() for k, v in plain.state_dict().items()},
@@ -309,15 +309,23 @@ def _build(
     if int8:
         export_onnx(student, folder / "model.int8.onnx", quantize=True, istft=cfg.istft, metadata=source)
 
-    verification = _verify(cfg, folder, student, plain, int8, mels)
     vocos = load_vocos(folder)
+    fp32 = OnnxVocoder(folder / "model.onnx")
+    quantized = OnnxVocoder(folder / "model.int8.onnx") if int8 else None
+    verification = _verify(cfg, student, plain, vocos, fp32, quantized, mels)
     residual = feature_residual(vocos, [(item["audio"], item["mel"]) for _, item in items if "audio" in item])
 
     cost = None
     if cfg.cost:
-        names = ["model.safetensors", "model.onnx", *(["model.int8.onnx"] if int8 else [])]
-        students = [folder / n for n in names]
+        labels = {
+            "model.safetensors": "model.safetensors (PyTorch fp32)",
+            "model.onnx": "model.onnx (ONNX Runtime fp32)",
+            **({"model.int8.onnx": "model.int8.onnx (ONNX Runtime int8)"} if int8 else {}),
+        }
+        students = [folder / n for n in labels]
         rows = benchmark.run(cfg.cost.seconds, cfg.cost.repeats, (int(cfg.cost.chunk_frames),), students=students)
+        for row, label in zip(rows[1:], labels.values(), strict=True):
+            row["name"] = label
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, load average {load:.1f}"
         cost = {
@@ -327,9 +335,6 @@ def _build(
             "chunk_frames": int(cfg.cost.chunk_frames),
             "machine": machine,
         }
-        for row, label in zip(rows[1:], ("model.safetensors (PyTorch fp32)", "model.onnx (ONNX Runtime fp32)",
-                                          "model.int8.onnx (ONNX Runtime int8)"), strict=False):  # fmt: skip
-            row["name"] = label
 
     istft = None
     if cfg.compare_istft:
@@ -348,7 +353,7 @@ def _build(
             mel = item["mel"].unsqueeze(0)
             systems["this model (fp32)"] = plain(mel)[0]
             if int8:
-                systems["this model (int8)"] = OnnxVocoder(folder / "model.int8.onnx")(mel)[0]
+                systems["this model (int8)"] = quantized(mel)[0]
             wavs.append((utterance, systems))
     listen.write_listening_page(folder, wavs, f"{name}: listening test", "<p>Held-out speech, not trained on.</p>")
 
@@ -362,7 +367,7 @@ def _build(
         "int8": int8,
         "license": cfg.card.license,
         "base_models": bases,
-        "history": lines + ([f"quantised to int8 for ONNX Runtime: {_int8_scheme(folder)}"] if int8 else []),
+        "history": lines + ([f"quantised to int8 for ONNX Runtime: {quantized.quantization}"] if int8 else []),
         "licences": list(cfg.card.licences),
         "training_data": training_data(runs, Path(cfg.paths.root_dir)),
         "limitations": list(card.limitations(report, int8)) + list(cfg.card.limitations or []),
@@ -410,24 +415,18 @@ def _build(
     return manifest
 
 
-def _int8_scheme(folder: Path) -> str:
-    return OnnxVocoder(folder / "model.int8.onnx").quantization
-
-
 def _verify(
     cfg: DictConfig,
-    folder: Path,
     student: torch.nn.Module,
     plain: torch.nn.Module,
-    int8: bool,
+    vocos: torch.nn.Module,
+    fp32: OnnxVocoder,
+    quantized: OnnxVocoder | None,
     mels: list[torch.Tensor],
 ) -> dict[str, Any]:
     """Every exported form against the PyTorch student, on the held-out mels; raises on a miss."""
     from train.compress.runtime import snr_db
 
-    vocos = load_vocos(folder)
-    fp32 = OnnxVocoder(folder / "model.onnx")
-    quantized = OnnxVocoder(folder / "model.int8.onnx") if int8 else None
     vocos_diff, onnx_diff, snrs = 0.0, 0.0, []
     with torch.inference_mode():
         for mel in mels:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -158,9 +159,7 @@ def verify_remote(repo_id: str, revision: str, token: str) -> int:
 
 def log_artifact(folder: Path, manifest: dict[str, Any], cfg: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
     """The release as a W&B ``model`` artifact, its checks, verdict and Hub commit as metadata."""
-    import re
-
-    import wandb
+    import wandb  # here: slow to import, and a dry run never needs it
 
     from train.utils.tracking import wandb_mode
 
