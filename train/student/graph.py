@@ -181,16 +181,14 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
-        program.save(str(fp32))
-        final = fp32
+        model = program.model_proto
         if quantize:
+            program.save(str(fp32))
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             final = Path(tmp) / "int8.onnx"
             # the iSTFT's own matrix products stay fp32 (its constants are named istft.*)
-            istft_nodes = [
-                n.name for n in onnx.load(str(fp32)).graph.node if any(i.startswith("istft.") for i in n.input)
-            ]
+            istft_nodes = [n.name for n in model.graph.node if any(i.startswith("istft.") for i in n.input)]
             root = logging.getLogger()
             level = root.level
             root.setLevel(max(level, logging.WARNING))  # ONNX Runtime logs each op skipped
@@ -205,7 +203,7 @@ def export_onnx(
                 )
             finally:
                 root.setLevel(level)
-        model = onnx.load(str(final))
+            model = onnx.load(str(final))
     numerics = (DESCRIPTION if op_types == QUANTIZED_OPS else f"int8 ops: {op_types or 'all'}") if quantize else "fp32"
     del model.metadata_props[:]
     for node in model.graph.node:  # the exporter's stack traces: a third of a small model's bytes
