@@ -26,25 +26,11 @@ import yaml
 from torch import Tensor, nn
 from vocos import Vocos
 
-from train.s3gen.mel import SAMPLE_RATE, S3GenMel
+from train.s3gen.mel import MEL_SPEC, SAMPLE_RATE, S3GenMel
 
 CONFIG = "config.yaml"
 WEIGHTS = "pytorch_model.bin"
 FILTERBANK_KEY = "feature_extractor.mel_spec.mel_scale.fb"
-# What the release's mels must be; a drop-in checks its S3Gen against this (not read by vocos)
-MEL_SPEC = {
-    "kind": "s3gen",
-    "sample_rate": SAMPLE_RATE,
-    "n_fft": 1920,
-    "win_length": 1920,
-    "hop_length": 480,
-    "n_mels": 80,
-    "f_min": 0.0,
-    "f_max": 8000.0,
-    "mel_scale": "slaney",
-    "norm": "slaney",
-    "log": "natural log of max(mel, 1e-5) of the magnitude sqrt(re^2 + im^2 + 1e-9)",
-}
 
 
 def vocos_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,20 @@ from torch import Tensor, nn
 SAMPLE_RATE = 24_000
 HOP_LENGTH = 480
 N_MELS = 80
+# The S3Gen mel, as a release records it (config.yaml's `mel:` block) and the Chatterbox drop-in checks it
+MEL_SPEC = {
+    "kind": "s3gen",
+    "sample_rate": SAMPLE_RATE,
+    "n_fft": 1920,
+    "win_length": 1920,
+    "hop_length": HOP_LENGTH,
+    "n_mels": N_MELS,
+    "f_min": 0.0,
+    "f_max": 8000.0,
+    "mel_scale": "slaney",
+    "norm": "slaney",
+    "log": "natural log of max(mel, 1e-5) of the magnitude sqrt(re^2 + im^2 + 1e-9)",
+}
 
 
 class S3GenMel(nn.Module):

@@ -1,0 +1,165 @@
+"""Streaming decode: equal to offline decoding for any chunking, bounded work, clear errors."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+from train.compress.pruning import prune_widths
+from train.release.chatterbox import torchao_int8
+from train.student.model import build_student
+from train.student.streaming import StreamClosedError, StreamingVocoder, receptive_field
+
+HOP = 480
+
+
+def _student(layers: int = 4, dim: int = 32, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    student = build_student(dim=dim, intermediate_dim=2 * dim, num_layers=layers, **kw).eval()
+    for block in student.backbone.convnext:  # layer scale 1: every block changes the output (stock init: 1/L)
+        block.gamma.data.fill_(1.0)
+    return student
+
+
+def _mel(batch: int, frames: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 80, frames, generator=generator) - 4.0
+
+
+def _offline(model, mel):
+    with torch.no_grad():
+        return model(mel)
+
+
+def _random_chunks(rng: random.Random, total: int) -> list[int]:
+    sizes = []
+    while sum(sizes) < total:
+        sizes.append(rng.choice([0, 1, 1, 2, 3, rng.randint(1, 40)]))
+    return sizes
+
+
+@pytest.mark.parametrize("layers", [1, 3, 8])
+def test_receptive_field_is_what_a_perturbed_frame_reaches(layers):
+    """The computed field equals the span of samples one changed mel frame alters."""
+    student = _student(layers)
+    for layer in student.backbone.modules():  # stock init (std 0.02) makes far taps vanish below rounding
+        if isinstance(layer, (torch.nn.Conv1d, torch.nn.Linear)):
+            layer.weight.data.normal_(0, layer.weight[0].numel() ** -0.5)
+    field = receptive_field(student)
+    assert field.right == field.left == 3 + 3 * layers + 2
+    mel, t = _mel(1, 4 * field.right + 10, 1), 2 * field.right + 5
+    changed_mel = mel.clone()
+    changed_mel[..., t] += 3.0
+    changed = (_offline(student, changed_mel) - _offline(student, mel)).abs()[0] > 0
+    samples = changed.nonzero()
+    first, last = int(samples.min()) // HOP, int(samples.max()) // HOP
+    assert (t - first, last - t) == (field.right, field.left)
+    assert field.right_ms == 20.0 * field.right
+
+
+def test_stock_student_needs_29_frames_of_look_ahead():
+    field = receptive_field(build_student())
+    assert (field.right, field.right_ms) == (29, 580.0)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "pruned", "qat", "torchao-int8"])
+def test_random_chunkings_equal_offline(kind):
+    """Any chunking (1-frame chunks, empty chunks, one chunk, random sizes), batch 1 and 2."""
+    if kind == "fp32":
+        model = _student(3)
+    elif kind == "pruned":
+        model = prune_widths(_student(3, dim=48), dim=24, intermediate_dim=40).eval()
+        assert model.config["dim"] == 24
+    elif kind == "qat":
+        model = _student(3, fake_quant="int8")
+    else:
+        model = torchao_int8(copy.deepcopy(_student(3)))
+    rng = random.Random(kind)
+    stream = StreamingVocoder(model)
+    for trial in range(6):
+        batch, frames = 1 + trial % 2, rng.randint(1, 90)
+        mel = _mel(batch, frames, trial)
+        expected = _offline(model, mel)
+        chunkings = [[1] * frames, [frames], _random_chunks(rng, frames)]
+        for sizes in chunkings:
+            out = stream.decode(mel, sizes)
+            assert out.shape == expected.shape == (batch, frames * HOP)
+            assert (out - expected).abs().max() < 1e-5, (kind, sizes)
+
+
+def test_audio_comes_out_as_soon_as_it_is_final_and_work_per_chunk_is_bounded():
+    student = _student(2)
+    field = receptive_field(student)
+    stream = StreamingVocoder(student)
+    frames_through_head = []
+    student.head.out.register_forward_hook(lambda m, args, out: frames_through_head.append(args[0].shape[1]))
+    mel = _mel(1, 400, 3)
+    pushed = 0
+    for start in range(0, 400, 5):
+        frames_through_head.clear()
+        audio = stream.push(mel[..., start : start + 5])
+        pushed += 5
+        assert stream.samples_emitted == max(0, pushed - field.right) * HOP
+        if pushed - 5 >= field.right:
+            # every frame of audio is computed once: 5 frames in, 5 frames out, however long the stream
+            assert sum(frames_through_head) == 5 and audio.shape[-1] == 5 * HOP
+    tail = stream.flush()
+    assert tail.shape[-1] == field.right * HOP and stream.samples_emitted == 400 * HOP
+
+
+@pytest.mark.parametrize("lookahead", [0, 2, 5])
+def test_a_short_look_ahead_emits_sooner_and_converges_to_offline_at_the_full_field(lookahead):
+    student = _student(2)
+    field = receptive_field(student)
+    mel = _mel(1, 120, 4)
+    expected = _offline(student, mel)
+    stream = StreamingVocoder(student, lookahead)
+    assert not stream.exact
+    first = stream.push(mel[..., :20])
+    assert first.shape[-1] == (20 - lookahead) * HOP
+    assert (first[..., : (20 - field.right) * HOP] - expected[..., : (20 - field.right) * HOP]).abs().max() < 1e-5
+    out = stream.decode(mel, 10)
+    assert out.shape == expected.shape
+    error = (out - expected).abs().max()
+    assert error > 1e-4  # audio near each chunk's end was guessed without its right context
+    exact = StreamingVocoder(student, field.right).decode(mel, 10)
+    assert (exact - expected).abs().max() < 1e-5
+
+
+def test_bad_chunks_are_refused_and_leave_the_stream_intact():
+    student = _student(2)
+    mel = _mel(1, 60, 5)
+    expected = _offline(student, mel)
+    stream = StreamingVocoder(student)
+    pieces = [stream.push(mel[..., :20])]
+    with pytest.raises(ValueError, match="80 mel bins; got shape \\(1, 100, 5\\)"):
+        stream.push(torch.zeros(1, 100, 5))
+    bad = mel[..., 20:30].clone()
+    bad[0, 3, 2] = float("nan")
+    bad[0, 4, 2] = float("inf")
+    with pytest.raises(ValueError, match="2 non-finite values"):
+        stream.push(bad)
+    with pytest.raises(ValueError, match="batch size 1; got a chunk of 2"):
+        stream.push(_mel(2, 5, 0))
+    with pytest.raises(ValueError, match="\\(B, 80, frames\\)"):
+        stream.push(mel[0, :, 20:30])
+    pieces += [stream.push(mel[..., 20:]), stream.flush()]
+    assert (torch.cat(pieces, -1) - expected).abs().max() < 1e-5  # the refused chunks changed nothing
+    with pytest.raises(StreamClosedError, match="push\\(\\) after flush\\(\\)"):
+        stream.push(mel[..., :5])
+    with pytest.raises(StreamClosedError, match="call reset"):
+        stream.flush()
+    stream.reset()
+    assert (stream.decode(mel, 7) - expected).abs().max() < 1e-5
+
+
+def test_what_cannot_stream_says_so():
+    with pytest.raises(ValueError, match="lookahead must be a whole number"):
+        StreamingVocoder(_student(1), lookahead=-1)
+    with pytest.raises(TypeError, match="ONNX graph has no per-layer state"):
+        StreamingVocoder(torch.nn.Linear(2, 2))
+    stream = StreamingVocoder(_student(1))
+    assert stream.flush().numel() == 0  # nothing pushed, nothing out

@@ -1,0 +1,327 @@
+"""Streaming decode: mel chunks in, audio out, equal to decoding the whole utterance at once.
+
+A Vocos student is a stack of 1-D convolutions with "same" zero padding (the input embedding
+and one depthwise conv per ConvNeXt block), layers that act on each frame alone (LayerNorm,
+Linear, GELU, the head's Linear), and an inverse STFT whose frames overlap-add. So output
+frame ``t`` of the backbone depends on input frames ``t - c .. t + c`` only, where ``c`` is the
+sum of the convolutions' half-widths (27 frames for 8 blocks), and each output sample on the
+spectral frames whose windows cover it (2 frames either side for n_fft 1920, hop 480).
+
+:class:`StreamingVocoder` keeps, for each convolution, the last ``kernel - 1`` input frames it
+has seen, and for the overlap-add the partial sums of the samples later frames still add to
+(and the same for the window envelope). A ``push`` runs only the new frames through each
+layer, so its work is bounded by the chunk plus a fixed context whatever came before. The
+start of the stream is zero-padded exactly as the convolutions zero-pad, and ``flush`` pads
+the end the same way: with the look-ahead at least :func:`receptive_field`'s right side, the
+concatenated output equals ``student(mel)`` up to float rounding, for any chunking.
+
+A smaller look-ahead emits audio sooner: what the missing frames would change is filled in
+as if the utterance ended at the last frame pushed (the zero padding offline decoding uses at
+an utterance's end), and audio once emitted is never revised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from train.s3gen.mel import SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Field:
+    """How many mel frames either side of a frame its audio depends on."""
+
+    left: int
+    right: int
+    frame_ms: float
+
+    @property
+    def right_ms(self) -> float:
+        return self.right * self.frame_ms
+
+
+def _parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The backbone and iSTFT head of a student (``VocosStudent``, its QAT / torchao int8 forms)
+    or of ``vocos.Vocos``; a clear error for anything else (an ONNX runtime is one graph)."""
+    backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
+    if backbone is None or head is None or not hasattr(head, "istft") or not hasattr(backbone, "convnext"):
+        raise TypeError(
+            f"streaming needs a Vocos student with a ConvNeXt backbone and an iSTFT head in PyTorch "
+            f"(fp32, pruned, QAT or torchao int8); got {type(model).__name__}. An ONNX graph has no "
+            "per-layer state to carry: stream its source checkpoint instead."
+        )
+    if getattr(backbone, "adanorm", False):
+        raise TypeError("streaming supports Vocos backbones without AdaLayerNorm conditioning")
+    if head.istft.padding != "same":
+        raise TypeError(f"streaming needs the iSTFT head's 'same' padding; this one pads {head.istft.padding!r}")
+    for conv in _convs(backbone):
+        (k,), (p,), (d,), (s,) = conv.kernel_size, conv.padding, conv.dilation, conv.stride
+        if s != 1 or 2 * p != d * (k - 1):
+            raise TypeError(f"streaming needs stride-1 convs with symmetric 'same' padding; found {conv}")
+    return backbone, head
+
+
+def _convs(backbone: nn.Module) -> list[nn.Conv1d]:
+    return [backbone.embed] + [block.dwconv for block in backbone.convnext]
+
+
+def _istft_context(head: nn.Module) -> tuple[int, int]:
+    """Frames before / after a frame's own that its samples' overlap-add reads."""
+    istft = head.istft
+    hop, n_fft = istft.hop_length, istft.win_length
+    pad = (n_fft - hop) // 2
+    # samples of frame f sit at padded positions f * hop + pad .. f * hop + pad + hop - 1; frame g covers
+    # g * hop .. g * hop + n_fft - 1
+    right = (pad + hop - 1) // hop
+    left = -((pad - n_fft) // hop + 1)
+    return left, right
+
+
+def receptive_field(model: nn.Module) -> Field:
+    """The student's receptive field in mel frames, computed from its layers.
+
+    For the S3Gen students (n_fft 1920, hop 480): 3 + 3 x blocks frames through the backbone,
+    plus 2 for the overlap-add; 29 frames (580 ms) either side for 8 blocks, 23 for 6.
+    """
+    backbone, head = _parts(model)
+    backbone_context = sum(conv.padding[0] for conv in _convs(backbone))
+    left, right = _istft_context(head)
+    frame_ms = 1000.0 * head.istft.hop_length / SAMPLE_RATE
+    return Field(left=backbone_context + left, right=backbone_context + right, frame_ms=frame_ms)
+
+
+class StreamClosedError(RuntimeError):
+    """``push`` after ``flush``: the stream has ended (``reset()`` starts a new one)."""
+
+
+class StreamingVocoder:
+    """Decode a mel stream chunk by chunk: ``push(chunk)`` returns the audio that is final so
+    far, ``flush()`` the rest. Chunks are ``(B, n_mels, frames)`` with any number of frames
+    (zero included); the batch size is fixed by the first chunk.
+
+    ``lookahead``: mel frames held back before the audio of a frame is emitted; ``None`` (the
+    default) is the right side of :func:`receptive_field`, which makes the stream equal to
+    offline decoding. Fewer frames lower the latency by ``frame_ms`` each and make the audio
+    near each chunk's end approximate.
+
+    Work per push is proportional to the chunk's frames plus a constant: each convolution
+    keeps ``kernel - 1`` frames of its input, the overlap-add ``n_fft - hop`` samples.
+    """
+
+    def __init__(self, model: nn.Module, lookahead: int | None = None) -> None:
+        self.model = model
+        self.backbone, self.head = _parts(model)
+        self.field = receptive_field(model)
+        if lookahead is None:
+            lookahead = self.field.right
+        if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
+            raise ValueError(f"lookahead must be a whole number of frames >= 0 (or None); got {lookahead!r}")
+        self.lookahead = lookahead
+        self.exact = lookahead >= self.field.right
+        self.n_mels = self.backbone.embed.in_channels
+        istft = self.head.istft
+        self.hop, self.n_fft = istft.hop_length, istft.win_length
+        self.pad = (self.n_fft - self.hop) // 2
+        self.reset()
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the stream; the next push starts a new utterance."""
+        self._state: dict | None = None
+        self._frames = 0  # mel frames pushed
+        self._emitted = 0  # samples returned
+        self._closed = False
+
+    @property
+    def frames_pushed(self) -> int:
+        return self._frames
+
+    @property
+    def samples_emitted(self) -> int:
+        return self._emitted
+
+    def push(self, mel: Tensor) -> Tensor:
+        """Take the next mel frames; return the audio ``(B, samples)`` that is final so far."""
+        if self._closed:
+            raise StreamClosedError("push() after flush(): this stream has ended; call reset() to start another")
+        mel = self._check(mel)
+        with torch.inference_mode():
+            state = self._state or self._initial_state(mel)
+            state, ready = self._exact(state, mel, final=False)
+            frames = self._frames + mel.shape[-1]
+            target = max(self._emitted, (frames - self.lookahead) * self.hop)
+            take = max(0, min(target, state["exact_end"]) - self._emitted)
+            out, state["ready"] = ready[..., :take], ready[..., take:]
+            start = max(self._emitted, state["exact_end"])
+            if target > start:  # ahead of the exact audio: decode as if the utterance ended here
+                _, guess = self._advance(state, mel[..., :0], final=True)
+                offset = start - state["exact_end"]
+                out = torch.cat([out, guess[..., offset : offset + target - start]], dim=-1)
+        # commit only now: an error above leaves the stream as it was
+        self._state, self._frames, self._emitted = state, frames, self._emitted + out.shape[-1]
+        return out
+
+    def flush(self) -> Tensor:
+        """End the stream and return the rest of the audio: in all, ``frames * hop`` samples."""
+        if self._closed:
+            raise StreamClosedError("flush() after flush(): this stream has ended; call reset() to start another")
+        if self._state is None:  # nothing was pushed
+            self._closed = True
+            return torch.zeros(0, 0)
+        with torch.inference_mode():
+            state = self._state
+            empty = torch.zeros(state["batch"], self.n_mels, 0, device=state["device"])
+            _, out = self._exact(state, empty, final=True)
+        self._emitted += out.shape[-1]
+        self._state, self._closed = None, True
+        return out
+
+    def decode(self, mel: Tensor, chunk_frames: int | Sequence[int]) -> Tensor:
+        """Stream a whole mel: chunks of ``chunk_frames`` frames (or of these sizes in turn, the
+        last chunk taking what is left), and return all the audio ``(B, frames * hop)``."""
+        total = mel.shape[-1]
+        if isinstance(chunk_frames, int):
+            sizes = [chunk_frames] * math.ceil(total / max(chunk_frames, 1))
+        else:
+            sizes = list(chunk_frames)
+        bounds = [0]
+        for size in sizes:
+            bounds.append(min(total, bounds[-1] + size))
+        if bounds[-1] < total:
+            bounds.append(total)
+        self.reset()
+        pieces = [self.push(mel[..., a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
+        pieces.append(self.flush())
+        return torch.cat([p.reshape(mel.shape[0], -1) for p in pieces], dim=-1)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _check(self, mel: Tensor) -> Tensor:
+        if not isinstance(mel, Tensor):
+            raise TypeError(f"a mel chunk must be a tensor (B, {self.n_mels}, frames); got {type(mel).__name__}")
+        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(
+                f"a mel chunk must be (B, {self.n_mels}, frames): this vocoder takes {self.n_mels} mel bins; "
+                f"got shape {tuple(mel.shape)}"
+            )
+        if self._state is not None and mel.shape[0] != self._state["batch"]:
+            raise ValueError(f"this stream has batch size {self._state['batch']}; got a chunk of {mel.shape[0]}")
+        bad = (~torch.isfinite(mel)).sum().item()
+        if bad:
+            raise ValueError(f"the mel chunk has {bad} non-finite values (NaN or inf); nothing was decoded")
+        weight = self.backbone.embed.weight
+        return mel.to(device=weight.device, dtype=torch.float32)
+
+    def _initial_state(self, mel: Tensor) -> dict:
+        batch, device = mel.shape[0], mel.device
+        convs = _convs(self.backbone)
+        return {
+            "batch": batch,
+            "device": device,
+            # each conv's left zero padding, as its own padding would supply
+            "context": [torch.zeros(batch, c.in_channels, c.padding[0], device=device) for c in convs],
+            "ola": torch.zeros(batch, self.n_fft - self.hop, device=device),
+            "envelope": torch.zeros(1, self.n_fft - self.hop, device=device),
+            "to_drop": self.pad,  # the "same" padding's first samples
+            "ready": torch.zeros(batch, 0, device=device),  # exact audio not yet emitted
+            "exact_end": 0,  # samples of exact audio produced so far
+        }
+
+    def _exact(self, state: dict, mel: Tensor, final: bool) -> tuple[dict, Tensor]:
+        """Advance the exact pipeline; return the new state and the exact audio not yet emitted
+        (held audio first), which starts at ``samples_emitted``."""
+        state, audio = self._advance(state, mel, final)
+        skip = max(0, self._emitted - state["exact_end"])  # already emitted from a guess
+        ready = torch.cat([state["ready"], audio[..., skip:]], dim=-1)
+        state["exact_end"] += audio.shape[-1]
+        return state, ready
+
+    def _advance(self, state: dict, mel: Tensor, final: bool) -> tuple[dict, Tensor]:
+        """Run new frames through every layer; return the new state (the old one is not changed)
+        and the audio that became final."""
+        convs = _convs(self.backbone)
+        context = []
+        x, _ = self._conv(convs[0], state["context"][0], mel, final, context)
+        x = self.backbone.norm(x.transpose(1, 2)).transpose(1, 2)
+        for i, block in enumerate(self.backbone.convnext, start=1):
+            y, residual = self._conv(block.dwconv, state["context"][i], x, final, context)
+            x = residual + self._block_rest(block, y)
+        features = self.backbone.final_layer_norm(x.transpose(1, 2))
+        frames = self._spectral_frames(features)
+        audio, ola, envelope = self._overlap_add(state, frames, final)
+        drop = min(state["to_drop"], audio.shape[-1])
+        if final:
+            audio = audio[..., : audio.shape[-1] - self.pad]
+        new = {**state, "context": context, "ola": ola, "envelope": envelope, "to_drop": state["to_drop"] - drop}
+        return new, audio[..., drop:]
+
+    @staticmethod
+    def _conv(conv: nn.Conv1d, held: Tensor, x: Tensor, final: bool, keep: list) -> tuple[Tensor, Tensor]:
+        """``conv`` over the held frames and ``x`` (plus the right zero padding when ``final``)
+        without padding: the outputs whose whole window is known, and the inputs at their centres."""
+        half = conv.padding[0]
+        parts = [held, x]
+        if final:
+            parts.append(held.new_zeros(held.shape[0], held.shape[1], half))
+        data = torch.cat(parts, dim=-1)
+        count = data.shape[-1] - 2 * half
+        keep.append(data[..., max(count, 0) :])
+        if count <= 0:
+            empty = data[..., :0]
+            return data.new_zeros(data.shape[0], conv.out_channels, 0), empty
+        y = F.conv1d(data, conv.weight, conv.bias, dilation=conv.dilation, groups=conv.groups)
+        return y, data[..., half : half + count]
+
+    @staticmethod
+    def _block_rest(block: nn.Module, y: Tensor) -> Tensor:
+        """``vocos.modules.ConvNeXtBlock.forward`` after its depthwise conv, without the residual."""
+        if y.shape[-1] == 0:  # torchao's per-frame fake quantisation cannot take zero frames
+            return y
+        y = block.norm(y.transpose(1, 2))
+        y = block.pwconv2(block.act(block.pwconv1(y)))
+        if block.gamma is not None:
+            y = block.gamma * y
+        return y.transpose(1, 2)
+
+    def _spectral_frames(self, features: Tensor) -> Tensor:
+        """``vocos.heads.ISTFTHead.forward`` up to the overlap-add: windowed frames ``(B, n_fft, T)``."""
+        if features.shape[1] == 0:  # the FFT refuses empty batches of frames
+            return features.new_zeros(features.shape[0], self.n_fft, 0)
+        x = self.head.out(features).transpose(1, 2)
+        magnitude, phase = x.chunk(2, dim=1)
+        magnitude = torch.clip(torch.exp(magnitude), max=1e2)
+        spectrum = magnitude * (torch.cos(phase) + 1j * torch.sin(phase))
+        frames = torch.fft.irfft(spectrum, self.n_fft, dim=1, norm="backward")
+        return frames * self.head.istft.window[None, :, None]
+
+    def _overlap_add(self, state: dict, frames: Tensor, final: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Add the new frames to the held partial sums; return the finished samples (divided by
+        the window envelope), and the new partial sums of the signal and of the envelope."""
+        count, hold = frames.shape[-1], self.n_fft - self.hop
+        window_sq = self.head.istft.window.square()[None, :, None].expand(1, -1, count)
+        signal = self._fold(frames, count)
+        envelope = self._fold(window_sq, count)
+        signal[..., :hold] += state["ola"]
+        envelope[..., :hold] += state["envelope"]
+        done = signal.shape[-1] if final else count * self.hop
+        audio = signal[..., :done] / envelope[..., :done]
+        return audio, signal[..., done:], envelope[..., done:]
+
+    def _fold(self, frames: Tensor, count: int) -> Tensor:
+        hold = self.n_fft - self.hop
+        if count == 0:
+            return frames.new_zeros(frames.shape[0], hold)
+        length = (count - 1) * self.hop + self.n_fft
+        return F.fold(frames, output_size=(1, length), kernel_size=(1, self.n_fft), stride=(1, self.hop))[:, 0, 0]
+
+
+def stream(model: nn.Module, mel: Tensor, chunk_frames: int | Sequence[int], lookahead: int | None = None) -> Tensor:
+    """``model``'s audio for ``mel`` decoded in chunks (see :class:`StreamingVocoder`)."""
+    return StreamingVocoder(model, lookahead).decode(mel, chunk_frames)
