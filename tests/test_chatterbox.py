@@ -1,0 +1,229 @@
+"""The student inside Chatterbox's real code (chatterbox-tts 0.1.7, random weights, offline).
+
+Chatterbox's ``S3Gen.inference`` runs unmodified: flow (2 CFM steps) -> ``mel2wav.inference``
+-> its own 960-sample fade. Its mels are captured by wrapping ``flow_inference`` on the
+instance, so each check compares against the student run on the very mels S3Gen made.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from train.release.chatterbox import (
+    ChatterboxStream,
+    ChatterboxVocoder,
+    VocoderFallbackWarning,
+    VocoderUnavailableError,
+    load_vocoder,
+    s3gen_mel_spec,
+    use_student,
+)
+from train.release.vocos_layout import write_vocos_layout
+from train.s3gen.mel import MEL_SPEC
+from train.student.graph import OnnxVocoder, export_onnx
+from train.student.model import build_student
+
+if os.environ.get("CI"):  # CI installs it (README, "Install"): a missing Chatterbox is a failure there
+    import chatterbox  # noqa: F401
+else:
+    pytest.importorskip("chatterbox", reason="pip install --no-deps chatterbox-tts==0.1.7 (README, Install)")
+from chatterbox import ChatterboxMultilingualTTS, ChatterboxTTS, ChatterboxVC  # noqa: E402
+from chatterbox.models.s3gen import S3Gen  # noqa: E402
+from chatterbox.tts_turbo import ChatterboxTurboTTS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def s3gen(one_thread):
+    """Chatterbox's S3Gen (264 M parameters, HiFT among them) with random weights."""
+    torch.manual_seed(0)
+    return S3Gen().eval()
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(1)
+    model = build_student(dim=32, intermediate_dim=64, num_layers=2, fake_quant="int8").eval()
+    for block in model.backbone.convnext:
+        block.gamma.data.fill_(1.0)
+    return model.requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory, student) -> Path:
+    """A release folder as train/export.py lays it out: vocos' config + weights, the int8 graph."""
+    folder = tmp_path_factory.mktemp("release")
+    from train.student.quantized import strip
+
+    write_vocos_layout(strip(student), folder)
+    export_onnx(student, folder / "model.int8.onnx", quantize=True)
+    return folder
+
+
+def synthesise(s3gen, seconds: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``s3gen.inference`` from speech tokens and a reference clip; returns (wav, the flow's mel)."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 6561, (1, int(25 * seconds)), generator=generator)
+    reference = 0.1 * torch.randn(1, 24_000, generator=generator)
+    captured = {}
+    flow = s3gen.flow_inference
+
+    def capture(*args, **kwargs):
+        captured["mel"] = flow(*args, **kwargs).clone()
+        return captured["mel"]
+
+    s3gen.flow_inference = capture
+    try:
+        wav, source = s3gen.inference(tokens, ref_wav=reference, ref_sr=24_000, n_cfm_timesteps=2)
+    finally:
+        del s3gen.flow_inference
+    assert source.dim() == 3
+    return wav, captured["mel"]
+
+
+@pytest.fixture
+def swapped(s3gen, release):
+    previous = use_student(s3gen, release, runtime="torch", fallback=False)
+    yield s3gen
+    s3gen.mel2wav = previous
+
+
+def test_s3gen_speaks_through_the_student(swapped, student, release):
+    hift = type(swapped.mel2wav)
+    assert hift is ChatterboxVocoder and swapped.mel2wav.runtime == "torch"
+    wav, mel = synthesise(swapped)
+    assert wav.dtype == torch.float32 and wav.shape == (1, mel.shape[-1] * 480) and wav.is_inference()
+    from train.student.quantized import strip
+
+    with torch.no_grad():
+        expected = strip(student)(mel.float())
+    expected[:, :960] *= swapped.trim_fade  # S3Gen's own fade: applied once, by S3Gen, not by the drop-in
+    assert (wav - expected).abs().max() < 1e-5
+    assert wav[:, :480].abs().max() == 0 and wav[:, 960:].abs().max() > 0
+
+
+def test_the_swap_returns_what_it_replaced_and_finds_every_chatterbox_model(s3gen, release):
+    original = s3gen.mel2wav
+    assert type(original).__name__ == "HiFTGenerator"
+    for cls in (ChatterboxTTS, ChatterboxTurboTTS, ChatterboxMultilingualTTS, ChatterboxVC):
+        model = object.__new__(cls)  # the model classes as Chatterbox defines them, without their other parts
+        model.s3gen = s3gen
+        previous = use_student(model, release, runtime="torch", fallback=False)
+        assert previous is original and isinstance(s3gen.mel2wav, ChatterboxVocoder)
+        s3gen.mel2wav = previous
+    with pytest.raises(TypeError, match="has no S3Gen vocoder"):
+        use_student(object(), release)
+
+
+def test_auto_picks_the_int8_graph_on_cpu(s3gen, release, student):
+    previous = use_student(s3gen, release)
+    try:
+        assert s3gen.mel2wav.runtime == "int8" and isinstance(s3gen.mel2wav.vocoder, OnnxVocoder)
+        wav, mel = synthesise(s3gen, seed=1)
+        with torch.no_grad():
+            reference = student(mel.float())  # the fake-quantised model the int8 graph was checked against
+        reference[:, :960] *= s3gen.trim_fade
+        noise = (wav - reference).pow(2).sum() / reference.pow(2).sum()
+        assert float(10 * torch.log10(1 / noise)) > 20
+    finally:
+        s3gen.mel2wav = previous
+
+
+def test_streamed_speech_equals_s3gen_speech(swapped):
+    wav, mel = synthesise(swapped, seconds=2.0, seed=2)
+    rng = random.Random(0)
+    for sizes in ([1] * mel.shape[-1], [mel.shape[-1]], [rng.randint(1, 30) for _ in range(mel.shape[-1])]):
+        stream = ChatterboxStream(swapped)
+        pieces, start = [], 0
+        for size in sizes:
+            if start >= mel.shape[-1]:
+                break
+            pieces.append(stream.push(mel[..., start : start + size]))
+            start += size
+        pieces.append(stream.flush())
+        assert (torch.cat(pieces, -1) - wav).abs().max() < 1e-5
+    with pytest.raises(TypeError, match="Vocos student"):
+        ChatterboxStream(torch.nn.Linear(2, 2))
+
+
+def test_a_missing_release_keeps_hift_and_says_why(s3gen, tmp_path):
+    original = s3gen.mel2wav
+    for source, reason in [
+        (tmp_path / "nowhere", "no such folder or file"),
+        (tmp_path, "has no config.yaml"),
+        ("someone/not-cached", "someone/not-cached"),  # a Hub id, offline: not in the cache
+    ]:
+        with pytest.warns(VocoderFallbackWarning, match=reason):
+            previous = use_student(s3gen, source, local_files_only=True)
+        assert previous is original and s3gen.mel2wav is original
+    with pytest.raises(VocoderUnavailableError, match="no such folder"):
+        use_student(s3gen, tmp_path / "nowhere", fallback=False)
+    wav, _ = synthesise(s3gen)  # HiFT still speaks
+    assert torch.isfinite(wav).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"hop_length": 256}, "hop_length 256 \\(the S3Gen's: 480\\)"), ({"n_mels": 100, "f_max": 12000.0}, "n_mels 100")],
+)
+def test_a_release_for_another_mel_keeps_hift(s3gen, release, tmp_path, change, reason):
+    other = tmp_path / "other"
+    other.mkdir()
+    for file in release.iterdir():
+        (other / file.name).write_bytes(file.read_bytes())
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["mel"] = {**config["mel"], **change}
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    original = s3gen.mel2wav
+    with pytest.warns(VocoderFallbackWarning, match=reason):
+        assert use_student(s3gen, other) is original
+    assert s3gen.mel2wav is original
+    del config["mel"]  # a plain vocos config (vocos-mel-24khz's shape): judged by its feature extractor
+    config["feature_extractor"]["init_args"]["hop_length"] = 256
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.warns(VocoderFallbackWarning, match="hop_length 256"):
+        use_student(s3gen, other)
+
+
+def test_the_s3gen_mel_is_read_from_chatterbox(s3gen):
+    spec = s3gen_mel_spec(s3gen)
+    assert {k: float(spec[k]) for k in ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")} == {
+        k: float(MEL_SPEC[k]) for k in ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
+    }
+
+
+def test_the_drop_in_takes_half_precision_and_refuses_bad_mels(release):
+    vocoder = load_vocoder(release, runtime="torch")
+    mel = torch.randn(1, 80, 20) - 5
+    wav, source = vocoder.inference(speech_feat=mel.half(), cache_source=torch.zeros(1, 1, 0))
+    assert wav.dtype == torch.float32 and wav.shape == (1, 20 * 480) and source.shape == (1, 1, 0)
+    with pytest.raises(ValueError, match="\\(B, 80, frames\\); got \\(1, 100, 20\\)"):
+        vocoder.inference(speech_feat=torch.zeros(1, 100, 20))
+    with pytest.raises(ValueError, match="1 frame\\(s\\): S3Gen fades the first 960 samples"):
+        vocoder.inference(speech_feat=torch.zeros(1, 80, 1))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        vocoder.inference(speech_feat=torch.full((1, 80, 4), float("nan")))
+    with pytest.raises(ValueError, match="runtime='tensorrt'"):
+        load_vocoder(release, runtime="tensorrt")
+    torchao = load_vocoder(release, runtime="torch-int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantised, _ = torchao.inference(speech_feat=mel)
+    snr = 10 * torch.log10(wav.pow(2).sum() / (wav - quantised).pow(2).sum())
+    assert torchao.runtime == "torch-int8" and snr > 20
