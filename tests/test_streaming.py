@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from train.compress.pruning import prune_widths
-from train.release.chatterbox import torchao_int8
 from train.student.model import build_student
+from train.student.quantized import int8_kernels
 from train.student.streaming import StreamClosedError, StreamingVocoder, receptive_field
 
 HOP = 480
@@ -76,7 +76,7 @@ def test_random_chunkings_equal_offline(kind):
     elif kind == "qat":
         model = _student(3, fake_quant="int8")
     else:
-        model = torchao_int8(copy.deepcopy(_student(3)))
+        model = int8_kernels(copy.deepcopy(_student(3)))
     rng = random.Random(kind)
     stream = StreamingVocoder(model)
     for trial in range(6):

@@ -33,6 +33,15 @@ def main(argv: list[str] | None = None) -> None:
         "default: the stock-size student with random weights",
     )
     parser.add_argument("--json", type=Path, help="also write the inference rows here (one object per row)")
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="streaming figures instead of the cost table: first-audio latency (HiFT and --students), and per "
+        "student the look-ahead table and the seam comparison on --corpus",
+    )
+    parser.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="audio for the streaming tables")
+    parser.add_argument("--clips", type=int, default=6, help="clips of --corpus used (sorted by path)")
+    parser.add_argument("--clip-seconds", type=float, default=6.0, help="each clip cut to this length")
     parser.add_argument("--train-steps", type=int, default=20, help="timed training steps (0: skip)")
     parser.add_argument(
         "--train-config", nargs="*", default=["experiment=finetune"], help="Hydra overrides of the training run"
@@ -51,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         help="time train/prepare.py (experiment=distill, stand-in teacher) with these numbers of processes",
     )
     args = parser.parse_args(argv)
+    if args.streaming:
+        streaming(args)
+        return
     if not args.no_inference:
         rows = run(args.seconds, args.repeats, tuple(args.chunk_frames), args.students)
         print(f"Inference on {args.seconds:g} s of audio; s/s = seconds of compute per second of audio (median)")
@@ -86,6 +98,76 @@ def main(argv: list[str] | None = None) -> None:
         prepare_rows = prepare_throughput(args.prepare_processes)
         print("Prepare stage (experiment=distill on the bundled corpus, stand-in teacher of Chatterbox's size)")
         print(rows_table(prepare_rows))
+
+
+def streaming(args: argparse.Namespace) -> None:
+    from train.data.datamodule import corpus_mels
+    from train.evaluation.benchmark import streaming_run
+    from train.evaluation.report import table
+
+    if not args.students:
+        raise SystemExit("--streaming needs --students (trained checkpoints: the tables compare real audio)")
+    clips = corpus_mels(args.corpus, args.clips, args.clip_seconds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = streaming_run(args.students, clips, tuple(args.chunk_frames), repeats=args.repeats)
+    finally:
+        torch.set_num_threads(threads)
+    sizes = args.chunk_frames
+    print(f"First audio of a stream of C-frame chunks, CPU 1 thread, median of {args.repeats} (ms)")
+    print("= look-ahead (mel frames that must exist past the chunk, 20 ms each) + compute of the first chunk")
+    print(
+        table(
+            ["model", "how", "look-ahead"]
+            + [f"C={c}: compute" for c in sizes]
+            + [f"C={c}: first audio" for c in sizes],
+            [
+                [r["model"], r["how"], f"{r['lookahead_frames']} ({r['lookahead_ms']:.0f} ms)"]
+                + [f"{r[f'compute_ms_{c}']:.1f}" for c in sizes]
+                + [f"{r[f'first_audio_ms_{c}']:.0f}" for c in sizes]
+                for r in result["first_audio"]
+            ],
+        )
+    )
+    print(f"\n{len(clips)} clips of {args.corpus} (<= {args.clip_seconds:g} s), streamed, against the student offline")
+    for name, rows in result["lookahead"].items():
+        print(f"\n{name}: chunks of 10 frames")
+        print(
+            table(
+                ["look-ahead", "exact", "log-mel dB", "PESQ-wb", "max |diff|", "push ms", "latency ms"],
+                [
+                    [
+                        f"{r['lookahead_frames']} ({r['lookahead_ms']:.0f} ms)",
+                        "yes" if r["exact"] else "no",
+                        f"{r['log_mel_db']:.3f}",
+                        f"{r['pesq_wb']:.2f}",
+                        f"{r['max_abs_diff']:.1e}",
+                        f"{r['push_ms']:.2f}",
+                        f"{r['latency_ms']:.0f}",
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+    for name, rows in result["seams"].items():
+        print(f"\n{name}: seams at the joins of 25-frame chunks. Seam dB: first-difference energy within 1 ms of")
+        print("each join over the energy elsewhere; SNR: against offline audio within 8 frames (160 ms) of each join")
+        print(
+            table(
+                ["method", "seam dB", "above offline", "SNR vs offline near joins dB"],
+                [
+                    [r["method"], f"{r['seam_db']:+.2f}", f"{r['seam_above_offline_db']:+.2f}"]
+                    + [f"{r['snr_near_joins_db']:.1f}"]
+                    for r in rows
+                ],
+            )
+        )
+    if args.json:
+        from train.utils.files import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+        print(f"\nfigures written to {args.json}")
 
 
 if __name__ == "__main__":

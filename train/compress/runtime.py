@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchao.quantization import Int8DynamicActivationInt8WeightConfig, MappingType, quantize_
+from torchao.quantization import quantize_
 from torchao.quantization.qat import QATConfig
 
 from train.evaluation.cost import threads, time_call
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.graph import OnnxVocoder, export_onnx
-from train.student.quantized import base_config, prepare, strip
+from train.student.quantized import base_config, int8_kernels, prepare, strip
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ def candidates(qat_student: nn.Module, folder: Path, compile: bool = True) -> li
     plain = strip(fake).eval()
     converted = copy.deepcopy(fake)
     quantize_(converted, QATConfig(base_config(), step="convert"))
-    kernels = copy.deepcopy(plain)
-    quantize_(kernels, Int8DynamicActivationInt8WeightConfig(act_mapping_type=MappingType.ASYMMETRIC))
+    kernels = int8_kernels(copy.deepcopy(plain))
     rows = [
         ("QAT model, fake quantisation (eager)", fake, "the reference: what training saw"),
         ("fp32 weights (eager)", plain, "no quantisation"),

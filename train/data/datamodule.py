@@ -572,3 +572,19 @@ def held_out_items(
     datamodule.prepare_data()
     dataset = datamodule.evaluation_set(split, max_frames)
     return [(dataset.entries[i][0].name, dataset[i]) for i in range(min(len(dataset), int(count)))]
+
+
+def corpus_mels(root: str | Path, count: int, seconds: float) -> list[Tensor]:
+    """S3Gen mels ``(80, T)`` of the first ``count`` audio files under ``root`` (sorted by path),
+    each cut to ``seconds``: real speech for benchmarks that need it."""
+    root = Path(root)
+    files = find_files(root, AUDIO_SUFFIXES)[: int(count)]
+    if not files:
+        raise MissingFileError(f"no audio ({', '.join(AUDIO_SUFFIXES)}) under {root}")
+    mel = S3GenMel()
+    out = []
+    for path in files:
+        audio, rate = read_audio(path)
+        with torch.no_grad():
+            out.append(mel(audio[..., : int(seconds * rate)], rate)[0])
+    return out

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from train.evaluation.cost import compare, stand_in_teacher
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
@@ -65,3 +66,47 @@ def run(
         chunk = str(25 if 25 in chunk_frames else chunk_frames[0])
         row[f"first_chunk_{chunk}_speedup"] = teacher["first_chunk_ms_cpu"][chunk] / row["first_chunk_ms_cpu"][chunk]
     return rows
+
+
+def streaming_run(
+    students: Sequence[str | Path],
+    clips: Sequence[Tensor],
+    chunk_frames: tuple[int, ...] = (10, 25, 50),
+    lookaheads: tuple[int | None, ...] = (0, 2, 4, 8, 16, None),
+    lookahead_chunk: int = 10,
+    seam_chunk: int = 25,
+    repeats: int = 5,
+    short_lookahead: int | None = 8,
+) -> dict:
+    """The streaming figures, in one run: first-audio latency of HiFT (its measured look-ahead,
+    run on a window) and of each student (streamed at its full field, and at ``short_lookahead``
+    frames; a QAT checkpoint on torchao's int8 kernels, an ONNX graph on a window); then, per
+    student, the look-ahead table and the seam comparison on ``clips`` (S3Gen mels ``(80, T)``)."""
+    from train.evaluation.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
+    from train.student.graph import OnnxVocoder
+    from train.student.quantized import int8_kernels, is_prepared
+    from train.student.streaming import receptive_field
+
+    teacher = stand_in_teacher()
+    hift_lookahead = max(probe_lookahead(teacher, seed=s, seeded_noise=True) for s in range(3))
+    models = [("teacher (HiFT)", teacher, "window", hift_lookahead)]
+    streamable = []
+    for name, path in zip(short_names(students), students, strict=True):
+        model = load_student(path)
+        if isinstance(model, OnnxVocoder):
+            field = receptive_field(build_student(**{k: v for k, v in model.config.items() if k != "fake_quant"}))
+            models.append((f"{name} (ONNX Runtime)", model, "window", field.right))
+            continue
+        if is_prepared(model):
+            model = int8_kernels(model).eval()
+            name = f"{name} (torchao int8)"
+        models.append((name, model, "stream", receptive_field(model).right))
+        if short_lookahead is not None:
+            models.append((name, model, "stream", short_lookahead))
+        streamable.append((name, model))
+    return {
+        "first_audio": first_audio_rows(models, chunk_frames, repeats),
+        "lookahead": {name: lookahead_rows(m, clips, lookaheads, lookahead_chunk) for name, m in streamable},
+        "seams": {name: seam_rows(m, clips, seam_chunk) for name, m in streamable},
+        "hift_lookahead_frames": hift_lookahead,
+    }

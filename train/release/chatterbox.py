@@ -210,18 +210,11 @@ def load_vocoder(
         raise VocoderUnavailableError(f"student {source}: {weights.name} does not load through vocos: {err}") from err
     model = model.eval().requires_grad_(False)
     if chosen == "torch-int8":
-        model = torchao_int8(model)
+        from train.student.quantized import int8_kernels  # torchao: imported only for this runtime
+
+        model = int8_kernels(model)
         device = torch.device("cpu")
     return ChatterboxVocoder(model.to(device), source, chosen)
-
-
-def torchao_int8(model: nn.Module) -> nn.Module:
-    """``model`` with its Linear layers on torchao's int8 kernels: int8 weights per output channel,
-    activations quantised per frame (asymmetric), as the QAT students trained."""
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, MappingType, quantize_
-
-    quantize_(model, Int8DynamicActivationInt8WeightConfig(act_mapping_type=MappingType.ASYMMETRIC))
-    return model
 
 
 def s3gen_of(model: Any) -> nn.Module:

@@ -20,7 +20,13 @@ import logging
 
 import torch
 from torch import nn
-from torchao.quantization import Int8DynamicActivationIntxWeightConfig, MappingType, PerAxis, quantize_
+from torchao.quantization import (
+    Int8DynamicActivationInt8WeightConfig,
+    Int8DynamicActivationIntxWeightConfig,
+    MappingType,
+    PerAxis,
+    quantize_,
+)
 from torchao.quantization.qat import QATConfig
 from torchao.quantization.qat.linear import FakeQuantizedLinear
 
@@ -62,3 +68,14 @@ def strip(student: nn.Module) -> nn.Module:
     if hasattr(plain, "config"):
         plain.config = {k: v for k, v in plain.config.items() if k != "fake_quant"}
     return plain
+
+
+def int8_kernels(model: nn.Module) -> nn.Module:
+    """``model`` (fp32, or QAT: its fake quantisers are stripped first) with its Linear layers on
+    torchao's int8 kernels, in place where it is fp32: int8 weights per output channel,
+    activations quantised per frame (asymmetric) as QAT trained. Runs in PyTorch, so it streams
+    (:mod:`train.student.streaming`); CPU."""
+    if is_prepared(model):
+        model = strip(model)
+    quantize_(model, Int8DynamicActivationInt8WeightConfig(act_mapping_type=MappingType.ASYMMETRIC))
+    return model
