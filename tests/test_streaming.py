@@ -163,3 +163,98 @@ def test_what_cannot_stream_says_so():
         StreamingVocoder(torch.nn.Linear(2, 2))
     stream = StreamingVocoder(_student(1))
     assert stream.flush().numel() == 0  # nothing pushed, nothing out
+
+
+# -- the streaming figures (train/evaluation/streaming.py, python -m train.bench --streaming) ---------
+
+
+def _per_frame_vocoder(mel):
+    """A 'vocoder' whose audio for a frame depends on that frame alone: any chunking is exact."""
+    return mel.mean(1).repeat_interleave(HOP, dim=-1)
+
+
+def test_overlap_and_fade_is_exact_for_a_frame_local_model_and_concatenates_without_overlap():
+    from train.evaluation.streaming import overlap_fade
+
+    mel = _mel(1, 53, 6)
+    expected = _per_frame_vocoder(mel)
+    for overlap in (0, 3, 8):
+        out = overlap_fade(_per_frame_vocoder, mel, 10, overlap)
+        assert out.shape == expected.shape and (out - expected).abs().max() < 1e-6
+    student = _student(2)
+    concatenated = torch.cat([_offline(student, mel[..., i : i + 10]) for i in range(0, 53, 10)], -1)
+    assert (overlap_fade(student, mel, 10, 0) - concatenated).abs().max() == 0
+    assert (overlap_fade(student, mel, 10, 4) - _offline(student, mel)).abs().max() > 1e-4
+
+
+def test_seam_metric_sees_steps_at_joins_and_not_a_smooth_signal():
+    from train.evaluation.streaming import seam_db
+
+    t = torch.arange(48_000) / 24_000
+    smooth = torch.sin(2 * torch.pi * 220 * t)
+    joins = list(range(6_000, 48_000, 6_000))
+    assert abs(seam_db(smooth, joins, 24)) < 1.0
+    stepped = smooth + torch.tensor([0.5 * (i // 6_000 % 2) for i in range(48_000)])
+    assert seam_db(stepped, joins, 24) > 5
+    with pytest.raises(ValueError, match="joins inside the signal"):
+        seam_db(smooth, [], 24)
+
+
+def test_probe_finds_the_computed_field_and_hifts_look_ahead():
+    from helpers import tiny_config
+
+    from train.evaluation.streaming import probe_lookahead
+    from train.s3gen.hift import HiFTGenerator
+
+    student = _student(2)
+    for layer in student.backbone.modules():
+        if isinstance(layer, (torch.nn.Conv1d, torch.nn.Linear)):
+            layer.weight.data.normal_(0, layer.weight[0].numel() ** -0.5)
+    assert probe_lookahead(student) == receptive_field(student).right
+    torch.manual_seed(0)
+    hift = HiFTGenerator(**tiny_config()).eval()
+    assert 5 <= probe_lookahead(hift, seeded_noise=True) <= 30
+
+
+def test_lookahead_rows_exact_at_the_field_and_worse_below_it():
+    from helpers import CORPUS_CLIP
+
+    from train.data.datamodule import corpus_mels
+    from train.evaluation.streaming import first_audio_rows, lookahead_rows
+
+    (mel,) = corpus_mels(CORPUS_CLIP.parent, 1, 2.0)
+    student = _student(2)
+    rows = lookahead_rows(student, [mel], lookaheads=(0, None), chunk_frames=10, repeats=1)
+    short, full = rows
+    assert full["exact"] and full["lookahead_frames"] == receptive_field(student).right
+    assert full["max_abs_diff"] < 1e-5 and full["log_mel_db"] < 1e-3 and full["pesq_wb"] > 4.5
+    assert not short["exact"] and short["log_mel_db"] > full["log_mel_db"] and short["max_abs_diff"] > 1e-3
+    assert full["latency_ms"] == pytest.approx(full["lookahead_ms"] + full["push_ms"])
+    (row,) = first_audio_rows([("s", student, "stream", 11)], chunk_frames=(5, 10), repeats=1)
+    assert row["first_audio_ms_5"] == pytest.approx(220 + row["compute_ms_5"])
+
+
+def test_bench_streaming_prints_the_three_tables(tmp_path, capsys, monkeypatch):
+    from helpers import save_ckpt, tiny_config
+
+    from train import bench
+    from train.evaluation import benchmark
+    from train.s3gen.hift import HiFTGenerator
+
+    monkeypatch.setattr(benchmark, "stand_in_teacher", lambda: HiFTGenerator(**tiny_config()).eval())
+    fp32, qat = tmp_path / "fp32.ckpt", tmp_path / "qat.ckpt"
+    save_ckpt(_student(2), fp32)
+    save_ckpt(_student(1, fake_quant="int8"), qat)
+    bench.main(
+        ["--streaming", "--students", str(fp32), str(qat), "--corpus", "data/corpus", "--clips", "1",
+         "--clip-seconds", "1", "--repeats", "1", "--chunk-frames", "5", "--json", str(tmp_path / "s.json")]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| teacher (HiFT) | window |" in out
+    assert "| fp32.ckpt | stream | 11 (220 ms) |" in out and "| fp32.ckpt | stream | 8 (160 ms) |" in out
+    assert "| qat.ckpt (torchao int8) | stream | 8 (160 ms) |" in out
+    assert "| 0 (0 ms) | no |" in out and "| 11 (220 ms) | yes | 0.000 |" in out
+    assert "| streaming, exact (this project) | " in out and "| overlap-and-fade (8 frames) |" in out
+    assert (tmp_path / "s.json").is_file()
+    with pytest.raises(SystemExit, match="--streaming needs --students"):
+        bench.main(["--streaming"])

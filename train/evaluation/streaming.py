@@ -151,7 +151,7 @@ def _push_ms(student: nn.Module, mel: Tensor, lookahead: int, chunk_frames: int,
     return 1000 * statistics.median(times[1:])
 
 
-def probe_lookahead(model: Callable[..., Tensor], frames: int = 160, seed: int = 0, seeded_noise: bool = False) -> int:
+def probe_lookahead(model: Callable[..., Tensor], frames: int = 96, seed: int = 0, seeded_noise: bool = False) -> int:
     """Mel frames a model's audio waits for: change frame ``t`` of a random mel and find the
     earliest output sample that changes. ``seeded_noise``: pass the model the same
     ``generator=`` each call (HiFT's NSF source is random)."""
