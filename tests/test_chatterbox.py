@@ -97,6 +97,17 @@ def synthesise(s3gen, seconds: float = 1.0, seed: int = 0) -> tuple[torch.Tensor
     return wav, captured["mel"]
 
 
+def speak(s3gen, mel: torch.Tensor) -> torch.Tensor:
+    """``s3gen.inference`` with its flow replaced by a chosen mel: the vocoder call site and the
+    fade run as Chatterbox wrote them."""
+    s3gen.flow_inference = lambda *args, **kwargs: mel
+    try:
+        wav, _ = s3gen.inference(torch.zeros(1, mel.shape[-1] // 2, dtype=torch.long), ref_wav=torch.zeros(1, 24_000))
+    finally:
+        del s3gen.flow_inference
+    return wav
+
+
 @pytest.fixture
 def swapped(s3gen, release):
     previous = use_student(s3gen, release, runtime="torch", fallback=False)
@@ -227,3 +238,58 @@ def test_the_drop_in_takes_half_precision_and_refuses_bad_mels(release):
         quantised, _ = torchao.inference(speech_feat=mel)
     snr = 10 * torch.log10(wav.pow(2).sum() / (wav - quantised).pow(2).sum())
     assert torchao.runtime == "torch-int8" and snr > 20
+
+
+def test_streaming_refuses_an_onnx_runtime_with_what_to_do(s3gen, release):
+    previous = use_student(s3gen, release, runtime="int8")
+    try:
+        with pytest.raises(TypeError, match="runtime='torch'"):
+            ChatterboxStream(s3gen)
+    finally:
+        s3gen.mel2wav = previous
+
+
+def readme_blocks(heading: str) -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+
+
+def test_readme_use_in_chatterbox_runs_as_written(s3gen, release, student, monkeypatch):
+    """README's code, unchanged but for three things this machine cannot have: Chatterbox's
+    weights (from_pretrained gives a ChatterboxTTS around the random-weight S3Gen), its T3
+    (generate() runs S3Gen's real inference on random speech tokens) and the trained release
+    (the tiny one written here); ``flow_chunks`` are chunks of the mel S3Gen made."""
+    blocks = readme_blocks("Use in Chatterbox")
+    assert len(blocks) == 2
+    released = "checkpoints/release/vocos-s3gen-long-256x768x6-qat-int8"
+    assert all(released in block for block in blocks)
+    model = object.__new__(ChatterboxTTS)
+    model.s3gen = s3gen
+    monkeypatch.setattr(ChatterboxTTS, "from_pretrained", classmethod(lambda cls, device: model))
+    made = {}
+
+    def generate(self, text, **kwargs):
+        made["wav"], made["mel"] = synthesise(self.s3gen, seed=3)
+        return made["wav"]
+
+    monkeypatch.setattr(ChatterboxTTS, "generate", generate)
+    hift = s3gen.mel2wav
+    namespace: dict = {}
+    exec(blocks[0].replace(released, str(release)), namespace)
+    assert namespace["hift"] is hift and s3gen.mel2wav is hift  # swapped, spoke, swapped back
+    assert namespace["wav"].shape == (1, made["mel"].shape[-1] * 480)
+    with torch.no_grad():
+        expected = student(made["mel"].float())  # the int8 graph (runtime auto on CPU) against its QAT model
+    expected[:, :960] *= s3gen.trim_fade
+    assert 10 * torch.log10(expected.pow(2).sum() / (namespace["wav"] - expected).pow(2).sum()) > 20
+
+    played = []
+    mel = made["mel"]
+    namespace.update(flow_chunks=[mel[..., i : i + 13] for i in range(0, mel.shape[-1], 13)], play=played.append)
+    try:
+        exec(blocks[1].replace(released, str(release)), namespace)
+        wav = speak(s3gen, mel)  # the non-streamed speech of the same mel, through the student now in place
+        assert (torch.cat(played, -1) - wav).abs().max() < 1e-5
+    finally:
+        s3gen.mel2wav = hift

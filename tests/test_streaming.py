@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from train.compress.pruning import prune_widths
+from train.evaluation.streaming import snr_db
 from train.student.model import build_student
 from train.student.quantized import int8_kernels
 from train.student.streaming import StreamClosedError, StreamingVocoder, receptive_field
@@ -67,7 +68,12 @@ def test_stock_student_needs_29_frames_of_look_ahead():
 
 @pytest.mark.parametrize("kind", ["fp32", "pruned", "qat", "torchao-int8"])
 def test_random_chunkings_equal_offline(kind):
-    """Any chunking (1-frame chunks, empty chunks, one chunk, random sizes), batch 1 and 2."""
+    """Any chunking (1-frame chunks, empty chunks, one chunk, random sizes), batch 1 and 2: within
+    1e-5 of offline decoding in fp32; for int8, within int8's own tolerance. A float rounding
+    difference of 1e-7 (convolutions over other lengths) can move an activation across an int8
+    rounding step, so the int8 forms are held to an SNR against their own offline output: 40 dB
+    here, against the 30 dB the release demands of its int8 graph (on the trained 256/768 x 6
+    QAT student: 47-51 dB, README "Use in Chatterbox")."""
     if kind == "fp32":
         model = _student(3)
     elif kind == "pruned":
@@ -87,7 +93,10 @@ def test_random_chunkings_equal_offline(kind):
         for sizes in chunkings:
             out = stream.decode(mel, sizes)
             assert out.shape == expected.shape == (batch, frames * HOP)
-            assert (out - expected).abs().max() < 1e-5, (kind, sizes)
+            if kind in ("fp32", "pruned"):
+                assert (out - expected).abs().max() < 1e-5, (kind, sizes)
+            else:
+                assert snr_db(expected, out) > 40, (kind, sizes)
 
 
 def test_audio_comes_out_as_soon_as_it_is_final_and_work_per_chunk_is_bounded():

@@ -304,6 +304,12 @@ class ChatterboxStream:
     def __init__(self, vocoder: Any, lookahead: int | None = None) -> None:
         if not isinstance(vocoder, nn.Module) or hasattr(vocoder, "mel2wav") or hasattr(vocoder, "s3gen"):
             vocoder = s3gen_of(vocoder).mel2wav
+        if isinstance(vocoder, ChatterboxVocoder) and vocoder.runtime in ("onnx", "int8"):
+            raise TypeError(
+                f"the vocoder in place runs on ONNX Runtime (runtime={vocoder.runtime!r}), which cannot carry a "
+                "stream's state: put the student in with use_student(model, source, runtime='torch') (or "
+                "'torch-int8') to stream"
+            )
         model = vocoder.vocoder if isinstance(vocoder, ChatterboxVocoder) else vocoder
         self.stream = StreamingVocoder(model, lookahead)
         fade = torch.zeros(TRIM_SAMPLES)
