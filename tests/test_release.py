@@ -161,6 +161,8 @@ def test_the_model_card_carries_the_reports_numbers(workspace):
     assert [r["name"] for r in cost][0] == "teacher (HiFT)" and len(cost) == 4
     assert f"| teacher (HiFT) | {cost[0]['bytes']:,} |" in card.text
     assert 'Vocos.from_pretrained("acme/tiny-vocos")' in card.text
+    assert 'use_student(model, "acme/tiny-vocos")' in card.text
+    assert "look-ahead of 11 frames (220 ms)" in card.text  # 2 blocks: 3 + 3 x 2 + 2
 
 
 def test_listening_page_plays_in_headless_chromium(workspace, tmp_path):

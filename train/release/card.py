@@ -200,6 +200,13 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
         'wav = session.run(None, {"mel": mel.astype(np.float32)})[0]  # mel (B, 80, T) -> wav (B, T * 480)\n```\n'
         "The iSTFT is inside the graph (no PyTorch needed); the frame axis and the batch are dynamic."
     )
+    usage_chatterbox = (
+        "```python\nfrom chatterbox.tts import ChatterboxTTS\nfrom train.release.chatterbox import use_student\n\n"
+        'model = ChatterboxTTS.from_pretrained(device="cpu")\n'
+        f'hift = use_student(model, "{facts["repo_hint"]}")  # returns the vocoder it replaced\n'
+        'wav = model.generate("Hello.")\n```'
+    )
+    lookahead = facts.get("lookahead_frames", 3 + 3 * config["num_layers"] + 2)
     body = f"""
 # {facts["name"]}
 
@@ -258,8 +265,14 @@ With ONNX Runtime only:
 
 {usage_onnx}
 
-In Chatterbox: a `mel2wav` drop-in is not part of this release yet; `decode` above takes the mel
-that Chatterbox's S3Gen passes to `mel2wav.inference(speech_feat=...)`.
+In Chatterbox, with vocos-distill's drop-in (`train.release.chatterbox`; it needs torch and `vocos`), after
+the model is loaded; HiFT stays in place, with a warning, if this model cannot be loaded:
+
+{usage_chatterbox}
+
+Streaming: `ChatterboxStream(model)` (after `use_student(..., runtime="torch")`) decodes flow mels
+chunk by chunk, equal to offline decoding with a look-ahead of {lookahead} frames ({lookahead * 20} ms);
+`ChatterboxStream(model, lookahead=n)` trades exactness for latency.
 
 `listen.html` (with `listen/`) compares ground truth, teacher and this model on held-out speech;
 `release.json` lists every file's sha256.

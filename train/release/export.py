@@ -45,6 +45,7 @@ from train.release.vocos_layout import feature_residual, load_vocos, write_vocos
 from train.student.graph import ISTFT_FORMS, OnnxVocoder, export_onnx, session
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared, strip
+from train.student.streaming import receptive_field
 from train.utils.errors import ConfigError
 from train.utils.files import temporary_path
 
@@ -362,6 +363,7 @@ def _build(
         "name": name,
         "config": plain.config,
         "parameters": sum(p.numel() for p in plain.parameters()),
+        "lookahead_frames": receptive_field(plain).right,
         "report": report,
         "cost": cost,
         "int8": int8,
