@@ -171,6 +171,14 @@ def test_streamed_speech_equals_s3gen_speech(swapped):
         assert (torch.cat(pieces, -1) - wav).abs().max() < 1e-5
     with pytest.raises(TypeError, match="Vocos student"):
         ChatterboxStream(torch.nn.Linear(2, 2))
+    from helpers import tiny_config
+
+    from train.s3gen.hift import HiFTGenerator
+
+    with_hift = torch.nn.Module()
+    with_hift.mel2wav = HiFTGenerator(**tiny_config())
+    with pytest.raises(TypeError, match="Vocos student"):  # HiFT in place: nothing to stream
+        ChatterboxStream(with_hift)
 
 
 def test_a_missing_release_keeps_hift_and_says_why(s3gen, tmp_path):
@@ -240,11 +248,18 @@ def test_the_drop_in_takes_half_precision_and_refuses_bad_mels(release):
     assert torchao.runtime == "torch-int8" and snr > 20
 
 
-def test_streaming_refuses_an_onnx_runtime_with_what_to_do(s3gen, release):
+def test_an_onnx_runtime_streams_through_windows(s3gen, release):
+    """The int8 graph in place streams too (WindowedStream): its activation scales follow each
+    window, so it is held to an SNR against its own offline output."""
     previous = use_student(s3gen, release, runtime="int8")
     try:
-        with pytest.raises(TypeError, match="runtime='torch'"):
-            ChatterboxStream(s3gen)
+        mel = torch.randn(1, 80, 90, generator=torch.Generator().manual_seed(4)) - 5
+        wav = speak(s3gen, mel)
+        stream = ChatterboxStream(s3gen)
+        played = [stream.push(mel[..., i : i + 9]) for i in range(0, 90, 9)] + [stream.flush()]
+        streamed = torch.cat(played, -1)
+        assert streamed.shape == wav.shape and streamed[:, :480].abs().max() == 0  # S3Gen's fade, once
+        assert 10 * torch.log10(wav.pow(2).sum() / (streamed - wav).pow(2).sum()) > 30
     finally:
         s3gen.mel2wav = previous
 

@@ -80,12 +80,12 @@ def streaming_run(
 ) -> dict:
     """The streaming figures, in one run: first-audio latency of HiFT (its measured look-ahead,
     run on a window) and of each student (streamed at its full field, and at ``short_lookahead``
-    frames; a QAT checkpoint on torchao's int8 kernels, an ONNX graph on a window); then, per
+    frames; a QAT checkpoint on torchao's int8 kernels, an ONNX graph through windows); then, per
     student, the look-ahead table and the seam comparison on ``clips`` (S3Gen mels ``(80, T)``)."""
     from train.evaluation.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
     from train.student.graph import OnnxVocoder
     from train.student.quantized import int8_kernels, is_prepared
-    from train.student.streaming import receptive_field
+    from train.student.streaming import stream_for
 
     teacher = stand_in_teacher()
     hift_lookahead = max(probe_lookahead(teacher, seed=s, seeded_noise=True) for s in range(3))
@@ -94,13 +94,11 @@ def streaming_run(
     for name, path in zip(short_names(students), students, strict=True):
         model = load_student(path)
         if isinstance(model, OnnxVocoder):
-            field = receptive_field(build_student(**{k: v for k, v in model.config.items() if k != "fake_quant"}))
-            models.append((f"{name} (ONNX Runtime)", model, "window", field.right))
-            continue
-        if is_prepared(model):
+            name = f"{name} (ONNX Runtime, windows)"
+        elif is_prepared(model):
             model = int8_kernels(model).eval()
             name = f"{name} (torchao int8)"
-        models.append((name, model, "stream", receptive_field(model).right))
+        models.append((name, model, "stream", stream_for(model).field.right))
         if short_lookahead is not None:
             models.append((name, model, "stream", short_lookahead))
         streamable.append((name, model))

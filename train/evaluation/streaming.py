@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from train.evaluation.metrics import MetricError, QualityMetrics, mel_distance_db, pesq_wb
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
-from train.student.streaming import StreamingVocoder, receptive_field
+from train.student.streaming import stream_for
 
 log = logging.getLogger(__name__)
 FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE
@@ -102,14 +102,14 @@ def lookahead_rows(
     PESQ-wb, the largest sample difference, and the latency (look-ahead + the median compute of
     one push, 1 thread as the caller set)."""
     metrics = metrics or QualityMetrics(naturalness=None)
-    field = receptive_field(student)
+    field = stream_for(student).field
     with torch.inference_mode():
         offline = [student(mel.unsqueeze(0) if mel.dim() == 2 else mel).reshape(-1) for mel in mels]
     references = [metrics.analyse(wav) for wav in offline]
     rows = []
     for lookahead in lookaheads:
         frames = field.right if lookahead is None else lookahead
-        stream = StreamingVocoder(student, frames)
+        stream = stream_for(student, frames)
         distances, pesqs, worst = [], [], 0.0
         for mel, reference, wav in zip(mels, references, offline, strict=True):
             mel = mel.unsqueeze(0) if mel.dim() == 2 else mel
@@ -140,10 +140,10 @@ def lookahead_rows(
 def _push_ms(student: nn.Module, mel: Tensor, lookahead: int, chunk_frames: int, repeats: int) -> float:
     """Median time of one push of ``chunk_frames`` frames into a stream well under way."""
     mel = mel.unsqueeze(0) if mel.dim() == 2 else mel
-    warm = min(mel.shape[-1] - chunk_frames, 2 * receptive_field(student).right)
+    warm = min(mel.shape[-1] - chunk_frames, 2 * stream_for(student).field.right)
     times = []
     for _ in range(max(1, repeats) + 1):  # the first is a warm-up
-        stream = StreamingVocoder(student, lookahead)
+        stream = stream_for(student, lookahead)
         stream.push(mel[..., :warm])
         start = time.perf_counter()
         stream.push(mel[..., warm : warm + chunk_frames])
@@ -177,9 +177,9 @@ def first_audio_rows(
     chunk_frames: Sequence[int] = (10, 25, 50),
     repeats: int = 5,
 ) -> list[dict]:
-    """``(name, model, how, look-ahead)`` each: ``how`` is ``"stream"`` (a fresh
-    :class:`StreamingVocoder` pushed the first ``C + look-ahead`` frames) or ``"window"`` (the
-    model run on the first ``C + look-ahead`` frames, as HiFT or an ONNX graph would be).
+    """``(name, model, how, look-ahead)`` each: ``how`` is ``"stream"`` (a fresh stream,
+    :func:`~train.student.streaming.stream_for`, pushed the first ``C + look-ahead`` frames) or
+    ``"window"`` (the model run on the first ``C + look-ahead`` frames, as for HiFT).
     Returns per chunk size the compute (ms) and the first audio (look-ahead ms + compute)."""
     generator = torch.Generator().manual_seed(0)
     mel = torch.randn(1, 80, max(chunk_frames) + 64, generator=generator) - 5.0
@@ -191,7 +191,7 @@ def first_audio_rows(
             if how == "stream":
 
                 def call(first=first, model=model, lookahead=lookahead, c=c):
-                    out = StreamingVocoder(model, lookahead).push(first)
+                    out = stream_for(model, lookahead).push(first)
                     assert out.shape[-1] == c * HOP_LENGTH
 
             else:
@@ -215,14 +215,14 @@ def seam_rows(
     seam_span: int = 24,
 ) -> list[dict]:
     """The seam metric and the distance from offline audio on the same chunks, for: offline
-    decoding (the reference: no chunks, the same spans), :class:`StreamingVocoder` (exact),
+    decoding (the reference: no chunks, the same spans), the stream (exact field),
     :func:`overlap_fade` (``overlap`` frames, no look-ahead), and chunks decoded alone and
     concatenated. The seam metric looks ``seam_span`` samples either side of each join (1 ms:
     where a click is); the SNR against offline audio, the cross-fade's span either side."""
     span = overlap * HOP_LENGTH
     methods: dict[str, Callable[[Tensor], Tensor]] = {
         "offline (no chunks)": lambda mel: student(mel),
-        "streaming, exact (this project)": lambda mel: StreamingVocoder(student).decode(mel, chunk_frames),
+        "streaming at the full field (this project)": lambda mel: stream_for(student).decode(mel, chunk_frames),
         f"overlap-and-fade ({overlap} frames)": lambda mel: overlap_fade(student, mel, chunk_frames, overlap),
         "chunks decoded alone, concatenated": lambda mel: overlap_fade(student, mel, chunk_frames, 0),
     }

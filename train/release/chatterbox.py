@@ -11,7 +11,7 @@ Turbo loads its checkpoint strictly) and hands back the vocoder it replaced; wit
 HiFT in place with a warning that says why.
 
 :class:`ChatterboxStream` decodes mels as they arrive in chunks through
-:class:`~train.student.streaming.StreamingVocoder` and applies S3Gen's fade to the stream's
+:mod:`train.student.streaming` and applies S3Gen's fade to the stream's
 first samples, so streamed speech equals the speech of ``s3gen.inference`` on the same mels.
 
 What this needs at run time: torch and ``vocos`` (the fp32 weights in vocos' layout), plus
@@ -31,7 +31,7 @@ import yaml
 from torch import Tensor, nn
 
 from train.s3gen.mel import MEL_SPEC
-from train.student.streaming import StreamingVocoder
+from train.student.streaming import stream_for
 from train.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -296,22 +296,18 @@ class ChatterboxStream:
     """Streamed S3Gen speech: flow mels in as they come, audio out, equal to what
     ``s3gen.inference`` makes of the whole mel (S3Gen's fade of the first 960 samples included).
 
-    ``vocoder``: a :class:`ChatterboxVocoder` on a PyTorch runtime, a Chatterbox model or S3Gen
-    with one in place, or any student :class:`StreamingVocoder` takes. ``lookahead``: see
-    :class:`StreamingVocoder` (default: exact).
+    ``vocoder``: a :class:`ChatterboxVocoder`, a Chatterbox model or S3Gen with one in place, or
+    a student. A PyTorch runtime streams with a state per layer
+    (:class:`~train.student.streaming.StreamingVocoder`), an ONNX one through bounded windows
+    (:class:`~train.student.streaming.WindowedStream`: fp32 equal to offline, int8 within its own
+    tolerance). ``lookahead``: frames held back (default: the receptive field, exact).
     """
 
     def __init__(self, vocoder: Any, lookahead: int | None = None) -> None:
         if not isinstance(vocoder, nn.Module) or hasattr(vocoder, "mel2wav") or hasattr(vocoder, "s3gen"):
             vocoder = s3gen_of(vocoder).mel2wav
-        if isinstance(vocoder, ChatterboxVocoder) and vocoder.runtime in ("onnx", "int8"):
-            raise TypeError(
-                f"the vocoder in place runs on ONNX Runtime (runtime={vocoder.runtime!r}), which cannot carry a "
-                "stream's state: put the student in with use_student(model, source, runtime='torch') (or "
-                "'torch-int8') to stream"
-            )
         model = vocoder.vocoder if isinstance(vocoder, ChatterboxVocoder) else vocoder
-        self.stream = StreamingVocoder(model, lookahead)
+        self.stream = stream_for(model, lookahead)
         fade = torch.zeros(TRIM_SAMPLES)
         half = TRIM_SAMPLES // 2
         fade[half:] = (torch.cos(torch.linspace(torch.pi, 0, half)) + 1) / 2  # as S3Gen's trim_fade

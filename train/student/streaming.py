@@ -71,10 +71,8 @@ def _convs(backbone: nn.Module) -> list[nn.Conv1d]:
     return [backbone.embed] + [block.dwconv for block in backbone.convnext]
 
 
-def _istft_context(head: nn.Module) -> tuple[int, int]:
-    """Frames before / after a frame's own that its samples' overlap-add reads."""
-    istft = head.istft
-    hop, n_fft = istft.hop_length, istft.win_length
+def _istft_context(n_fft: int, hop: int) -> tuple[int, int]:
+    """Frames before / after a frame's own that its samples' overlap-add reads ("same" padding)."""
     pad = (n_fft - hop) // 2
     # samples of frame f sit at padded positions f * hop + pad .. f * hop + pad + hop - 1; frame g covers
     # g * hop .. g * hop + n_fft - 1
@@ -91,8 +89,18 @@ def receptive_field(model: nn.Module) -> Field:
     """
     backbone, head = _parts(model)
     backbone_context = sum(conv.padding[0] for conv in _convs(backbone))
-    left, right = _istft_context(head)
+    left, right = _istft_context(head.istft.win_length, head.istft.hop_length)
     frame_ms = 1000.0 * head.istft.hop_length / SAMPLE_RATE
+    return Field(left=backbone_context + left, right=backbone_context + right, frame_ms=frame_ms)
+
+
+def config_field(config: dict) -> Field:
+    """:func:`receptive_field` of a stock student from its build config (``build_student``'s
+    arguments, as checkpoints and ONNX graphs record them): kernel-7 convs, one per block and
+    the embedding."""
+    backbone_context = 3 * (config["num_layers"] + 1)
+    left, right = _istft_context(config["n_fft"], config["hop_length"])
+    frame_ms = 1000.0 * config["hop_length"] / SAMPLE_RATE
     return Field(left=backbone_context + left, right=backbone_context + right, frame_ms=frame_ms)
 
 
@@ -100,44 +108,34 @@ class StreamClosedError(RuntimeError):
     """``push`` after ``flush``: the stream has ended (``reset()`` starts a new one)."""
 
 
-class StreamingVocoder:
-    """Decode a mel stream chunk by chunk: ``push(chunk)`` returns the audio that is final so
-    far, ``flush()`` the rest. Chunks are ``(B, n_mels, frames)`` with any number of frames
-    (zero included); the batch size is fixed by the first chunk.
+class MelStream:
+    """What every stream shares: ``push(chunk)`` returns the audio that is final so far,
+    ``flush()`` the rest; chunks are ``(B, n_mels, frames)`` with any number of frames (zero
+    included), the batch size fixed by the first chunk. A refused chunk (wrong shape, NaN or
+    inf, another batch size) raises before anything changes, so the stream goes on as if it had
+    not been offered.
 
-    ``lookahead``: mel frames held back before the audio of a frame is emitted; ``None`` (the
-    default) is the right side of :func:`receptive_field`, which makes the stream equal to
-    offline decoding. Fewer frames lower the latency by ``frame_ms`` each and make the audio
-    near each chunk's end approximate.
+    ``lookahead``: mel frames held back before a frame's audio is emitted; ``None`` (the default)
+    is the right side of the receptive field, which makes the stream equal to offline decoding.
+    Each frame fewer lowers the latency by 20 ms and makes the audio near each chunk's end
+    approximate (decoded as if the utterance ended at the last frame pushed)."""
 
-    Work per push is proportional to the chunk's frames plus a constant: each convolution
-    keeps ``kernel - 1`` frames of its input, the overlap-add ``n_fft - hop`` samples.
-    """
-
-    def __init__(self, model: nn.Module, lookahead: int | None = None) -> None:
-        self.model = model
-        self.backbone, self.head = _parts(model)
-        self.field = receptive_field(model)
+    def __init__(self, n_mels: int, hop: int, field: Field, lookahead: int | None) -> None:
         if lookahead is None:
-            lookahead = self.field.right
+            lookahead = field.right
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
             raise ValueError(f"lookahead must be a whole number of frames >= 0 (or None); got {lookahead!r}")
-        self.lookahead = lookahead
-        self.exact = lookahead >= self.field.right
-        self.n_mels = self.backbone.embed.in_channels
-        istft = self.head.istft
-        self.hop, self.n_fft = istft.hop_length, istft.win_length
-        self.pad = (self.n_fft - self.hop) // 2
+        self.n_mels, self.hop, self.field, self.lookahead = n_mels, hop, field, lookahead
+        self.exact = lookahead >= field.right
         self.reset()
-
-    # -- public -----------------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget the stream; the next push starts a new utterance."""
-        self._state: dict | None = None
+        self._batch: int | None = None
         self._frames = 0  # mel frames pushed
         self._emitted = 0  # samples returned
         self._closed = False
+        self._reset()
 
     @property
     def frames_pushed(self) -> int:
@@ -153,34 +151,22 @@ class StreamingVocoder:
             raise StreamClosedError("push() after flush(): this stream has ended; call reset() to start another")
         mel = self._check(mel)
         with torch.inference_mode():
-            state = self._state or self._initial_state(mel)
-            state, ready = self._exact(state, mel, final=False)
-            frames = self._frames + mel.shape[-1]
-            target = max(self._emitted, (frames - self.lookahead) * self.hop)
-            take = max(0, min(target, state["exact_end"]) - self._emitted)
-            out, state["ready"] = ready[..., :take], ready[..., take:]
-            start = max(self._emitted, state["exact_end"])
-            if target > start:  # ahead of the exact audio: decode as if the utterance ended here
-                _, guess = self._advance(state, mel[..., :0], final=True)
-                offset = start - state["exact_end"]
-                out = torch.cat([out, guess[..., offset : offset + target - start]], dim=-1)
-        # commit only now: an error above leaves the stream as it was
-        self._state, self._frames, self._emitted = state, frames, self._emitted + out.shape[-1]
+            out = self._push(mel)  # computes without changing the stream, then commits
+        self._batch = mel.shape[0]
+        self._frames += mel.shape[-1]
+        self._emitted += out.shape[-1]
         return out
 
     def flush(self) -> Tensor:
         """End the stream and return the rest of the audio: in all, ``frames * hop`` samples."""
         if self._closed:
             raise StreamClosedError("flush() after flush(): this stream has ended; call reset() to start another")
-        if self._state is None:  # nothing was pushed
-            self._closed = True
+        self._closed = True
+        if self._batch is None:  # nothing was pushed
             return torch.zeros(0, 0)
         with torch.inference_mode():
-            state = self._state
-            empty = torch.zeros(state["batch"], self.n_mels, 0, device=state["device"])
-            _, out = self._exact(state, empty, final=True)
+            out = self._flush()
         self._emitted += out.shape[-1]
-        self._state, self._closed = None, True
         return out
 
     def decode(self, mel: Tensor, chunk_frames: int | Sequence[int]) -> Tensor:
@@ -201,8 +187,6 @@ class StreamingVocoder:
         pieces.append(self.flush())
         return torch.cat([p.reshape(mel.shape[0], -1) for p in pieces], dim=-1)
 
-    # -- internals --------------------------------------------------------------------------------
-
     def _check(self, mel: Tensor) -> Tensor:
         if not isinstance(mel, Tensor):
             raise TypeError(f"a mel chunk must be a tensor (B, {self.n_mels}, frames); got {type(mel).__name__}")
@@ -211,13 +195,67 @@ class StreamingVocoder:
                 f"a mel chunk must be (B, {self.n_mels}, frames): this vocoder takes {self.n_mels} mel bins; "
                 f"got shape {tuple(mel.shape)}"
             )
-        if self._state is not None and mel.shape[0] != self._state["batch"]:
-            raise ValueError(f"this stream has batch size {self._state['batch']}; got a chunk of {mel.shape[0]}")
+        if self._batch is not None and mel.shape[0] != self._batch:
+            raise ValueError(f"this stream has batch size {self._batch}; got a chunk of {mel.shape[0]}")
         bad = (~torch.isfinite(mel)).sum().item()
         if bad:
             raise ValueError(f"the mel chunk has {bad} non-finite values (NaN or inf); nothing was decoded")
-        weight = self.backbone.embed.weight
-        return mel.to(device=weight.device, dtype=torch.float32)
+        return mel.to(device=self._device(), dtype=torch.float32)
+
+    def _device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _push(self, mel: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _flush(self) -> Tensor:
+        raise NotImplementedError
+
+
+class StreamingVocoder(MelStream):
+    """A Vocos student decoded as a stream, with a state per layer (see the module docstring).
+
+    Work per push is proportional to the chunk's frames plus a constant: each convolution
+    keeps ``kernel - 1`` frames of its input, the overlap-add ``n_fft - hop`` samples.
+    """
+
+    def __init__(self, model: nn.Module, lookahead: int | None = None) -> None:
+        self.model = model
+        self.backbone, self.head = _parts(model)
+        istft = self.head.istft
+        self.n_fft = istft.win_length
+        self.pad = (self.n_fft - istft.hop_length) // 2
+        super().__init__(self.backbone.embed.in_channels, istft.hop_length, receptive_field(model), lookahead)
+
+    def _reset(self) -> None:
+        self._state: dict | None = None
+
+    def _device(self) -> torch.device:
+        return self.backbone.embed.weight.device
+
+    def _push(self, mel: Tensor) -> Tensor:
+        state = self._state or self._initial_state(mel)
+        state, ready = self._exact(state, mel, final=False)
+        frames = self._frames + mel.shape[-1]
+        target = max(self._emitted, (frames - self.lookahead) * self.hop)
+        take = max(0, min(target, state["exact_end"]) - self._emitted)
+        out, state["ready"] = ready[..., :take], ready[..., take:]
+        start = max(self._emitted, state["exact_end"])
+        if target > start:  # ahead of the exact audio: decode as if the utterance ended here
+            _, guess = self._advance(state, mel[..., :0], final=True)
+            offset = start - state["exact_end"]
+            out = torch.cat([out, guess[..., offset : offset + target - start]], dim=-1)
+        self._state = state
+        return out
+
+    def _flush(self) -> Tensor:
+        state, self._state = self._state, None
+        empty = torch.zeros(state["batch"], self.n_mels, 0, device=state["device"])
+        _, out = self._exact(state, empty, final=True)
+        return out
 
     def _initial_state(self, mel: Tensor) -> dict:
         batch, device = mel.shape[0], mel.device
@@ -322,6 +360,65 @@ class StreamingVocoder:
         return F.fold(frames, output_size=(1, length), kernel_size=(1, self.n_fft), stride=(1, self.hop))[:, 0, 0]
 
 
+class WindowedStream(MelStream):
+    """Any ``mel -> wav`` vocoder with a known receptive field streamed by decoding a bounded
+    window per push: the frames to emit, ``field.left`` frames before them and every frame
+    pushed after them. An ONNX graph streams this way (:class:`~train.student.graph.OnnxVocoder`
+    keeps no state between calls). Each emitted frame's window holds its whole receptive field,
+    so an fp32 graph equals offline decoding; an int8 graph whose activations are quantised per
+    call (ONNX Runtime's dynamic quantisation) comes within its own tolerance, as its scales
+    follow the window. Work per push: ``chunk + field.left + lookahead`` frames at most.
+    """
+
+    def __init__(self, model: nn.Module, field: Field, lookahead: int | None = None) -> None:
+        self.model = model
+        n_mels = getattr(model, "n_mels", None) or model.config["input_channels"]
+        hop = getattr(model, "hop_length", None) or model.config["hop_length"]
+        super().__init__(n_mels, hop, field, lookahead)
+
+    def _reset(self) -> None:
+        self._held: Tensor | None = None  # mel frames from self._start on
+        self._start = 0
+
+    def _emit(self, mel: Tensor, frames: int, target: int) -> Tensor:
+        done = self._emitted // self.hop
+        held = mel if self._held is None else torch.cat([self._held, mel], dim=-1)
+        out = held.new_zeros(held.shape[0], 0)
+        if target > done:
+            first = max(0, done - self.field.left)
+            audio = self.model(held[..., first - self._start : frames - self._start]).float()
+            out = audio[..., (done - first) * self.hop : (target - first) * self.hop]
+        start = max(0, target - self.field.left)
+        self._held, self._start = held[..., start - self._start :], start
+        return out
+
+    def _push(self, mel: Tensor) -> Tensor:
+        frames = self._frames + mel.shape[-1]
+        return self._emit(mel, frames, max(self._emitted // self.hop, frames - self.lookahead))
+
+    def _flush(self) -> Tensor:
+        empty = self._held[..., :0]
+        return self._emit(empty, self._frames, self._frames)
+
+
+def stream_for(model: nn.Module, lookahead: int | None = None) -> MelStream:
+    """The right stream for ``model``: :class:`StreamingVocoder` for a student in PyTorch,
+    :class:`WindowedStream` for a student's ONNX graph (its field read off its config)."""
+    if hasattr(model, "backbone") and hasattr(model, "head"):
+        return StreamingVocoder(model, lookahead)
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and "num_layers" in config:
+        from train.student.model import build_student
+
+        shape = {
+            k: config[k] for k in ("input_channels", "dim", "intermediate_dim", "num_layers", "n_fft", "hop_length")
+        }
+        return WindowedStream(
+            model, receptive_field(build_student(**{**shape, "dim": 1, "intermediate_dim": 1})), lookahead
+        )
+    return StreamingVocoder(model, lookahead)  # raises, saying what can stream
+
+
 def stream(model: nn.Module, mel: Tensor, chunk_frames: int | Sequence[int], lookahead: int | None = None) -> Tensor:
     """``model``'s audio for ``mel`` decoded in chunks (see :class:`StreamingVocoder`)."""
-    return StreamingVocoder(model, lookahead).decode(mel, chunk_frames)
+    return stream_for(model, lookahead).decode(mel, chunk_frames)
