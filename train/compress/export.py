@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from train.compress.runtime import compare, snr_db
+from train.compress.runtime import compare
 from train.data.datamodule import held_out_items
+from train.evaluation.metrics import snr_db
 from train.evaluation.pipeline import sha256_file
 from train.evaluation.report import rows_table
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE

@@ -23,17 +23,12 @@ from torchao.quantization import quantize_
 from torchao.quantization.qat import QATConfig
 
 from train.evaluation.cost import threads, time_call
+from train.evaluation.metrics import snr_db
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.graph import OnnxVocoder, export_onnx
 from train.student.quantized import base_config, int8_kernels, prepare, strip
 
 log = logging.getLogger(__name__)
-
-
-def snr_db(reference: Tensor, estimate: Tensor) -> float:
-    """10 log10(|reference|^2 / |reference - estimate|^2) over all samples."""
-    noise = (reference - estimate).pow(2).sum().clamp_min(1e-20)
-    return float(10 * torch.log10(reference.pow(2).sum() / noise))
 
 
 def candidates(qat_student: nn.Module, folder: Path, compile: bool = True) -> list[tuple[str, Callable, str]]:

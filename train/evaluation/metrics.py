@@ -342,6 +342,13 @@ def stoi(estimate: Analysis, reference: Analysis, extended: bool = False) -> flo
     return value
 
 
+def snr_db(reference: Tensor, estimate: Tensor) -> float:
+    """10 log10(|reference|^2 / |reference - estimate|^2) over all samples: how closely one
+    runtime or decoding reproduces another's waveform (not a quality score against audio)."""
+    noise = (reference - estimate).pow(2).sum().clamp_min(1e-20)
+    return float(10 * torch.log10(reference.pow(2).sum() / noise))
+
+
 def mel_distance_db(estimate: Analysis, reference: Analysis) -> float:
     n = min(estimate.mel.shape[-1], reference.mel.shape[-1])
     return DB_PER_NEPER * (estimate.mel[:, :n] - reference.mel[:, :n]).abs().mean().item()

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from train.evaluation.metrics import MetricError, QualityMetrics, mel_distance_db, pesq_wb
+from train.evaluation.cost import time_call
+from train.evaluation.metrics import MetricError, QualityMetrics, mel_distance_db, pesq_wb, snr_db
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.streaming import stream_for
 
@@ -72,21 +73,6 @@ def seam_db(wav: Tensor, joins: Sequence[int], span: int) -> float:
     if not near.any() or near.all():
         raise ValueError("seam_db needs joins inside the signal and samples away from them")
     return float(10 * torch.log10(diff[near].mean() / diff[~near].mean().clamp_min(1e-20)))
-
-
-def snr_db(reference: Tensor, estimate: Tensor) -> float:
-    noise = (reference - estimate).pow(2).sum().clamp_min(1e-20)
-    return float(10 * torch.log10(reference.pow(2).sum().clamp_min(1e-20) / noise))
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def lookahead_rows(
@@ -200,7 +186,7 @@ def first_audio_rows(
                     with torch.inference_mode():
                         model(first)
 
-            compute = _median_ms(call, repeats)
+            compute = 1000 * time_call(call, repeats)
             row[f"compute_ms_{c}"] = compute
             row[f"first_audio_ms_{c}"] = lookahead * FRAME_MS + compute
         rows.append(row)

@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from train.data.datamodule import held_out_items
 from train.evaluation import benchmark
+from train.evaluation.metrics import snr_db
 from train.evaluation.pipeline import load_optional_teacher, sha256_file
 from train.evaluation.report import read_report, table
 from train.release import card, listen
@@ -427,7 +428,6 @@ def _verify(
     mels: list[torch.Tensor],
 ) -> dict[str, Any]:
     """Every exported form against the PyTorch student, on the held-out mels; raises on a miss."""
-    from train.compress.runtime import snr_db
 
     vocos_diff, onnx_diff, snrs = 0.0, 0.0, []
     with torch.inference_mode():

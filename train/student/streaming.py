@@ -89,19 +89,19 @@ def receptive_field(model: nn.Module) -> Field:
     """
     backbone, head = _parts(model)
     backbone_context = sum(conv.padding[0] for conv in _convs(backbone))
-    left, right = _istft_context(head.istft.win_length, head.istft.hop_length)
-    frame_ms = 1000.0 * head.istft.hop_length / SAMPLE_RATE
-    return Field(left=backbone_context + left, right=backbone_context + right, frame_ms=frame_ms)
+    return _field(backbone_context, head.istft.win_length, head.istft.hop_length)
 
 
 def config_field(config: dict) -> Field:
     """:func:`receptive_field` of a stock student from its build config (``build_student``'s
     arguments, as checkpoints and ONNX graphs record them): kernel-7 convs, one per block and
     the embedding."""
-    backbone_context = 3 * (config["num_layers"] + 1)
-    left, right = _istft_context(config["n_fft"], config["hop_length"])
-    frame_ms = 1000.0 * config["hop_length"] / SAMPLE_RATE
-    return Field(left=backbone_context + left, right=backbone_context + right, frame_ms=frame_ms)
+    return _field(3 * (config["num_layers"] + 1), config["n_fft"], config["hop_length"])
+
+
+def _field(backbone_context: int, n_fft: int, hop: int) -> Field:
+    left, right = _istft_context(n_fft, hop)
+    return Field(left=backbone_context + left, right=backbone_context + right, frame_ms=1000.0 * hop / SAMPLE_RATE)
 
 
 class StreamClosedError(RuntimeError):
@@ -253,7 +253,7 @@ class StreamingVocoder(MelStream):
 
     def _flush(self) -> Tensor:
         state, self._state = self._state, None
-        empty = torch.zeros(state["batch"], self.n_mels, 0, device=state["device"])
+        empty = torch.zeros(self._batch, self.n_mels, 0, device=self._device())
         _, out = self._exact(state, empty, final=True)
         return out
 
@@ -261,8 +261,6 @@ class StreamingVocoder(MelStream):
         batch, device = mel.shape[0], mel.device
         convs = _convs(self.backbone)
         return {
-            "batch": batch,
-            "device": device,
             # each conv's left zero padding, as its own padding would supply
             "context": [torch.zeros(batch, c.in_channels, c.padding[0], device=device) for c in convs],
             "ola": torch.zeros(batch, self.n_fft - self.hop, device=device),
