@@ -68,9 +68,26 @@ def test_evaluate_script_writes_report_summary_plots_and_logs(tmp_path, workspac
     assert report["parent"]["path"] == str(workspace["ckpt"]) and report["parent"]["config"]["dim"] == 32
     # an untrained student is far from both: the gates must say so
     gates = {g["name"]: g for g in report["gates"]}
-    assert set(gates) == {"pesq", "stoi", "spectral_distance", "naturalness_drop"}
+    assert set(gates) == {
+        "beats_floor_pesq",
+        "beats_floor_mel",
+        "pesq",
+        "stoi",
+        "spectral_distance",
+        "naturalness_drop",
+    }
     assert gates["pesq"]["status"] == "fail" and gates["spectral_distance"]["status"] == "fail"
     assert report["verdict"] == "fail"
+    # ... and that it does not beat the Griffin-Lim floor, the reason naming it and its figure
+    assert report["floor"] == {"kind": "griffin_lim", "n_iter": 64, "momentum": 0.99, "seed": 0}
+    floor_pesq = report["summary"]["griffin_lim_vs_audio"]["pesq_wb"]["mean"]
+    assert floor_pesq > 1.5  # the floor itself is sound on real speech
+    assert gates["beats_floor_pesq"]["status"] == "fail" and gates["beats_floor_pesq"]["threshold"] == floor_pesq
+    assert f"is not above griffin_lim_vs_audio ({floor_pesq:.3g})" in gates["beats_floor_pesq"]["reason"]
+    assert (
+        gates["beats_floor_mel"]["status"] == "fail"
+        and "is not below griffin_lim_vs_audio" in (gates["beats_floor_mel"]["reason"])
+    )
     teacher_row, student_row = report["cost"]["models"]
     assert teacher_row["params"] == sum(
         p.numel() for p in HiFTGenerator(**tiny_config()).fold_weight_norm().parameters()
@@ -80,6 +97,8 @@ def test_evaluate_script_writes_report_summary_plots_and_logs(tmp_path, workspac
 
     summary = (run / "summary.md").read_text()
     assert "| pesq | pesq_wb | student_vs_teacher | > 3.5 |" in summary and "## Cost" in summary
+    assert "| beats_floor_pesq | pesq_wb | student_vs_audio | > griffin_lim_vs_audio |" in summary
+    assert "floor: Griffin-Lim, 64 iterations" in summary
     assert sorted(report["files"]["plots"]) == ["plots/mel_0.png", "plots/mel_1.png", "plots/metrics.png"]
     assert all((run / p).stat().st_size > 10_000 for p in report["files"]["plots"])
     with open(next(run.rglob("metrics.csv"))) as f:
@@ -96,8 +115,17 @@ def test_without_hub_access_the_teacher_is_skipped_unless_required(tmp_path, wor
     cfg = compose([*args, f"checkpoint={workspace['ckpt']}"], tmp_path, "evaluate")
     report = evaluate(cfg)
     assert report["teacher"]["status"] == "unavailable" and "teacher.checkpoint=" in report["teacher"]["reason"]
-    assert set(report["summary"]) == {"student_vs_audio"}
-    assert {g["status"] for g in report["gates"]} == {"skipped"} and report["verdict"] == "incomplete"
+    assert set(report["summary"]) == {"student_vs_audio", "griffin_lim_vs_audio"}
+    # the teacher's gates cannot be checked; the floor's can, without the teacher
+    assert {g["name"]: g["status"] for g in report["gates"]} == {
+        "beats_floor_pesq": "fail",
+        "beats_floor_mel": "fail",
+        "pesq": "skipped",
+        "stoi": "skipped",
+        "spectral_distance": "skipped",
+        "naturalness_drop": "skipped",
+    }
+    assert report["verdict"] == "fail"
     assert report["cost"] is None
     with pytest.raises(WeightsUnavailableError, match="teacher.checkpoint="):
         evaluate(compose([*args, "require_teacher=true"], tmp_path, "evaluate"))

@@ -38,6 +38,27 @@ def test_gates_pass_fail_and_skip():
     assert missing["status"] == "skipped" and missing["reason"] == "no student_vs_audio scores"
 
 
+def test_a_gate_against_another_comparison_beats_a_baseline_or_says_by_how_much():
+    summary = {
+        "student_vs_audio": {"pesq_wb": summarise([2.5, 2.7]), "mel_distance_db": summarise([1.5, 1.7])},
+        "griffin_lim_vs_audio": {"pesq_wb": summarise([2.2, 2.4]), "mel_distance_db": summarise([1.1, 1.3])},
+    }
+    pesq = Gate("floor_pesq", "pesq_wb", "student_vs_audio", above="griffin_lim_vs_audio").check(summary)
+    assert pesq["status"] == "pass" and pesq["threshold"] == pytest.approx(2.3) and pesq["value"] == pytest.approx(2.6)
+    assert pesq["condition"] == "> griffin_lim_vs_audio" and pesq["reason"] is None
+    mel = Gate("floor_mel", "mel_distance_db", "student_vs_audio", below="griffin_lim_vs_audio").check(summary)
+    assert mel["status"] == "fail"
+    assert mel["reason"] == "student_vs_audio mel_distance_db 1.6 is not below griffin_lim_vs_audio (1.2)"
+    no_floor = Gate("f", "pesq_wb", "student_vs_audio", above="griffin_lim_vs_audio").check(
+        {"student_vs_audio": summary["student_vs_audio"]}
+    )
+    assert no_floor["status"] == "skipped" and no_floor["reason"] == "no griffin_lim_vs_audio scores"
+    with pytest.raises(ValueError, match=r"gates\.f\.above='hifi_gan': a number, or a comparison"):
+        Gate("f", "pesq_wb", "student_vs_audio", above="hifi_gan")
+    with pytest.raises(ValueError, match=r"gates\.f\.above='griffin_lim' has no pesq_wb to compare with"):
+        Gate("f", "pesq_wb", "student_vs_audio", above="griffin_lim")
+
+
 def test_verdict():
     def result(*statuses):
         return [{"status": s} for s in statuses]
@@ -88,6 +109,7 @@ def minimal_report() -> dict:
         "created": "2026-11-24T00:00:00+00:00",
         "checkpoint": {"path": "x.ckpt", "sha256": "0" * 64, "params": 10, "config": {"dim": 8}},
         "teacher": {"status": "loaded", "reason": None, "weights_id": "abc", "seed": 0},
+        "floor": {"kind": "griffin_lim", "n_iter": 64, "momentum": 0.99, "seed": 0},
         "data": {"sources": ["data/corpus"], "split": "val", "utterances": 2, "seconds": 3.0, "skipped": []},
         "metrics": report.metric_definitions(),
         "scoring": {"window_seconds": 30.0, "max_windows": 4, "rule": "windows"},
@@ -108,7 +130,7 @@ def test_report_round_trips_through_json_with_nan_as_null(tmp_path):
     assert back["gates"][0]["status"] == "pass" and back["verdict"] == "pass"
     assert list(back) == list(minimal_report())  # key order is part of the format
     markdown = report.to_markdown(back)
-    assert "| pesq | pesq_wb | student_vs_teacher | > 3.5 | 3.700 | pass |" in markdown
+    assert "| pesq | pesq_wb | student_vs_teacher | > 3.5 | 3.700 | 3.500 | pass |" in markdown
     assert "- teacher: loaded, weights abc, seed 0" in markdown
     assert "| pesq_wb (MOS-LQO) | 3.700 [2.429, 4.971] |" in markdown  # mean [95 % interval]
     assert not list(tmp_path.glob(".*tmp"))

@@ -2,7 +2,9 @@
 
 1. Vocode every held-out mel with the student; score it against the teacher's waveform
    for the same mel (distillation fidelity) and against the ground-truth audio, and score
-   the teacher against the ground truth for scale (:mod:`train.evaluation.metrics`).
+   the teacher against the ground truth for scale (:mod:`train.evaluation.metrics`). The
+   Griffin-Lim floor (:mod:`train.evaluation.griffin_lim`) is scored against the ground
+   truth too: the default gates fail a student that does not beat it.
 2. Summarise (mean, 95 % interval), check the quality gates, measure the cost of teacher
    and student side by side on the same mel (:mod:`train.evaluation.cost`).
 3. Write ``report.json``, ``summary.md`` and ``plots/`` into the run folder; log them to
@@ -157,6 +159,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     dataset = datamodule.evaluation_set(cfg.split, cfg.get("max_frames"))
     count = len(dataset) if cfg.get("max_utterances") is None else min(len(dataset), cfg.max_utterances)
     metrics: QualityMetrics = hydra.utils.instantiate(cfg.metrics)
+    floor = hydra.utils.instantiate(cfg.floor) if cfg.get("floor") else None
     gates = report.build_gates(cfg.get("gates"))
 
     utterances, mels, examples = [], [], []
@@ -170,6 +173,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if parent is not None:
             with torch.inference_mode():
                 wavs["parent"] = parent(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
+        if floor is not None and "audio" in item:
+            wavs["griffin_lim"] = floor(item["mel"].unsqueeze(0))[0]
         record, first = score_utterance(metrics, wavs, name, scoring.window_seconds, scoring.max_windows)
         utterances.append(record)
         mels.append(item["mel"])
@@ -197,6 +202,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if parent is None
         else {"path": str(parent_path), "sha256": sha256_file(parent_path), "config": parent.config},
         "teacher": {**teacher_info, "seed": cfg.data.teacher_seed},
+        "floor": None if floor is None else dict(floor.config),
         "data": {
             "sources": datamodule.sources,
             "split": cfg.split,

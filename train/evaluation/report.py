@@ -4,8 +4,9 @@ the cost table; written as JSON (schema: ``train/evaluation/report_schema.json``
 Scores are grouped by what was compared. Paired groups, ``<estimate>_vs_<reference>``:
 ``student_vs_teacher`` (distillation fidelity), ``student_vs_audio`` and ``teacher_vs_audio``
 (against the ground truth), and with a ``parent`` (the fp32 student a compressed one was made
-from) ``student_vs_parent`` and ``parent_vs_audio``. No-reference groups: ``student``,
-``teacher``, ``audio``, ``parent``.
+from) ``student_vs_parent`` and ``parent_vs_audio``; and ``griffin_lim_vs_audio``, the Griffin-Lim
+floor from the same mels (:mod:`train.evaluation.griffin_lim`). No-reference groups:
+``student``, ``teacher``, ``audio``, ``parent``, ``griffin_lim``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,20 @@ from typing import Any
 import jsonschema
 from scipy import stats
 
-from train.evaluation.metrics import NO_REFERENCE, PAIRED
+from train.evaluation.metrics import NO_REFERENCE, PAIRED, MetricInfo
 from train.utils.files import atomic_write_text
 
-SCHEMA_VERSION = 3  # 3: the parent comparison
+SCHEMA_VERSION = 4  # 3: the parent comparison; 4: the Griffin-Lim floor, gates against another comparison
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
-PAIRED_GROUPS = ("student_vs_teacher", "student_vs_audio", "teacher_vs_audio", "student_vs_parent", "parent_vs_audio")
-SYSTEMS = ("student", "teacher", "audio", "parent")
+PAIRED_GROUPS = (
+    "student_vs_teacher",
+    "student_vs_audio",
+    "teacher_vs_audio",
+    "student_vs_parent",
+    "parent_vs_audio",
+    "griffin_lim_vs_audio",
+)
+SYSTEMS = ("student", "teacher", "audio", "parent", "griffin_lim")
 GROUPS = PAIRED_GROUPS + SYSTEMS
 
 
@@ -58,50 +66,81 @@ def summarise_groups(utterances: list[Mapping[str, Any]]) -> dict[str, dict[str,
     return summary
 
 
+def _metrics_of(group: str) -> dict[str, MetricInfo]:
+    return PAIRED if group in PAIRED_GROUPS else NO_REFERENCE
+
+
+def _mean(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], group: str, metric: str) -> tuple[Any, str | None]:
+    """The mean of ``metric`` in ``group``, or ``None`` and why there is none."""
+    stat = summary.get(group, {}).get(metric)
+    if stat is None:
+        return None, f"no {group} scores"
+    if stat["mean"] is None:
+        return None, f"{metric} is NaN on every utterance of {group}"
+    return stat["mean"], None
+
+
 @dataclass(frozen=True)
 class Gate:
-    """Pass when the mean of ``metric`` in ``comparison`` is above ``above`` / below ``below``."""
+    """Pass when the mean of ``metric`` in ``comparison`` is above ``above`` / below ``below``:
+    a number, or another comparison whose mean of the same metric is the bar (a baseline to
+    beat, e.g. ``above: griffin_lim_vs_audio``)."""
 
     name: str
     metric: str
     comparison: str = "student_vs_teacher"
-    above: float | None = None
-    below: float | None = None
+    above: float | str | None = None
+    below: float | str | None = None
 
     def __post_init__(self) -> None:
         where = f"gates.{self.name}"
-        known = PAIRED if self.comparison in PAIRED_GROUPS else NO_REFERENCE
         if self.comparison not in GROUPS:
             raise ValueError(f"{where}.comparison={self.comparison!r}: choose one of {', '.join(GROUPS)}")
-        if self.metric not in known:
-            raise ValueError(f"{where}.metric={self.metric!r} is not a {self.comparison} metric: {', '.join(known)}")
+        if self.metric not in _metrics_of(self.comparison):
+            known = ", ".join(_metrics_of(self.comparison))
+            raise ValueError(f"{where}.metric={self.metric!r} is not a {self.comparison} metric: {known}")
         if (self.above is None) == (self.below is None):
             raise ValueError(f"{where}: set exactly one of `above` and `below`")
+        key = "above" if self.above is not None else "below"
+        if isinstance(self.bound, str):
+            if self.bound not in GROUPS:
+                raise ValueError(f"{where}.{key}={self.bound!r}: a number, or a comparison: {', '.join(GROUPS)}")
+            if self.metric not in _metrics_of(self.bound):
+                raise ValueError(f"{where}.{key}={self.bound!r} has no {self.metric} to compare with")
+
+    @property
+    def bound(self) -> float | str:
+        return self.above if self.above is not None else self.below
 
     @property
     def condition(self) -> str:
-        return f"> {self.above:g}" if self.above is not None else f"< {self.below:g}"
+        sign = ">" if self.above is not None else "<"
+        return f"{sign} {self.bound}" if isinstance(self.bound, str) else f"{sign} {self.bound:g}"
 
     def check(self, summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-        stat = summary.get(self.comparison, {}).get(self.metric)
-        value = None if stat is None else stat["mean"]
+        value, missing = _mean(summary, self.comparison, self.metric)
+        if isinstance(self.bound, str):
+            threshold, threshold_missing = _mean(summary, self.bound, self.metric)
+        else:
+            threshold, threshold_missing = float(self.bound), None
         result = {
             "name": self.name,
             "metric": self.metric,
             "comparison": self.comparison,
             "condition": self.condition,
             "value": value,
+            "threshold": threshold,
             "status": "skipped",
-            "reason": None,
+            "reason": missing or threshold_missing,
         }
-        if value is None:
-            result["reason"] = (
-                f"no {self.comparison} scores" if stat is None else f"{self.metric} is NaN on every utterance"
-            )
-        elif self.above is not None:
-            result["status"] = "pass" if value > self.above else "fail"
-        else:
-            result["status"] = "pass" if value < self.below else "fail"
+        if result["reason"] is not None:
+            return result
+        passed = value > threshold if self.above is not None else value < threshold
+        result["status"] = "pass" if passed else "fail"
+        if not passed:
+            bar = f"{self.bound} ({threshold:.3g})" if isinstance(self.bound, str) else f"{threshold:g}"
+            side = "above" if self.above is not None else "below"
+            result["reason"] = f"{self.comparison} {self.metric} {value:.3g} is not {side} {bar}"
         return result
 
 
@@ -224,6 +263,15 @@ def cost_table(rows: list[Mapping[str, Any]]) -> str:
     return table(header, body)
 
 
+def _floor_line(floor: Mapping[str, Any] | None) -> str:
+    if not floor:
+        return "none (evaluate.yaml: floor=null)"
+    return (
+        f"Griffin-Lim, {floor['n_iter']} iterations, from the same mels (`griffin_lim_vs_audio`): "
+        "the non-neural baseline a vocoder must beat"
+    )
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
     ckpt, data, teacher = report["checkpoint"], report["data"], report["teacher"]
     lines = [
@@ -235,6 +283,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         + (f" ({teacher['reason']})" if teacher["reason"] else ""),
         f"- data: {', '.join(data['sources'])}, split `{data['split']}`: "
         f"{data['utterances']} utterances, {data['seconds']:.1f} s",
+        f"- floor: {_floor_line(report.get('floor'))}",
         f"- verdict: **{report['verdict']}**",
         "",
         "## Gates",
@@ -242,9 +291,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     ]
     lines.append(
         table(
-            ["gate", "metric", "comparison", "condition", "value", "status"],
+            ["gate", "metric", "comparison", "condition", "value", "bar", "status"],
             [
-                [g["name"], g["metric"], g["comparison"], g["condition"], _fmt(g["value"])]
+                [g["name"], g["metric"], g["comparison"], g["condition"], _fmt(g["value"]), _fmt(g["threshold"])]
                 + [g["status"] + (f" ({g['reason']})" if g["reason"] else "")]
                 for g in report["gates"]
             ],
