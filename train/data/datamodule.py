@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from train.data.cache import FrameIndex, SourceManifest, TensorCache
+from train.data.speech import missing_hint
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import HOP_LENGTH, N_MELS, SAMPLE_RATE, S3GenMel
 from train.s3gen.teacher import synthesize
@@ -57,6 +58,7 @@ class Utterance:
     kind: str  # "audio" or "mel"
     paired_audio: Path | None = None
     bytes: int = 0
+    held_out: bool = False  # found under ``val_dirs``: validation only, whatever its name
 
     @property
     def has_audio(self) -> bool:
@@ -205,7 +207,9 @@ class VocoderDataModule(LightningDataModule):
         teacher: a loaded HiFT; when given, its waveform for every mel is a target.
         segment_frames: training segment length in mel frames (480 samples each); shorter
             utterances are left out of training (not of validation or evaluation).
-        val_fraction, val_max_utterances: the held-out set is the utterances whose name hash
+        val_dirs: audio folders held out as a whole (e.g. other speakers): when set, they are the
+            validation set and nothing else is; ``val_fraction`` is then unused.
+        val_fraction, val_max_utterances: without ``val_dirs``, the held-out set is the utterances whose name hash
             falls below ``val_fraction``, at most ``val_max_utterances`` of them (lowest hashes
             first; at least one): the same set in every run over the same files. Only those
             leave the training set.
@@ -223,6 +227,7 @@ class VocoderDataModule(LightningDataModule):
         teacher_seed: int = 0,
         segment_frames: int = 32,
         batch_size: int = 4,
+        val_dirs: Sequence[str] = (),
         val_fraction: float = 0.2,
         val_max_utterances: int | None = 100,
         val_max_frames: int = 250,
@@ -236,12 +241,27 @@ class VocoderDataModule(LightningDataModule):
         self.audio_dirs = [Path(d).expanduser() for d in audio_dirs]
         self.mel_dir = Path(mel_dir).expanduser() if mel_dir else None
         self.paired_audio_dir = Path(paired_audio_dir).expanduser() if paired_audio_dir else None
-        for option, folder in [("data.audio_dirs", d) for d in self.audio_dirs] + [
-            ("data.mel_dir", self.mel_dir),
-            ("data.paired_audio_dir", self.paired_audio_dir),
-        ]:
+        self.val_dirs = [Path(d).expanduser() for d in val_dirs]
+        overlap = sorted(
+            f"{v} and {a}"
+            for v in self.val_dirs
+            for a in self.audio_dirs
+            if v.resolve().is_relative_to(a.resolve()) or a.resolve().is_relative_to(v.resolve())
+        )
+        if overlap:
+            raise DataError(
+                f"data.val_dirs overlaps data.audio_dirs ({'; '.join(overlap)}): held-out audio would be trained on"
+            )
+        for option, folder in (
+            [("data.audio_dirs", d) for d in self.audio_dirs]
+            + [("data.val_dirs", d) for d in self.val_dirs]
+            + [
+                ("data.mel_dir", self.mel_dir),
+                ("data.paired_audio_dir", self.paired_audio_dir),
+            ]
+        ):
             if folder is not None and not folder.is_dir():
-                raise MissingFileError(f"{option}: folder not found: {folder}")
+                raise MissingFileError(f"{option}: folder not found: {folder}{missing_hint(folder)}")
         if val_max_utterances is not None and val_max_utterances < 1:
             raise DataError(f"data.val_max_utterances must be at least 1 or null, got {val_max_utterances}")
         self.cache = TensorCache(cache_dir)
@@ -271,14 +291,14 @@ class VocoderDataModule(LightningDataModule):
 
     def _discover(self) -> list[Utterance]:
         found = []
-        for root in self.audio_dirs:
+        for root, held_out in [(d, False) for d in self.audio_dirs] + [(d, True) for d in self.val_dirs]:
             manifest = SourceManifest(self.cache.root, root)
             seen = set()
             for path in find_files(root, AUDIO_SUFFIXES):
                 rel = str(path.relative_to(root))
                 stamp = manifest.stamp(path)
                 key = manifest.key(rel, stamp) or self._hash(manifest, rel, stamp, path)
-                found.append(Utterance(rel, path, key, "audio", bytes=stamp[0]))
+                found.append(Utterance(rel, path, key, "audio", bytes=stamp[0], held_out=held_out))
                 seen.add(rel)
             self._save_manifest(manifest, seen)
         if self.mel_dir is not None:
@@ -457,8 +477,9 @@ class VocoderDataModule(LightningDataModule):
 
     @property
     def sources(self) -> list[str]:
-        """The folders read: audio folders, then the mel folder."""
-        return [str(d) for d in self.audio_dirs] + ([str(self.mel_dir)] if self.mel_dir else [])
+        """The folders read: audio folders, held-out audio folders, then the mel folder."""
+        dirs = self.audio_dirs + self.val_dirs
+        return [str(d) for d in dirs] + ([str(self.mel_dir)] if self.mel_dir else [])
 
     def _describe_sources(self) -> str:
         return ", ".join(self.sources)
@@ -528,6 +549,13 @@ class VocoderDataModule(LightningDataModule):
             return int(hashlib.sha1(utterance.name.encode()).hexdigest()[:8], 16) / 16**8
 
         ranked = sorted(entries, key=lambda e: bucket(e[0]))
+        if self.val_dirs:
+            val = [e for e in ranked if e[0].held_out][: self.val_max_utterances]
+            if not val:
+                raise DataError(f"data.val_dirs {[str(d) for d in self.val_dirs]}: no prepared audio there")
+            train = [e for e in ranked if not e[0].held_out]
+            log.info("data: %d training and %d held-out utterances (data.val_dirs)", len(train), len(val))
+            return train, val
         n_val = 0
         if len(entries) > 1:
             n_val = max(1, sum(bucket(u) < self.val_fraction for u, _ in entries))

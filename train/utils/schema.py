@@ -25,6 +25,7 @@ class TrainerSchema:
     strategy: Any = "auto"
     precision: str = "32"
     max_steps: int = 100_000
+    max_time: str | None = None  # "DD:HH:MM:SS": stop after this much wall-clock time
     val_check_interval: Any = 1000
     check_val_every_n_epoch: int | None = None
     limit_val_batches: Any = None
@@ -49,6 +50,7 @@ class DataSchema:
     teacher_seed: int = 0
     segment_frames: int = 32
     batch_size: int = 4
+    val_dirs: list[str] = field(default_factory=list)
     val_fraction: float = 0.2
     val_max_utterances: int | None = 100
     val_max_frames: int = 250
@@ -65,6 +67,8 @@ class ModuleSchema:
     target_weights: dict[str, float] = field(default_factory=lambda: {"teacher": 1.0})
     mel_loss_weight: float = 45.0
     stft_loss_weight: float = 0.0
+    s3gen_mel_loss_weight: float = 0.0
+    phase_loss_weight: float = 0.0
     adversarial_weight: float = 1.0
     feature_matching_weight: float = 1.0
     discriminator_weights: dict[str, float] = field(default_factory=dict)
@@ -72,6 +76,8 @@ class ModuleSchema:
     freeze_discriminators: bool = True
     grad_clip: float = 1000.0
     num_logged_audio: int = 2
+    val_pesq: bool = False
+    floor: Any = None
     discriminators: dict[str, Any] | None = None
     optimizer_g: Any = None
     optimizer_d: Any = None
