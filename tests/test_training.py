@@ -34,7 +34,13 @@ def teacher_ckpt(tmp_path):
 
 
 def data_overrides(clips) -> list[str]:
-    return [f"data.audio_dirs=[{clips}]", "data.segment_frames=8", "data.batch_size=2", "data.val_max_frames=50"]
+    return [
+        f"data.audio_dirs=[{clips}]",
+        "data.val_dirs=[]",
+        "data.segment_frames=8",
+        "data.batch_size=2",
+        "data.val_max_frames=50",
+    ]
 
 
 def local_overrides(clips, teacher_ckpt) -> list[str]:
@@ -110,6 +116,11 @@ def test_finetune_runs_a_few_steps(tmp_path, clips):
     metrics = fit(cfg)
     assert metrics["initial"]["val/mel_distance_audio"] > 0
     assert "val/mel_distance_audio" in metrics["final"]
+    # the Griffin-Lim floor is scored once and shown beside every validation, and PESQ-wb with it
+    initial, final = metrics["initial"], metrics["final"]
+    assert 0 < initial["val/floor_mel_distance"] == final["val/floor_mel_distance"] < initial["val/mel_distance"]
+    assert initial["val/floor_pesq_wb"] == final["val/floor_pesq_wb"]
+    assert "val/pesq_wb" in final and final["val/minutes"] > 0
 
 
 def tiny_run(tmp_path, clips, name, *extra):

@@ -241,7 +241,7 @@ class QualityMetrics:
         }
         if self.naturalness:
             fns["dnsmos_ovrl_drop"] = lambda e, r: r.dnsmos["dnsmos_ovrl"] - e.dnsmos["dnsmos_ovrl"]
-        return {metric: self._safely(metric, name, lambda fn=fn: fn(estimate, reference)) for metric, fn in fns.items()}
+        return {metric: self.safely(metric, name, lambda fn=fn: fn(estimate, reference)) for metric, fn in fns.items()}
 
     def no_reference(self, signal: Analysis, name: str = "utterance") -> dict[str, float]:
         if not self.naturalness:
@@ -253,7 +253,7 @@ class QualityMetrics:
             return dict.fromkeys(NO_REFERENCE, math.nan)
 
     @staticmethod
-    def _safely(metric: str, name: str, fn: Callable[[], float]) -> float:
+    def safely(metric: str, name: str, fn: Callable[[], float]) -> float:
         try:
             value = float(fn())
         except Exception as err:  # one metric failing on one utterance must not end the evaluation

@@ -67,3 +67,27 @@ def metric_distributions(utterances: Sequence[Mapping[str, Any]], groups: Sequen
 def save(fig: Figure, path) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def learning_curve(rows: Sequence[Mapping[str, float]], title: str = "") -> Figure:
+    """Held-out PESQ-wb and S3Gen mel distance against training steps (rows of
+    :func:`train.evaluation.curve.read_curve`), the Griffin-Lim floor drawn as a line."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    steps = [r["step"] for r in rows]
+    for ax, (key, label) in zip(
+        axes,
+        (("pesq_wb", "PESQ-wb (higher is better)"), ("mel_distance_db", "log-mel distance, dB (lower is better)")),
+        strict=True,
+    ):
+        ax.plot(steps, [r.get(key, math.nan) for r in rows], marker="o", label="student")
+        floor = [r.get(f"floor_{key}") for r in rows if r.get(f"floor_{key}") is not None]
+        if floor:
+            ax.axhline(floor[0], color="tab:red", linestyle="--", label="Griffin-Lim floor")
+        ax.set_xlabel("step (generator updates)")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,6 +1,8 @@
-"""Spectral reconstruction losses and distances that do not hinge on exact phase."""
+"""Spectral reconstruction losses and distances; :class:`PhaseDerivativeLoss` is the one about phase."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torchaudio
@@ -54,6 +56,50 @@ class MultiResolutionSTFTLoss(nn.Module):
             m_hat, m = self.magnitudes(y_hat, n_fft), self.magnitudes(y, n_fft)
             convergence = torch.linalg.norm(m - m_hat, dim=(-2, -1)) / torch.linalg.norm(m, dim=(-2, -1))
             loss = loss + convergence.mean() + (m.log() - m_hat.log()).abs().mean()
+        return loss / len(self.n_ffts)
+
+
+def anti_wrap(x: Tensor) -> Tensor:
+    """|x| with x wrapped to [-pi, pi]: the distance between two angles whose difference is x."""
+    return (x - 2 * math.pi * torch.round(x / (2 * math.pi))).abs()
+
+
+class PhaseDerivativeLoss(nn.Module):
+    """Phase errors that a mel can determine: instantaneous frequency (phase advance from frame
+    to frame) and group delay (phase step from bin to bin), each the anti-wrapped difference
+    between the two signals' STFT phases (as in APNet, Ai & Ling 2023), weighted by the target's
+    magnitude so that silent bins, whose phase is noise, count for nothing. The absolute phase
+    is left out: at a 20 ms hop a mel does not fix it.
+    """
+
+    def __init__(self, n_ffts: tuple[int, ...] = (512, 1024)) -> None:
+        super().__init__()
+        self.n_ffts = n_ffts
+        for n_fft in n_ffts:
+            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, y_hat: Tensor, y: Tensor) -> Tensor:
+        loss = y_hat.new_zeros((), dtype=torch.float32)
+        for n_fft in self.n_ffts:
+            window = getattr(self, f"window_{n_fft}")
+            s_hat, s = (
+                torch.stft(v.float(), n_fft, n_fft // 4, window=window, return_complex=True) for v in (y_hat, y)
+            )
+            weight = s.abs()
+            weight = weight / weight.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-8)
+            # phase differences of products: angle(a * conj(b)) = angle(a) - angle(b), wrapped
+            frequency = anti_wrap(
+                torch.angle(s_hat[..., 1:] * s_hat[..., :-1].conj()) - torch.angle(s[..., 1:] * s[..., :-1].conj())
+            )
+            delay = anti_wrap(
+                torch.angle(s_hat[..., 1:, :] * s_hat[..., :-1, :].conj())
+                - torch.angle(s[..., 1:, :] * s[..., :-1, :].conj())
+            )
+            loss = (
+                loss
+                + (weight[..., 1:] * frequency).sum(dim=(-2, -1)).mean()
+                + (weight[..., 1:, :] * delay).sum(dim=(-2, -1)).mean()
+            )
         return loss / len(self.n_ffts)
 
 
