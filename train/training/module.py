@@ -147,6 +147,11 @@ class VocoderDistillation(LightningModule):
         self.__dict__["floor"] = floor
         self._floor_scores: dict[int, dict[str, float]] = {}
         self._metrics = QualityMetrics(naturalness=None) if val_pesq else None
+        # scores that may be undefined (NaN) for a clip, averaged over the finite ones at epoch end
+        self._score_keys = (["pesq_wb"] if val_pesq else []) + (
+            ["floor_mel_distance"] + (["floor_pesq_wb"] if val_pesq else []) if floor is not None else []
+        )
+        self._scores: dict[str, list[float]] = {}
 
     # -- optimisation -------------------------------------------------------------
     def configure_optimizers(self):
@@ -290,9 +295,19 @@ class VocoderDistillation(LightningModule):
     def on_train_start(self) -> None:
         self._fit_started = time.monotonic()
 
+    def on_validation_epoch_start(self) -> None:
+        self._scores = {key: [] for key in self._score_keys}
+
     def on_validation_epoch_end(self) -> None:
-        """``val/minutes``: wall-clock time since training started (validation included), the
-        axis a time-budgeted recipe (``trainer.max_time``) is judged on."""
+        """The means of the scores over the clips where they are defined, across all processes
+        (every process logs every key, so none waits on another); and ``val/minutes``: wall-clock
+        time since training started (validation included), the axis of a time budget (``trainer.max_time``)."""
+        for key in self._score_keys:
+            values = torch.tensor([v for v in self._scores.get(key, []) if math.isfinite(v)], dtype=torch.float64)
+            total = torch.stack([values.sum(), torch.tensor(float(values.numel()), dtype=torch.float64)])
+            total = self.all_gather(total.to(self.device)).reshape(-1, 2).sum(dim=0)
+            if total[1] > 0:
+                self.log(f"val/{key}", float(total[0] / total[1]), sync_dist=False)
         started = getattr(self, "_fit_started", None)
         if started is not None and not self.trainer.sanity_checking:
             self.log("val/minutes", (time.monotonic() - started) / 60, sync_dist=False)
@@ -311,8 +326,7 @@ class VocoderDistillation(LightningModule):
         if self.floor is not None:
             scores.update({f"floor_{k}": v for k, v in self.floor_scores(batch_idx, batch["mel"], real).items()})
         for key, value in scores.items():
-            if math.isfinite(value):  # PESQ is undefined on silence: leave such a clip out of the mean
-                self.log(f"val/{key}", value, sync_dist=True, batch_size=1)
+            self._scores.setdefault(key, []).append(value)  # PESQ is NaN on silence: left out of the mean
         if batch_idx < self.hparams.num_logged_audio:
             self.log_media(batch_idx, batch["mel"], y_hat, targets[self.real_target])
 
