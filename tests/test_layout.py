@@ -40,7 +40,7 @@ def package_graph() -> dict[str, set[str]]:
 
 def test_the_library_is_grouped_by_job_with_only_entry_points_at_the_top():
     assert set(SUBPACKAGES) >= {"s3gen", "student", "data", "training", "evaluation", "compress", "release", "utils"}
-    scripts = {"fit", "prepare", "evaluate", "quantize", "bench", "export", "publish", "corpus", "curve"}
+    scripts = {"fit", "prepare", "evaluate", "quantize", "bench", "export", "publish", "corpus", "curve", "diagnose"}
     assert set(ENTRY_POINTS) == scripts
     for name in SUBPACKAGES:
         init = (PACKAGE / name / "__init__.py").read_text()

@@ -332,9 +332,8 @@ class VocoderDistillation(LightningModule):
 
     def pesq(self, y_hat: Tensor, y: Tensor) -> float:
         """PESQ-wb of the first item of a validation batch (NaN where PESQ is undefined)."""
-        metrics = self._metrics or QualityMetrics(naturalness=None)
-        estimate, reference = metrics.analyse(y_hat[0].float()), metrics.analyse(y[0].float())
-        return metrics.safely("pesq_wb", "validation", lambda: pesq_wb(estimate, reference))
+        estimate, reference = self._metrics.analyse(y_hat[0].float()), self._metrics.analyse(y[0].float())
+        return self._metrics.safely("pesq_wb", "validation", lambda: pesq_wb(estimate, reference))
 
     @torch.no_grad()
     def floor_scores(self, batch_idx: int, mel: Tensor, real: Tensor) -> dict[str, float]:
