@@ -225,7 +225,8 @@ def test_help_says_what_each_experiment_does_without_loading_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "lightning" not in imported
-    for option in ("experiment=distill", "experiment=finetune", "experiment=tiny", "compress=prune", "compress=qat"):
+    experiments = ("experiment=distill", "experiment=cpu", "experiment=finetune", "experiment=tiny")
+    for option in (*experiments, "compress=prune", "compress=qat"):
         assert option in result.stdout
     assert "train/prepare.py" in result.stdout and "train/evaluate.py" in result.stdout
     evaluate = subprocess.run(
