@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         truth = mel.to_mono_24k(audio, rate)[0]
         with torch.inference_mode():
             wav = student(mel(truth))[0]
-        for key, value in swap_distances(wav, truth).items():
+        for key, value in swap_distances(wav, truth, mel=mel).items():
             totals[key] += value / len(files)
     print(f"{len(files)} clips of {args.audio}, S3Gen log-mel distance to the audio ({SAMPLE_RATE} Hz):")
     for key, value in totals.items():

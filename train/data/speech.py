@@ -109,25 +109,21 @@ SOURCES: dict[str, Source] = {
             exclude=("sr@ijekavian", "sr@ijekavianlatin", "sr@latin"),
         ),
         # two voices, two licences: */3.ogg and */5.ogg (debian/copyright)
-        Source(
-            name="gcin-liu",
-            package="gcin-voice",
-            version="0~20170223-3",
-            licence="GPL-3.0-only OR LGPL-3.0-only",
-            copyright="2014 Edward Der-Hua Liu",
-            pattern="usr/share/gcin-voice/ogg/*/3.ogg",
-            speaker=lambda m: "zh-3",
-            homepage="http://hyperrate.com/thread.php?tid=30325",
-        ),
-        Source(
-            name="gcin-chulo",
-            package="gcin-voice",
-            version="0~20170223-3",
-            licence="CC-BY-3.0",
-            copyright="ChionMeilin recording team, voice of Chu Lo",
-            pattern="usr/share/gcin-voice/ogg/*/5.ogg",
-            speaker=lambda m: "zh-5",
-            homepage="http://hyperrate.com/thread.php?tid=30325",
+        *(
+            Source(
+                name=f"gcin-{voice}",
+                package="gcin-voice",
+                version="0~20170223-3",
+                licence=licence,
+                copyright=holder,
+                pattern=f"usr/share/gcin-voice/ogg/*/{take}.ogg",
+                speaker=lambda m, take=take: f"zh-{take}",
+                homepage="http://hyperrate.com/thread.php?tid=30325",
+            )
+            for voice, take, licence, holder in (
+                ("liu", 3, "GPL-3.0-only OR LGPL-3.0-only", "2014 Edward Der-Hua Liu"),
+                ("chulo", 5, "CC-BY-3.0", "ChionMeilin recording team, voice of Chu Lo"),
+            )
         ),
     )
 }

@@ -18,7 +18,7 @@ from train.s3gen.mel import S3GenMel
 SWAPS = ("vocoder", "true magnitude + vocoder phase", "vocoder magnitude + true phase", "true magnitude + random phase")
 
 
-def swap_distances(estimate: Tensor, truth: Tensor, seed: int = 0) -> dict[str, float]:
+def swap_distances(estimate: Tensor, truth: Tensor, seed: int = 0, mel: S3GenMel | None = None) -> dict[str, float]:
     """S3Gen log-mel distance (dB) to ``truth`` (L,) of ``estimate`` (L,) and of the rebuilt signals."""
     n = min(estimate.shape[-1], truth.shape[-1])
     estimate, truth = estimate[..., :n].float(), truth[..., :n].float()
@@ -39,6 +39,6 @@ def swap_distances(estimate: Tensor, truth: Tensor, seed: int = 0) -> dict[str, 
             strict=True,
         )
     )
-    mel = S3GenMel()
+    mel = mel or S3GenMel()
     reference = mel(truth)
     return {k: DB_PER_NEPER * float((mel(v) - reference).abs().mean()) for k, v in signals.items()}
