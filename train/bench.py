@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ import torch
 from train.data.preparation import prepare_throughput
 from train.evaluation.benchmark import run
 from train.evaluation.report import cost_table, rows_table
+from train.student.int8_check import describe_cpu
 from train.training.throughput import train_throughput
 
 
@@ -33,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
         "default: the stock-size student with random weights",
     )
     parser.add_argument("--json", type=Path, help="also write the inference rows here (one object per row)")
+    parser.add_argument(
+        "--int8-schemes",
+        action="store_true",
+        help="for each --students checkpoint, also write and time its fp32 ONNX graph and its int8 graph in every "
+        "int8 scheme (train.student.graph.INT8_SCHEMES), with each graph's SNR against the checkpoint on --corpus",
+    )
     parser.add_argument(
         "--streaming",
         action="store_true",
@@ -64,9 +73,22 @@ def main(argv: list[str] | None = None) -> None:
         streaming(args)
         return
     if not args.no_inference:
-        rows = run(args.seconds, args.repeats, tuple(args.chunk_frames), args.students)
+        with tempfile.TemporaryDirectory() as tmp:
+            students, fidelity = list(args.students), {}
+            if args.int8_schemes:
+                students, fidelity = int8_scheme_graphs(args.students, Path(tmp), args.corpus, args.clips)
+            rows = run(args.seconds, args.repeats, tuple(args.chunk_frames), students)
+        cpu = describe_cpu()
+        for row in rows:
+            row["cpu"] = cpu
         print(f"Inference on {args.seconds:g} s of audio; s/s = seconds of compute per second of audio (median)")
+        print(f"CPU: {cpu}; {os.cpu_count()} cores")
         print(cost_table(rows))
+        if fidelity:
+            for row, path in zip(rows[1:], students, strict=True):
+                row.update(fidelity.get(path, {}))
+            print(f"\nEach graph against its checkpoint on {args.clips} clips of {args.corpus} (the lowest SNR)")
+            print(rows_table([{k: r[k] for k in ("name", *FIDELITY)} for r in rows if "scheme" in r], "{:.1f}"))
         teacher = rows[0]
         for student in rows[1:]:
             ratios = [
@@ -98,6 +120,55 @@ def main(argv: list[str] | None = None) -> None:
         prepare_rows = prepare_throughput(args.prepare_processes)
         print("Prepare stage (experiment=distill on the bundled corpus, stand-in teacher of Chatterbox's size)")
         print(rows_table(prepare_rows))
+
+
+FIDELITY = ("scheme", "snr_vs_model_db", "snr_vs_fp32_db")
+
+
+def int8_scheme_graphs(
+    checkpoints: list[str], folder: Path, corpus: Path, clips: int
+) -> tuple[list[str], dict[str, dict[str, object]]]:
+    """Each checkpoint, then its fp32 ONNX graph and an int8 graph per scheme, written under
+    ``folder``; and each graph's lowest SNR against the checkpoint's fake-quantised model (QAT)
+    and its fp32 weights on ``clips`` clips of ``corpus``."""
+    from safetensors.torch import save_file
+
+    from train.data.datamodule import corpus_mels
+    from train.evaluation.metrics import snr_db
+    from train.student.graph import INT8_SCHEME, INT8_SCHEMES, OnnxVocoder, export_onnx, probe_window
+    from train.student.model import load_student
+    from train.student.quantized import strip
+
+    mels = [m.unsqueeze(0) for m in corpus_mels(corpus, clips, 6.0)]
+    files, fidelity = [], {}
+    for index, checkpoint in enumerate(checkpoints):
+        files.append(checkpoint)
+        if Path(checkpoint).suffix == ".onnx":
+            continue
+        model = load_student(checkpoint)
+        plain = strip(model)
+        own = folder / str(index)
+        own.mkdir()
+        pytorch = own / "fp32.safetensors"  # the checkpoint's weights without fake quantisation
+        save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(pytorch),
+                  metadata={"config": json.dumps(plain.config)})  # fmt: skip
+        files.append(str(pytorch))
+        graphs = {"fp32": export_onnx(plain, own / "fp32.onnx")}
+        for scheme in INT8_SCHEMES:
+            graphs[scheme] = export_onnx(model, own / f"int8-{scheme}.onnx", quantize=True, scheme=scheme,
+                                         probe=probe_window(mels))  # fmt: skip
+        with torch.inference_mode():
+            references = [(model(m), plain(m)) for m in mels]
+            for scheme, path in graphs.items():
+                graph = OnnxVocoder(path, check=False)
+                outputs = [graph(m) for m in mels]
+                fidelity[str(path)] = {
+                    "scheme": scheme + (" (shipped)" if scheme == INT8_SCHEME else ""),
+                    "snr_vs_model_db": min(snr_db(r, o) for (r, _), o in zip(references, outputs, strict=True)),
+                    "snr_vs_fp32_db": min(snr_db(p, o) for (_, p), o in zip(references, outputs, strict=True)),
+                }
+                files.append(str(path))
+    return files, fidelity
 
 
 def streaming(args: argparse.Namespace) -> None:
@@ -166,7 +237,7 @@ def streaming(args: argparse.Namespace) -> None:
     if args.json:
         from train.utils.files import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(result, indent=2))
+        atomic_write_text(args.json, json.dumps({**result, "cpu": describe_cpu()}, indent=2))
         print(f"\nfigures written to {args.json}")
 
 

@@ -1,11 +1,13 @@
 """Which int8 runtime to ship: the candidates timed on the same mels and checked against the
-fake-quantised QAT model (what training saw), for ``python train/quantize.py compare=true``.
+fake-quantised QAT model (what training saw) and its fp32 weights, for
+``python train/quantize.py compare=true`` (the CPU is named beside the table).
 
 Candidates: the QAT model itself (fake quantisation, eager); its fp32 weights; torchao's
 converted model (the QAT ``convert`` step: exactly the trained numerics); torchao's int8
 dynamic-activation kernels (``Int8DynamicActivationInt8WeightConfig``, asymmetric per-frame
-activations as QAT used), eager and under ``torch.compile``; ONNX Runtime int8
-(:mod:`train.student.graph`, the iSTFT in the graph), with and without the convs quantised.
+activations as QAT used), eager and under ``torch.compile``; ONNX Runtime fp32 and int8
+(:mod:`train.student.graph`, the iSTFT in the graph) in each of :data:`~train.student.graph.INT8_SCHEMES`,
+and with the convs quantised too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import onnx
 import torch
 from torch import Tensor, nn
 from torchao.quantization import quantize_
@@ -25,7 +28,8 @@ from torchao.quantization.qat import QATConfig
 from train.evaluation.cost import threads, time_call
 from train.evaluation.metrics import snr_db
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
-from train.student.graph import OnnxVocoder, export_onnx
+from train.student.graph import INT8_SCHEME, INT8_SCHEMES, OnnxVocoder, export_onnx
+from train.student.int8_check import overflow_risks
 from train.student.quantized import base_config, int8_kernels, prepare, strip
 
 log = logging.getLogger(__name__)
@@ -47,10 +51,18 @@ def candidates(qat_student: nn.Module, folder: Path, compile: bool = True) -> li
     if compile:
         compiled = torch.compile(kernels)
         rows.append(("torchao int8 kernels + torch.compile", compiled, "first call compiles"))
-    onnx_int8 = OnnxVocoder(export_onnx(fake, folder / "int8.onnx", quantize=True))
-    rows.append(("ONNX Runtime int8 (Linear layers)", onnx_int8, f"{onnx_int8.file_bytes:,} bytes; shipped"))
-    convs = OnnxVocoder(export_onnx(fake, folder / "int8-convs.onnx", quantize=True, op_types=None))
-    rows.append(("ONNX Runtime int8 (Linear layers + convs)", convs, "convs quantised too"))
+    fp32 = OnnxVocoder(export_onnx(plain, folder / "fp32.onnx"))
+    rows.append(("ONNX Runtime fp32", fp32, f"{fp32.file_bytes:,} bytes"))
+    for scheme in INT8_SCHEMES:
+        graph = OnnxVocoder(
+            export_onnx(fake, folder / f"int8-{scheme}.onnx", quantize=True, scheme=scheme), check=False
+        )
+        note = f"{graph.file_bytes:,} bytes; " + ("shipped" if scheme == INT8_SCHEME else "not shipped")
+        risks = overflow_risks(onnx.load_model_from_string(graph._bytes))
+        note += f"; {len(risks)} products can overflow int16 pairs (x86 without VNNI)" if risks else ""
+        rows.append((f"ONNX Runtime int8 (Linear layers, {scheme})", graph, note))
+    convs = OnnxVocoder(export_onnx(fake, folder / "int8-convs.onnx", quantize=True, op_types=None), check=False)
+    rows.append((f"ONNX Runtime int8 (Linear layers + convs, {INT8_SCHEME})", convs, "convs quantised too"))
     return rows
 
 
@@ -72,6 +84,8 @@ def compare(
             first_call = time.perf_counter() - start
             snrs = [snr_db(r, model(m)) for r, m in zip(reference, mels, strict=True)]
             row = {"runtime": name, "snr_min_db": min(snrs), "snr_mean_db": sum(snrs) / len(snrs)}
+            fp32_reference = [rows_in[1][1](m) for m in mels]
+            row["snr_vs_fp32_db"] = min(snr_db(r, model(m)) for r, m in zip(fp32_reference, mels, strict=True))
             with threads(1):
                 row["rtf_1_thread"] = time_call(lambda model=model: model(timing_mel), repeats) / seconds
             row["rtf_all_threads"] = time_call(lambda model=model: model(timing_mel), repeats) / seconds

@@ -172,7 +172,10 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
     if "int8_snr_min_db" in verification:
         checks.append(
             f"- `model.int8.onnx`: SNR against the model as trained (fake-quantised) at least "
-            f"{verification['int8_snr_min_db']:.1f} dB (limit {verification['int8_limit_db']:g} dB)."
+            f"{verification['int8_snr_min_db']:.1f} dB (limit {verification['int8_limit_db']:g} dB), checked on "
+            f"{verification['cpu']}. Its integer weights are 7-bit (`{verification.get('int8_scheme', 'u8s8-7bit')}`), "
+            "so no CPU's int8 kernels can overflow; it also carries a probe, and this project's loaders "
+            "(`use_student`, `load_vocoder`) rerun it on each new machine and fall back to fp32 if it fails there."
         )
     checks.append(f"- on {verification['utterances']} validation mels of up to {verification['max_frames']} frames.")
     residual = facts.get("feature_residual") or {}

@@ -103,41 +103,59 @@ class ChatterboxVocoder(nn.Module):
         return wav, wav.new_zeros(wav.shape[0], 1, 0)
 
 
-def _release_files(source: str, runtime: str, local_files_only: bool) -> tuple[dict[str, Any], Path, Path, str]:
-    """The release's ``config.yaml`` and the weights file for ``runtime`` (``auto``: the first of
-    int8 ONNX, fp32 ONNX, the vocos weights that the release has), from a folder or the Hub."""
-    order = ["int8", "onnx", "torch"] if runtime == "auto" else [runtime]
-    folder = Path(source).expanduser()
-    if folder.is_dir():
-        config_path = folder / CONFIG
-        if not config_path.is_file():
-            raise VocoderUnavailableError(f"{folder} is not a release folder: it has no {CONFIG}")
-        found = [(r, folder / FILES[r]) for r in order if (folder / FILES[r]).is_file()]
-        if not found:
-            raise VocoderUnavailableError(f"{folder} has no {' or '.join(FILES[r] for r in order)}")
-        chosen, weights = found[0]
-    elif source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise VocoderUnavailableError(f"student {source!r}: no such folder or file, and not a Hub id (owner/name)")
-    else:
+class Int8FallbackWarning(UserWarning):
+    """``runtime="auto"`` did not use a release's int8 graph on this machine; the message says why."""
+
+
+class ReleaseFiles:
+    """A release's ``config.yaml`` and its weight files, from a folder or the Hub; weights are
+    fetched only when asked for (:meth:`get`)."""
+
+    def __init__(self, source: str, local_files_only: bool) -> None:
+        self.source, self.local_files_only = source, local_files_only
+        folder = Path(source).expanduser()
+        self.folder = folder if folder.is_dir() else None
+        if self.folder is not None:
+            self.config_path = folder / CONFIG
+            if not self.config_path.is_file():
+                raise VocoderUnavailableError(f"{folder} is not a release folder: it has no {CONFIG}")
+        elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+            raise VocoderUnavailableError(f"student {source!r}: no such folder or file, and not a Hub id (owner/name)")
+        else:
+            from train.utils.hub import fetch_file
+
+            self.config_path = Path(fetch_file(source, CONFIG, local_files_only=local_files_only))
+        try:
+            self.config = yaml.safe_load(self.config_path.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise VocoderUnavailableError(f"{self.config_path}: not a readable release config: {err}") from err
+        if not isinstance(self.config, dict) or "backbone" not in self.config:
+            raise VocoderUnavailableError(f"{self.config_path}: not a vocos config (no 'backbone' key)")
+        self.errors: list[str] = []
+
+    def get(self, runtime: str) -> Path | None:
+        """The file of ``runtime``, or None when the release has none (the reason is kept)."""
+        if self.folder is not None:
+            path = self.folder / FILES[runtime]
+            if not path.is_file():
+                self.errors.append(f"{self.folder} has no {FILES[runtime]}")
+            return path if path.is_file() else None
         from train.utils.hub import fetch_file
 
-        config_path = fetch_file(source, CONFIG, local_files_only=local_files_only)
-        errors = []
-        for chosen in order:
-            try:
-                weights = fetch_file(source, FILES[chosen], local_files_only=local_files_only)
-                break
-            except ConfigError as err:
-                errors.append(str(err))
-        else:
-            raise VocoderUnavailableError(f"student {source!r}: none of its weights could be had: {'; '.join(errors)}")
-    try:
-        config = yaml.safe_load(Path(config_path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise VocoderUnavailableError(f"{config_path}: not a readable release config: {err}") from err
-    if not isinstance(config, dict) or "backbone" not in config:
-        raise VocoderUnavailableError(f"{config_path}: not a vocos config (no 'backbone' key)")
-    return config, Path(config_path), Path(weights), chosen
+        try:
+            return Path(fetch_file(self.source, FILES[runtime], local_files_only=self.local_files_only))
+        except ConfigError as err:
+            self.errors.append(str(err))
+            return None
+
+    def first(self, order: list[str]) -> tuple[str, Path]:
+        for runtime in order:
+            path = self.get(runtime)
+            if path is not None:
+                return runtime, path
+        raise VocoderUnavailableError(
+            f"student {self.source!r}: none of its weights could be had: {'; '.join(self.errors)}"
+        )
 
 
 def release_mel_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
@@ -195,14 +213,22 @@ def load_vocoder(
         return ChatterboxVocoder(load_student(path, device), source, "onnx" if path.suffix == ".onnx" else "torch")
     if runtime == "auto" and device.type == "cuda":
         runtime = "torch"
-    config, config_path, weights, chosen = _release_files(source, runtime, local_files_only)
-    check_mel(release_mel_spec(config, source), mel_spec or MEL_SPEC, f"student {source}")
+    release = ReleaseFiles(source, local_files_only)
+    check_mel(release_mel_spec(release.config, source), mel_spec or MEL_SPEC, f"student {source}")
+    order = ["int8", "onnx", "torch"] if runtime == "auto" else [runtime]
+    chosen, weights = release.first(order)
+    if chosen == "int8":
+        vocoder = _checked_int8(release, weights, runtime)
+        if vocoder is not None:
+            return ChatterboxVocoder(vocoder, source, "int8")
+        chosen, weights = release.first(order[1:])
     if chosen in ("onnx", "int8"):
         from train.student.graph import OnnxVocoder
 
         return ChatterboxVocoder(OnnxVocoder(weights).eval(), source, chosen)
     from vocos import Vocos
 
+    config_path = release.config_path
     try:
         model = Vocos.from_hparams(str(config_path))
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
@@ -215,6 +241,39 @@ def load_vocoder(
         model = int8_kernels(model)
         device = torch.device("cpu")
     return ChatterboxVocoder(model.to(device), source, chosen)
+
+
+def _checked_int8(release: ReleaseFiles, weights: Path, runtime: str) -> nn.Module | None:
+    """The release's int8 graph once it has passed its self-check on this machine
+    (:mod:`train.student.int8_check`), or None where ``auto`` should take the next runtime: the
+    check failed (a warning says why), or its fp32 graph is faster here. ``runtime="int8"``
+    raises on a failed check instead."""
+    from train.student.graph import OnnxVocoder
+    from train.student.int8_check import Int8MismatchError, speed_check
+
+    try:
+        int8 = OnnxVocoder(weights).eval()
+    except Int8MismatchError as err:
+        if runtime == "int8":
+            raise
+        warnings.warn(f"runtime='auto' is not using the int8 graph: {err}", Int8FallbackWarning, stacklevel=3)
+        return None
+    if runtime != "auto":
+        return int8
+    fp32_path = release.get("onnx")
+    if fp32_path is None:
+        return int8
+    fp32 = OnnxVocoder(fp32_path).eval()
+    speed = speed_check(int8, fp32)
+    if speed["int8_s"] >= speed["fp32_s"]:
+        log.info(
+            "runtime='auto' takes the fp32 graph: int8 is not faster on %s (%.2f ms against %.2f ms on its probe)",
+            int8.int8_check.cpu,
+            1e3 * speed["int8_s"],
+            1e3 * speed["fp32_s"],
+        )
+        return None
+    return int8
 
 
 def s3gen_of(model: Any) -> nn.Module:

@@ -23,7 +23,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -43,7 +42,8 @@ from train.evaluation.pipeline import load_optional_teacher, sha256_file
 from train.evaluation.report import read_report, table
 from train.release import card, listen
 from train.release.vocos_layout import feature_residual, load_vocos, write_vocos_layout
-from train.student.graph import ISTFT_FORMS, OnnxVocoder, export_onnx, session
+from train.student.graph import ISTFT_FORMS, OnnxVocoder, export_onnx, probe_window, session
+from train.student.int8_check import cpu_info, describe_cpu
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared, strip
 from train.student.streaming import receptive_field
@@ -309,7 +309,15 @@ def _build(
     source = {"source_sha256": checkpoint_sha, "source": checkpoint.name}
     export_onnx(plain, folder / "model.onnx", istft=cfg.istft, metadata=source)
     if int8:
-        export_onnx(student, folder / "model.int8.onnx", quantize=True, istft=cfg.istft, metadata=source)
+        export_onnx(
+            student,
+            folder / "model.int8.onnx",
+            quantize=True,
+            istft=cfg.istft,
+            metadata=source,
+            probe=probe_window(mels),
+            min_snr_db=cfg.min_snr_db,
+        )
 
     vocos = load_vocos(folder)
     fp32 = OnnxVocoder(folder / "model.onnx")
@@ -329,7 +337,7 @@ def _build(
         for row, label in zip(rows[1:], labels.values(), strict=True):
             row["name"] = label
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, load average {load:.1f}"
+        machine = f"{describe_cpu()}, {os.cpu_count()} cores, load average {load:.1f}"
         cost = {
             "rows": rows,
             "seconds": cfg.cost.seconds,
@@ -394,6 +402,7 @@ def _build(
         "files": files,
         "source": {"checkpoint": str(checkpoint), "sha256": checkpoint_sha},
         "git": facts["git"],
+        "machine": {**cpu_info(), "description": describe_cpu()},
         "config": plain.config,
         "int8": int8,
         "evaluation": None
@@ -453,7 +462,13 @@ def _verify(
             "nothing written"
         )
     if quantized is not None:
-        result.update(int8_snr_min_db=min(snrs), int8_snr_mean_db=sum(snrs) / len(snrs), int8_limit_db=cfg.min_snr_db)
+        result.update(
+            int8_snr_min_db=min(snrs),
+            int8_snr_mean_db=sum(snrs) / len(snrs),
+            int8_limit_db=cfg.min_snr_db,
+            int8_scheme=quantized.metadata.get("int8_scheme"),
+            cpu=describe_cpu(),
+        )
         log.info("export checks: model.int8.onnx SNR vs the QAT model: min %.1f dB", min(snrs))
         if min(snrs) < cfg.min_snr_db:
             raise ReleaseError(

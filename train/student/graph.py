@@ -45,6 +45,27 @@ ISTFT_FORMS = ("matmul", "dft")
 QUANTIZED_OPS = ("MatMul", "Gemm")  # the Linear layers; the convs stay fp32 (README: "Which int8 runtime")
 SUFFIX = ".onnx"
 
+# How the int8 graph's integers are laid out. ONNX Runtime's dynamic quantisation feeds every
+# MatMulInteger uint8 activations (0..255, one scale and zero point per call). The weights' type
+# and range decide which CPU kernels can add the products up wrongly:
+# - x86 without VNNI (SSSE3 / AVX2 / AVX-512 F+BW) multiplies u8 x s8 with ``(v)pmaddubsw``, which
+#   adds each pair of products into an int16 and saturates: with s8 weights in [-127, 127] a pair
+#   reaches 2 * 255 * 127 = 64,770 > 32,767. This was the 11 dB int8 graph on AVX2-only EPYCs.
+# - VNNI (``vpdpbusd``), AMX (``tdpbusd``), SSE4.1 (widening ``pmaddwd``) and ARM64 (widening,
+#   ``udot``/``sdot``, ``ummla``) add in int32: no overflow at any range.
+# "u8s8-7bit" keeps ONNX Runtime's most used kernel pairing but quantises the weights into
+# [-64, 64] (``reduce_range``): a pair is at most 2 * 255 * 64 = 32,640 <= 32,767 on every
+# kernel, for one bit of weight precision (measured: README, "Which int8 runtime").
+# "u8u8" (uint8 weights with zero points) is exact too on the kernels above, but some ONNX
+# Runtime releases (1.23-1.24) sent u8u8 on AMX CPUs into the u8s8 AMX kernel, which was wrong.
+INT16_MAX = 32_767
+INT8_SCHEMES = {
+    "u8s8-7bit": {"weight_type": "QInt8", "reduce_range": True},
+    "u8u8": {"weight_type": "QUInt8", "reduce_range": False},
+    "u8s8": {"weight_type": "QInt8", "reduce_range": False},  # saturates without VNNI: for comparison only
+}
+INT8_SCHEME = "u8s8-7bit"
+
 
 class OnnxArtifactError(ConfigError, ValueError):
     """An ONNX student where a trainable checkpoint is needed, or an unreadable ONNX file."""
@@ -153,14 +174,26 @@ def export_onnx(
     istft: str = "matmul",
     op_types: tuple[str, ...] | None = QUANTIZED_OPS,
     metadata: dict[str, str] | None = None,
+    scheme: str = INT8_SCHEME,
+    probe: Tensor | None = None,
+    min_snr_db: float = 30.0,
 ) -> Path:
     """Write ``student`` (plain or fake-quantised) as one ONNX graph at ``path``, atomically.
 
-    ``quantize=True`` quantises its Linear layers to int8 (``op_types=None``: every op ONNX
-    Runtime can, the convs too; for comparisons). The student's build config, the numerics and
-    ``metadata`` go into the model's metadata. The time axis (and batch) are dynamic.
+    ``quantize=True`` quantises its Linear layers to int8 with ``scheme`` (:data:`INT8_SCHEMES`;
+    ``op_types=None``: every op ONNX Runtime can, the convs too; for comparisons). A graph whose
+    integer products could overflow a CPU's int16 pair sums is refused (except the ``u8s8``
+    comparison scheme). An int8 graph carries its probe (:mod:`train.student.int8_check`):
+    ``probe`` (a ``(1, n_mels, frames)`` mel; default :func:`default_probe_mel`) and what
+    ``student`` (fake-quantised if QAT) gives on it, which it must reproduce at ``min_snr_db``, or
+    3 dB under what it reaches here if that is lower. The student's build config, the numerics
+    and ``metadata`` go into the model's metadata. The time axis (and batch) are dynamic.
     """
+    from train.student.int8_check import PROBE_KEY, PROBE_STRIDE, encode_probe, overflow_risks, snr_db
     from train.student.quantized import DESCRIPTION, strip  # torchao is slow to import
+
+    if quantize and scheme not in INT8_SCHEMES:
+        raise ValueError(f"scheme={scheme!r}: choose one of {', '.join(INT8_SCHEMES)}")
 
     plain = strip(student).cpu().eval()
     config = dict(plain.config)
@@ -192,37 +225,121 @@ def export_onnx(
             root = logging.getLogger()
             level = root.level
             root.setLevel(max(level, logging.WARNING))  # ONNX Runtime logs each op skipped
+            settings = INT8_SCHEMES[scheme]
             try:
                 quantize_dynamic(
                     str(fp32),
                     str(final),
-                    weight_type=QuantType.QInt8,
+                    weight_type=getattr(QuantType, settings["weight_type"]),
                     per_channel=True,
+                    reduce_range=settings["reduce_range"],
                     op_types_to_quantize=list(op_types) if op_types else None,
                     nodes_to_exclude=istft_nodes,
                 )
             finally:
                 root.setLevel(level)
             model = onnx.load(str(final))
+            risks = overflow_risks(model)
+            if risks and scheme != "u8s8":
+                raise OnnxArtifactError(
+                    f"{path}: int8 scheme {scheme!r} left {len(risks)} integer products that can overflow: {risks[0]}"
+                )
     numerics = (DESCRIPTION if op_types == QUANTIZED_OPS else f"int8 ops: {op_types or 'all'}") if quantize else "fp32"
+    numerics += f" ({scheme})" if quantize else ""
     del model.metadata_props[:]
     for node in model.graph.node:  # the exporter's stack traces: a third of a small model's bytes
         del node.metadata_props[:]
         node.doc_string = ""
     entries = {"config": json.dumps(config), "quantization": numerics, "istft": istft, **(metadata or {})}
+    if quantize:
+        entries["int8_scheme"] = scheme
+        mel = (probe if probe is not None else default_probe_mel(config["input_channels"])).detach().cpu()
+        mel = mel.half().float()  # as it is stored
+        weight = next(student.parameters(), None)
+        with torch.no_grad():
+            expected = student(mel.to(weight.device if weight is not None else "cpu")).float().cpu().numpy()
+        (got,) = session(model.SerializeToString()).run(None, {"mel": mel.numpy()})
+        here = snr_db(expected[..., ::PROBE_STRIDE], got[..., ::PROBE_STRIDE])  # as the check will measure it
+        entries[PROBE_KEY] = encode_probe(mel.numpy(), expected, here, min(min_snr_db, round(here - 3.0, 1)))
     for key, value in entries.items():
         model.metadata_props.add(key=key, value=value)
     return atomic_write(path, lambda f: f.write(model.SerializeToString()))
+
+
+def default_probe_mel(n_mels: int = 80, frames: int = 24) -> Tensor:
+    """A deterministic speech-like S3Gen mel ``(1, n_mels, frames)`` for graphs written without
+    held-out speech at hand: a voiced source gliding 110 -> 190 Hz through three formants, with
+    breath noise and a syllable-rate envelope."""
+    import numpy as np
+
+    from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE, S3GenMel
+
+    samples = frames * HOP_LENGTH
+    t = np.arange(samples) / SAMPLE_RATE
+    f0 = 110 + 80 * t / t[-1]
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    wav = np.zeros(samples)
+    for k in range(1, int(4000 / 190)):
+        freq = k * f0
+        gain = sum(1 / (1 + ((freq - f) / bw) ** 2) for f, bw in ((600, 90), (1200, 120), (2600, 200)))
+        wav += gain * np.sin(k * phase) / k
+    wav += 0.02 * np.random.default_rng(0).standard_normal(samples)
+    wav *= 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)
+    wav = 0.3 * wav / np.abs(wav).max()
+    mel = S3GenMel()(torch.from_numpy(wav).float()[None])
+    if n_mels != mel.shape[1]:
+        mel = nn.functional.interpolate(mel.transpose(1, 2), size=n_mels, mode="linear").transpose(1, 2)
+    return mel[..., :frames]
+
+
+def probe_window(mels: list[Tensor], frames: int = 24) -> Tensor:
+    """The loudest ``frames``-long window of held-out mels ``(1, n_mels, T)``: an int8 graph's probe.
+    Mels shorter than that are used whole; none: :func:`default_probe_mel`."""
+    best, loudest = None, -float("inf")
+    for mel in mels:
+        mel = mel if mel.dim() == 3 else mel.unsqueeze(0)
+        if mel.shape[-1] <= frames:
+            windows = [mel[:1]]
+        else:
+            energy = mel[0].mean(0).unfold(0, frames, max(1, frames // 5)).mean(-1)
+            start = int(energy.argmax()) * max(1, frames // 5)
+            windows = [mel[:1, :, start : start + frames]]
+        for window in windows:
+            if window.shape[-1] >= 2 and float(window.mean()) > loudest:
+                best, loudest = window, float(window.mean())
+    return best if best is not None else default_probe_mel(frames=frames)
 
 
 class OnnxVocoder(nn.Module):
     """``mel (B, 80, T) -> wav (B, T * hop)`` through a file :func:`export_onnx` wrote (CPU, ONNX
     Runtime), with as many threads as ``torch.get_num_threads()`` says at the call."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, check: bool = True) -> None:
         super().__init__()
         self.path = Path(path)
         self._load(self.path.read_bytes())
+        self.int8_check = None
+        if self.is_int8 and check:
+            self.check()
+
+    @property
+    def is_int8(self) -> bool:
+        return self.quantization != "fp32"
+
+    def check(self):
+        """Run (or recall) this int8 graph's self-check on this machine
+        (:func:`train.student.int8_check.self_check`); raises
+        :class:`~train.student.int8_check.Int8MismatchError` when it fails. Returns the result."""
+        from train.student.int8_check import Int8MismatchError, self_check
+
+        self.int8_check = self_check(self.path.name, self._bytes, self.metadata, self.path)
+        if not self.int8_check.ok:
+            raise Int8MismatchError(
+                f"{self.path}: the int8 graph is wrong on this machine, {self.int8_check.cpu}: "
+                f"{self.int8_check.reason}. Use its fp32 graph (runtime='onnx' or 'torch'), or write it again "
+                "with this version (train/quantize.py or train/export.py), whose int8 cannot overflow."
+            )
+        return self.int8_check
 
     def _load(self, data: bytes) -> None:
         self._bytes = data
@@ -241,7 +358,7 @@ class OnnxVocoder(nn.Module):
                 "the graph. Write it again (python train/quantize.py checkpoint=<its .ckpt>, or train/export.py)."
             )
         self.metadata = meta
-        self.quantization = meta.get("quantization", "")
+        self.quantization = meta.get("quantization", "fp32")
         self.num_parameters = sum(math.prod(t.dims) for t in model.graph.initializer)
         self.file_bytes = len(data)
         self.n_mels = self.config["input_channels"]

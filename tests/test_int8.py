@@ -1,0 +1,261 @@
+"""int8 graphs that are right on every CPU, and that check themselves where they run.
+
+ONNX Runtime's int8 kernels differ between CPUs: without VNNI, x86 adds each pair of u8 x s8
+products in a saturating int16. These tests show the written graph cannot overflow any kernel
+(the bound, whatever CPU runs the test), run it on emulated CPUs of other kernel families
+(qemu-user), and plant graphs that are wrong on purpose to see the self-check catch them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers import student
+from onnx import numpy_helper
+
+from train.student import int8_check
+from train.student.graph import INT8_SCHEME, OnnxVocoder, export_onnx
+from train.student.int8_check import (
+    PROBE_KEY,
+    Int8MismatchError,
+    cpu_info,
+    describe_cpu,
+    overflow_risks,
+    read_probe,
+    run_in_child,
+    snr_db,
+)
+from train.student.quantized import prepare
+
+QEMU = shutil.which("qemu-x86_64")
+# x86 kernel families qemu 7.2 can emulate: SSE4.1 widens u8 x s8 to int16 before pmaddwd (exact);
+# Haswell (AVX2, no AVX-512, no VNNI) adds pairs with vpmaddubsw, saturating at 32,767
+EMULATED = {"sse4.1": "Nehalem", "avx2": "Haswell"}
+
+
+@pytest.fixture(scope="module")
+def fake():
+    torch.manual_seed(1)
+    return prepare(student(dim=64, intermediate_dim=128)).eval()
+
+
+@pytest.fixture(scope="module")
+def mel():
+    torch.manual_seed(1)
+    return torch.randn(2, 80, 12) - 5
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory, fake):
+    """The shipped scheme's graph and the saturating one (u8s8, the scheme before this one)."""
+    folder = tmp_path_factory.mktemp("int8")
+    return {
+        scheme: export_onnx(fake, folder / f"{scheme}.onnx", quantize=True, scheme=scheme)
+        for scheme in (INT8_SCHEME, "u8s8")
+    }
+
+
+def test_the_int8_graph_cannot_overflow_any_kernel(graphs):
+    assert overflow_risks(onnx.load(str(graphs[INT8_SCHEME]))) == []
+    old = overflow_risks(onnx.load(str(graphs["u8s8"])))  # full-range s8 weights: 2 * 255 * 127 > 32,767
+    assert len(old) == 2 * 2 + 1 and all("> 32,767" in line for line in old)
+    weights = [
+        numpy_helper.to_array(i)
+        for i in onnx.load(str(graphs[INT8_SCHEME])).graph.initializer
+        if i.data_type == onnx.TensorProto.INT8
+    ]
+    assert weights and max(int(np.abs(w.astype(int)).max()) for w in weights) <= 64
+
+
+def test_the_writer_refuses_a_graph_that_could_overflow(fake, tmp_path, monkeypatch):
+    from train.student import graph
+
+    monkeypatch.setitem(graph.INT8_SCHEMES, "broken", {"weight_type": "QInt8", "reduce_range": False})
+    with pytest.raises(graph.OnnxArtifactError, match=r"'broken' left 5 integer products that can overflow"):
+        export_onnx(fake, tmp_path / "x.onnx", quantize=True, scheme="broken")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def run_graphs(files, mel, cpu=None):
+    """Each graph's output on ``mel`` in a fresh process: natively, or under qemu-user as ``cpu``."""
+    prefix = [QEMU, "-cpu", cpu] if cpu else None
+    return {f.name: run_in_child(f, mel.numpy(), prefix) for f in files}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates x86-64 CPUs from an x86-64 host")
+def test_every_x86_kernel_gives_the_same_int8_output(graphs, fake, mel):
+    """The graph on this CPU and on emulated CPUs of the other kernel families agrees with itself
+    and with the QAT model; the saturating scheme shows the emulated AVX2 kernel is really reached."""
+    if QEMU is None:
+        if os.environ.get("CI"):
+            pytest.fail("qemu-user is missing: .ci/run installs it (apt-get install qemu-user)")
+        pytest.skip("apt-get install qemu-user: runs the int8 graph on emulated CPUs without VNNI")
+    files = [graphs[INT8_SCHEME], graphs["u8s8"]]
+    outputs = {"native": run_graphs(files, mel)}
+    outputs |= {family: run_graphs(files, mel, cpu) for family, cpu in EMULATED.items()}
+    with torch.no_grad():
+        reference = fake(mel).numpy()
+    shipped, old = (f.name for f in files)
+    for family, wavs in outputs.items():
+        assert snr_db(reference, wavs[shipped]) >= 30, family  # the QAT model, on every kernel
+        assert snr_db(outputs["sse4.1"][shipped], wavs[shipped]) >= 60, family  # and the same graph everywhere
+    # the graph before this fix: right where pairs are widened, wrong on the emulated AVX2 kernel
+    assert snr_db(reference, outputs["sse4.1"][old]) >= 30
+    assert snr_db(reference, outputs["avx2"][old]) < 26
+
+
+def test_each_int8_graph_carries_its_probe_and_passes_it_here(graphs, fake):
+    probe = read_probe(OnnxVocoder(graphs[INT8_SCHEME], check=False).metadata)
+    assert probe.mel.shape == (1, 80, 24) and probe.expected.shape == (1, 24 * 480 // probe.stride)
+    with torch.no_grad():
+        assert probe.snr(fake(torch.from_numpy(probe.mel)).numpy()) > 60  # the QAT model's output
+    assert len(OnnxVocoder(graphs[INT8_SCHEME], check=False).metadata[PROBE_KEY]) < 10_000
+    assert probe.min_snr_db == 30.0 and probe.snr_db >= 30
+    vocoder = OnnxVocoder(graphs[INT8_SCHEME])
+    check = vocoder.int8_check
+    assert check.ok and abs(check.snr_db - probe.snr_db) < 0.5 and check.cpu == describe_cpu()
+    assert OnnxVocoder(export_onnx(fake, graphs[INT8_SCHEME].with_name("fp32.onnx"))).int8_check is None
+
+
+def plant_wrong_weights(path, out):
+    """``path`` with the head's integer weights negated: a graph whose arithmetic is wrong, as a
+    saturating kernel's would be, while its probe still says what it should give."""
+    model = onnx.load(str(path))
+    target = [n for n in model.graph.node if n.op_type == "MatMulInteger"][-1].input[1]  # the head's
+    for init in model.graph.initializer:
+        if init.name == target:
+            init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+    onnx.save(model, str(out))
+    return out
+
+
+def test_a_graph_wrong_on_this_machine_is_refused_naming_its_snr_and_the_cpu(graphs, tmp_path):
+    wrong = plant_wrong_weights(graphs[INT8_SCHEME], tmp_path / "wrong.onnx")
+    with pytest.raises(Int8MismatchError) as err:
+        OnnxVocoder(wrong)
+    message = str(err.value)
+    assert "wrong.onnx: the int8 graph is wrong on this machine" in message
+    assert cpu_info()["model"] in message and "must reach 30 dB" in message
+    assert f"ONNX Runtime {cpu_info()['onnxruntime']}" in message
+    snr = float(message.split(" dB SNR")[0].rsplit(" ", 1)[-1])
+    assert snr < 30
+    assert OnnxVocoder(wrong, check=False).int8_check is None  # the writer's own checks opt out
+
+
+def test_the_answer_is_remembered_per_file_and_machine(graphs, tmp_path, monkeypatch):
+    monkeypatch.setenv(int8_check.CACHE_ENV, str(tmp_path / "cache"))
+    runs = []
+    real = int8_check.snr_db
+    monkeypatch.setattr(int8_check, "snr_db", lambda *a: runs.append(1) or real(*a))
+    first = OnnxVocoder(graphs[INT8_SCHEME]).int8_check
+    assert OnnxVocoder(graphs[INT8_SCHEME]).int8_check == first and len(runs) == 1
+    entries = json.loads((tmp_path / "cache" / "int8_checks.json").read_text())
+    assert [v["snr_db"] for v in entries.values()] == [first.snr_db]
+    other = {**cpu_info(), "model": "Another CPU", "int8_features": ["avx2"]}
+    monkeypatch.setattr(int8_check, "cpu_info", lambda: other)
+    assert "Another CPU" in OnnxVocoder(graphs[INT8_SCHEME]).int8_check.cpu and len(runs) == 2
+
+
+def test_a_graph_without_a_probe_is_judged_by_its_bound_and_the_cpu(graphs, tmp_path, monkeypatch):
+    model = onnx.load(str(graphs["u8s8"]))
+    kept = [p for p in model.metadata_props if p.key != PROBE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    legacy = tmp_path / "legacy.onnx"
+    onnx.save(model, str(legacy))
+    monkeypatch.setenv(int8_check.CACHE_ENV, str(tmp_path / "cache"))
+    avx2 = {"model": "AMD EPYC", "arch": "x86_64", "int8_features": ["avx2"], "onnxruntime": "1.32.0"}
+    monkeypatch.setattr(int8_check, "cpu_info", lambda: avx2)
+    with pytest.raises(Int8MismatchError, match="5 of its integer products can overflow .* no VNNI or AMX"):
+        OnnxVocoder(legacy)
+    vnni = {**avx2, "model": "Intel Xeon", "int8_features": ["avx2", "avx512f", "avx512_vnni"]}
+    monkeypatch.setattr(int8_check, "cpu_info", lambda: vnni)
+    assert OnnxVocoder(legacy).int8_check.ok
+
+
+def test_cpu_description_names_the_int8_features():
+    info = {"model": "AMD EPYC", "arch": "x86_64", "int8_features": ["avx2", "sse4_1"], "onnxruntime": "1.32.0"}
+    assert describe_cpu(info) == "AMD EPYC (x86_64: avx2, sse4_1; no AVX-512, no VNNI, no AMX), ONNX Runtime 1.32.0"
+    arm = {"model": "Neoverse-N1", "arch": "aarch64", "int8_features": ["asimd", "asimddp"], "onnxruntime": "1.32.0"}
+    assert describe_cpu(arm) == "Neoverse-N1 (aarch64: asimd, asimddp), ONNX Runtime 1.32.0"
+    here = cpu_info()
+    assert here["onnxruntime"] and here["arch"] == platform.machine()
+
+
+# -- choosing the runtime of a release -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def release(tmp_path_factory, fake):
+    """A release folder as train/export.py lays it out: vocos' layout, the fp32 and int8 graphs."""
+    from train.release.vocos_layout import write_vocos_layout
+    from train.student.quantized import strip
+
+    folder = tmp_path_factory.mktemp("release")
+    write_vocos_layout(strip(fake), folder)
+    export_onnx(strip(fake), folder / "model.onnx")
+    export_onnx(fake, folder / "model.int8.onnx", quantize=True)
+    return folder
+
+
+def with_speed(monkeypatch, int8_s, fp32_s):
+    import train.student.int8_check as module
+
+    monkeypatch.setattr(module, "speed_check", lambda *a, **k: {"int8_s": int8_s, "fp32_s": fp32_s})
+
+
+def test_auto_takes_the_int8_graph_when_it_passes_and_is_faster(release, monkeypatch):
+    from train.release.chatterbox import load_vocoder
+
+    with_speed(monkeypatch, 0.001, 0.002)
+    vocoder = load_vocoder(release)
+    assert vocoder.runtime == "int8" and vocoder.vocoder.int8_check.ok
+
+
+def test_auto_takes_fp32_where_int8_is_not_faster_here(release, monkeypatch):
+    from train.release.chatterbox import load_vocoder
+
+    with_speed(monkeypatch, 0.002, 0.002)
+    vocoder = load_vocoder(release)
+    assert vocoder.runtime == "onnx" and not vocoder.vocoder.is_int8
+    assert load_vocoder(release, runtime="int8").runtime == "int8"  # asked for by name: no speed test
+
+
+def test_a_wrong_int8_graph_makes_auto_fall_back_and_int8_refuse(release, tmp_path, monkeypatch):
+    from train.release.chatterbox import Int8FallbackWarning, load_vocoder
+
+    planted = tmp_path / "release"
+    shutil.copytree(release, planted)
+    plant_wrong_weights(release / "model.int8.onnx", planted / "model.int8.onnx")
+    with_speed(monkeypatch, 0.001, 0.002)
+    with pytest.warns(
+        Int8FallbackWarning, match=r"not using the int8 graph: .*wrong on this machine, .* dB SNR"
+    ) as seen:
+        vocoder = load_vocoder(planted)
+    assert describe_cpu() in str(seen[0].message)
+    assert vocoder.runtime == "onnx" and not vocoder.vocoder.is_int8
+    with pytest.raises(Int8MismatchError, match=r"model.int8.onnx: the int8 graph is wrong on this machine, .* dB SNR"):
+        load_vocoder(planted, runtime="int8")
+    (planted / "model.onnx").unlink()  # no fp32 graph: auto goes on to the vocos weights
+    with pytest.warns(Int8FallbackWarning):
+        assert load_vocoder(planted).runtime == "torch"
+
+
+def test_a_probe_whose_process_dies_fails_the_check_instead_of_the_caller(graphs, tmp_path, monkeypatch):
+    """ONNX Runtime's aarch64 int8 kernels die of an illegal instruction on ARMv8.0 cores (Cortex-A53/A72,
+    Raspberry Pi 4; seen here under qemu-aarch64): the probe runs in a process of its own, so such a CPU
+    fails the check and auto falls back, where running it in-process would kill the caller."""
+    monkeypatch.setenv(int8_check.CACHE_ENV, str(tmp_path / "cache"))
+    dies = tmp_path / "kill.py"  # stands in for the emulator prefix: the child dies of SIGILL
+    dies.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    real = int8_check.run_in_child
+    monkeypatch.setattr(int8_check, "run_in_child", lambda path, mel: real(path, mel, [sys.executable, str(dies)]))
+    with pytest.raises(Int8MismatchError, match=r"could not run its probe on this machine: .* \(signal SIGILL\)"):
+        OnnxVocoder(graphs[INT8_SCHEME])

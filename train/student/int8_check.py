@@ -1,0 +1,374 @@
+"""An int8 graph that checks itself on the machine it runs on.
+
+Integer kernels differ between CPUs (see :data:`train.student.graph.INT8_SCHEMES`), so a graph
+that was right where it was written can be wrong elsewhere. Three defences, from cheapest:
+
+1. :func:`overflow_risks`: the written graph's integer weights against the bound of the
+   kernels that add u8 x s8 products in int16 pairs (``2 * 255 * max|w| <= 32,767``). It
+   needs no CPU and no input: the writer refuses a graph that fails it.
+2. The probe: :func:`train.student.graph.export_onnx` stores in every int8 graph a short mel and
+   the output the graph must reproduce (the fake-quantised QAT model's, or the fp32 model's
+   without QAT), with the SNR the graph reached where it was written and the least SNR it must
+   reach anywhere (``probe_min_snr_db``: the writer's ``min_snr_db``, or 3 dB under what the
+   writer measured if that is lower; right kernels agree to a few hundredths of a dB, a
+   saturating one loses 10-25 dB).
+3. :func:`self_check`: runs the probe on this machine, in a process of its own (a kernel that
+   dies of an illegal instruction fails the check instead of the caller), once per file, CPU
+   and ONNX Runtime version, and remembers the answer (:func:`cache_path`), so later loads cost
+   a hash.
+   :class:`~train.student.graph.OnnxVocoder` calls it for every int8 graph it loads and raises
+   :class:`Int8MismatchError` under the threshold; the Chatterbox drop-in's ``runtime="auto"``
+   falls back to the fp32 runtime instead, and also takes fp32 where int8 is not faster here
+   (:func:`speed_check`).
+
+The CPU is named wherever an int8 figure is written (:func:`cpu_info`, :func:`describe_cpu`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from train.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+INT16_MAX = 32_767
+U8_MAX = 255
+INTEGER_MATMULS = {"MatMulInteger": 1, "ConvInteger": 1, "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
+# CPU features that decide which int8 kernels run (x86, then ARM64): named beside every int8 figure
+INT8_FEATURES = (
+    "sse4_1",
+    "avx2",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+)
+PROBE_KEY = "int8_probe"
+CACHE_ENV = "VOCOS_DISTILL_CACHE"
+
+
+class Int8MismatchError(ConfigError, RuntimeError):
+    """An int8 graph that does not reproduce its model on this machine."""
+
+
+# -- the bound ------------------------------------------------------------------------------------
+def overflow_risks(model: Any) -> list[str]:
+    """Integer matrix products of ``model`` (an ``onnx.ModelProto``) whose int8 weights could
+    overflow an int16 pair sum of u8 x s8 products (``vpmaddubsw``: x86 without VNNI): one line
+    each, empty when none can. Unsigned weights are widened by every kernel and cannot."""
+    from onnx import numpy_helper
+
+    weights = {init.name: init for init in model.graph.initializer}
+    risks = []
+    for node in model.graph.node:
+        index = INTEGER_MATMULS.get(node.op_type)
+        if index is None or len(node.input) <= index or node.input[index] not in weights:
+            continue
+        values = numpy_helper.to_array(weights[node.input[index]])
+        if values.dtype != np.int8:
+            continue
+        largest = int(np.abs(values.astype(np.int32)).max()) if values.size else 0
+        if 2 * U8_MAX * largest > INT16_MAX:
+            risks.append(
+                f"{node.name or node.op_type} ({node.input[index]}): |weight| up to {largest}, "
+                f"2 * {U8_MAX} * {largest} = {2 * U8_MAX * largest:,} > {INT16_MAX:,}"
+            )
+    return risks
+
+
+# -- the probe ------------------------------------------------------------------------------------
+def _pack(array: np.ndarray) -> dict[str, Any]:
+    array = np.ascontiguousarray(array, dtype=np.float16)
+    return {"shape": list(array.shape), "float16": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def _unpack(packed: dict[str, Any]) -> np.ndarray:
+    data = np.frombuffer(base64.b64decode(packed["float16"]), dtype=np.float16)
+    return data.reshape(packed["shape"]).astype(np.float32)
+
+
+PROBE_STRIDE = 8  # every 8th output sample is kept: the SNR over 1,440 of them is within ~0.2 dB of all 11,520
+
+
+def encode_probe(mel: np.ndarray, expected: np.ndarray, snr_db: float, min_snr_db: float) -> str:
+    """The probe as it is stored in a graph's metadata: the mel and every :data:`PROBE_STRIDE`-th
+    sample of the expected output, in float16 (its rounding is ~66 dB down); about 9 KB."""
+    return json.dumps(
+        {
+            "mel": _pack(mel),
+            "expected": _pack(expected[..., ::PROBE_STRIDE]),
+            "stride": PROBE_STRIDE,
+            "snr_db": round(snr_db, 2),
+            "min_snr_db": min_snr_db,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Probe:
+    mel: np.ndarray  # (1, n_mels, frames)
+    expected: np.ndarray  # (1, frames * hop / stride): every stride-th sample of what the graph must give
+    stride: int
+    snr_db: float  # what it gave where it was written
+    min_snr_db: float  # what it must give anywhere
+
+    def snr(self, output: np.ndarray) -> float:
+        """The graph's ``output`` on :attr:`mel` against what it must be."""
+        return snr_db(self.expected, output[..., :: self.stride])
+
+
+def read_probe(metadata: dict[str, str]) -> Probe | None:
+    if PROBE_KEY not in metadata:
+        return None
+    raw = json.loads(metadata[PROBE_KEY])
+    return Probe(
+        _unpack(raw["mel"]),
+        _unpack(raw["expected"]),
+        int(raw["stride"]),
+        float(raw["snr_db"]),
+        float(raw["min_snr_db"]),
+    )
+
+
+def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """10 log10 of the reference's energy over the error's (inf when equal)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    noise = float(np.sum((reference - np.asarray(estimate, dtype=np.float64)) ** 2))
+    return float("inf") if noise == 0 else float(10 * np.log10(float(np.sum(reference**2)) / noise))
+
+
+# -- the machine ----------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def cpu_info() -> dict[str, Any]:
+    """This CPU's model name, architecture and int8-relevant features, and ONNX Runtime's version."""
+    import onnxruntime
+
+    name, flags = "", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and not name:
+            name = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    if not name and platform.system() == "Darwin":
+        import subprocess
+
+        try:
+            name = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    machine = platform.machine()
+    return {
+        "model": name or platform.processor() or machine or "unknown CPU",
+        "arch": machine,
+        "int8_features": [f for f in INT8_FEATURES if f in flags],
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def describe_cpu(info: dict[str, Any] | None = None) -> str:
+    """One line: ``AMD EPYC (x86_64: avx2; no AVX-512, no VNNI, no AMX), ONNX Runtime 1.32.0``."""
+    info = info or cpu_info()
+    features = set(info["int8_features"])
+    notes = []
+    if info["arch"] in ("x86_64", "AMD64", "i686", "x86"):
+        notes += [] if features & {"avx512f", "avx512bw"} else ["no AVX-512"]
+        notes += [] if features & {"avx512_vnni", "avx_vnni"} else ["no VNNI"]
+        notes += [] if "amx_int8" in features else ["no AMX"]
+    listed = ", ".join(sorted(features)) or "no int8 features reported"
+    listed += f"; {', '.join(notes)}" if notes else ""
+    return f"{info['model']} ({info['arch']}: {listed}), ONNX Runtime {info['onnxruntime']}"
+
+
+# -- remembering answers --------------------------------------------------------------------------
+def cache_path() -> Path:
+    """``$VOCOS_DISTILL_CACHE/int8_checks.json``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vocos-distill"
+    return Path(os.environ.get(CACHE_ENV) or home) / "int8_checks.json"
+
+
+def _machine_key() -> str:
+    info = cpu_info()
+    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached(key: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(cache_path().read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _remember(key: str, value: dict[str, Any]) -> None:
+    from train.utils.files import atomic_write_text
+
+    path = cache_path()
+    try:
+        entries = json.loads(path.read_text()) if path.is_file() else {}
+        entries = entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = value
+    try:
+        atomic_write_text(path, json.dumps(entries, indent=1))
+    except OSError as err:  # a read-only home: the check simply runs again next time
+        log.debug("int8 check not remembered (%s): %s", path, err)
+
+
+# -- the checks -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Int8Check:
+    ok: bool
+    snr_db: float | None  # probe output on this machine vs what it must be (None: the graph has no probe)
+    min_snr_db: float | None
+    written_snr_db: float | None
+    cpu: str
+    reason: str  # one sentence, for logs and errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _file_key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# Runs ONNX graphs on one mel in a process of its own: `python -c RUNNER mel.npy out_dir graph.onnx ...`
+# writes out_dir/<graph file name>.npy. It needs numpy and onnxruntime only (the tests run it on
+# emulated CPUs too).
+RUNNER = """
+import os, sys
+import numpy as np, onnxruntime as ort
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.log_severity_level = 3
+mel = np.load(sys.argv[1])
+for path in sys.argv[3:]:
+    wav = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, {"mel": mel})[0]
+    np.save(os.path.join(sys.argv[2], os.path.basename(path) + ".npy"), wav)
+"""
+
+
+class ProbeCrashed(RuntimeError):
+    """The probe's process died: ONNX Runtime's kernels crashed on this CPU."""
+
+
+def run_in_child(path: Path, mel: np.ndarray, prefix: list[str] | None = None, timeout: float = 300) -> np.ndarray:
+    """``path``'s output on ``mel`` from a fresh process (``prefix``: e.g. an emulator to run it
+    under), so that a kernel that kills its process (an illegal instruction: ONNX Runtime's
+    aarch64 int8 kernels on ARMv8.0 cores) fails a check instead of the caller."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "mel.npy", mel)
+        command = [*(prefix or []), sys.executable, "-c", RUNNER, str(Path(tmp) / "mel.npy"), tmp, str(path)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            died = -done.returncode if done.returncode < 0 else None
+            how = f"signal {signal.Signals(died).name}" if died else f"exit status {done.returncode}"
+            tail = done.stderr.strip().splitlines()[-1:] or [""]
+            raise ProbeCrashed(f"ONNX Runtime's process running {Path(path).name} died ({how}) {tail[0]}".strip())
+        return np.load(Path(tmp) / f"{Path(path).name}.npy")
+
+
+def self_check(name: str, data: bytes, metadata: dict[str, str], path: Path) -> Int8Check:
+    """Whether the int8 graph ``data`` (the file ``path``, named ``name`` in messages) reproduces
+    its probe on this machine, run in a process of its own (:func:`run_in_child`). Cached per
+    file, CPU and ONNX Runtime version."""
+    key = f"probe:{_file_key(data)}:{_machine_key()}"
+    cached = _cached(key)
+    if cached is not None:
+        return Int8Check(**cached)
+    cpu = describe_cpu()
+    probe = read_probe(metadata)
+    if probe is None:
+        import onnx
+
+        risks = overflow_risks(onnx.load_model_from_string(data))
+        features = set(cpu_info()["int8_features"])
+        int32_adds = cpu_info()["arch"] not in ("x86_64", "AMD64") or bool(
+            features & {"avx512_vnni", "avx_vnni", "amx_int8"}
+        )
+        ok = not risks or int32_adds
+        if not risks:
+            verdict = "its integer weights cannot overflow any kernel"
+        elif ok:
+            verdict = "its weights could overflow CPUs without VNNI, but this one adds in int32"
+        else:
+            verdict = (
+                f"{len(risks)} of its integer products can overflow an int16 pair sum on this CPU, "
+                "which has no VNNI or AMX"
+            )
+        reason = f"{name} carries no probe (written before int8 graphs checked themselves); {verdict}"
+        result = Int8Check(ok, None, None, None, cpu, reason)
+    else:
+        try:
+            measured = probe.snr(run_in_child(path, probe.mel))
+        except (ProbeCrashed, OSError) as err:
+            reason = f"{name} could not run its probe on this machine: {err}"
+            result = Int8Check(False, None, probe.min_snr_db, probe.snr_db, cpu, reason)
+        else:
+            ok = measured >= probe.min_snr_db
+            reason = (
+                f"{name} reproduces its model at {measured:.1f} dB SNR on this machine's probe "
+                f"(it must reach {probe.min_snr_db:g} dB; {probe.snr_db:.1f} dB where it was written)"
+            )
+            result = Int8Check(ok, measured, probe.min_snr_db, probe.snr_db, cpu, reason)
+    _remember(key, result.as_dict())
+    log.info("int8 self-check on %s: %s", cpu, result.reason)
+    return result
+
+
+def speed_check(int8: Any, fp32: Any, repeats: int = 5) -> dict[str, float]:
+    """Seconds per call of two ``OnnxVocoder`` on 3 s of the int8 graph's probe mel (median of
+    ``repeats`` after a warm-up), at the current thread count; cached per file pair, CPU,
+    ONNX Runtime version and thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    key = f"speed:{_file_key(int8._bytes)}:{_file_key(fp32._bytes)}:{_machine_key()}:{threads}"
+    cached = _cached(key)
+    if cached is not None:
+        return cached
+    probe = read_probe(int8.metadata)
+    mel = torch.from_numpy(probe.mel) if probe is not None else torch.full((1, int8.n_mels, 24), -5.0)
+    mel = mel.repeat(1, 1, -(-150 // mel.shape[-1]))[..., :150]  # 3 s: long enough to time
+    times: dict[str, list[float]] = {"int8_s": [], "fp32_s": []}
+    with torch.inference_mode():
+        int8(mel), fp32(mel)
+        for _ in range(repeats):  # interleaved, so a burst of load falls on both
+            for key_, model in (("int8_s", int8), ("fp32_s", fp32)):
+                start = time.perf_counter()
+                model(mel)
+                times[key_].append(time.perf_counter() - start)
+    result = {k: statistics.median(v) for k, v in times.items()}
+    _remember(key, result)
+    return result
