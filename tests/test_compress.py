@@ -316,3 +316,24 @@ def test_an_unreadable_onnx_student_is_named(tmp_path):
     onnx.save(model, str(tmp_path / "old.onnx"))
     with pytest.raises(OnnxArtifactError, match=r"old.onnx: a graph with outputs \['real'\], not the waveform"):
         load_student(tmp_path / "old.onnx")
+
+
+@pytest.mark.slow
+def test_bench_int8_schemes_puts_every_scheme_beside_fp32_with_its_snr(tmp_path, capsys):
+    from train import bench
+    from train.student.graph import INT8_SCHEMES
+
+    save_ckpt(prepare(student()), tmp_path / "qat.ckpt")
+    out = tmp_path / "rows.json"
+    bench.main(["--seconds", "0.2", "--repeats", "1", "--chunk-frames", "5", "--train-steps", "0", "--clips", "1",
+                "--int8-schemes", "--students", str(tmp_path / "qat.ckpt"), "--json", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())
+    names = [r["name"] for r in rows]
+    assert names[:4] == ["teacher (HiFT)", "qat.ckpt", "fp32.safetensors", "fp32.onnx"]
+    assert names[4:] == [f"int8-{scheme}.onnx" for scheme in INT8_SCHEMES]
+    schemes = {r["name"]: r for r in rows if "scheme" in r}
+    assert schemes["fp32.onnx"]["snr_vs_fp32_db"] > 90 and schemes["int8-u8s8-7bit.onnx"]["snr_vs_model_db"] > 25
+    assert all(r["ms_per_s_interleaved"] > 0 for r in schemes.values())
+    assert all(r["cpu"] == rows[0]["cpu"] and "ONNX Runtime" in r["cpu"] for r in rows)
+    printed = capsys.readouterr().out
+    assert f"CPU: {rows[0]['cpu']}" in printed and "u8s8-7bit (shipped)" in printed

@@ -114,7 +114,7 @@ def test_every_x86_kernel_gives_the_same_int8_output(graphs, fake, mel):
 
 
 def test_each_int8_graph_carries_its_probe_and_passes_it_here(graphs, fake):
-    probe = read_probe(OnnxVocoder(graphs[INT8_SCHEME], check=False).metadata)
+    probe = read_probe(OnnxVocoder(graphs[INT8_SCHEME], check=False).metadata)  # written without held-out mels
     assert probe.mel.shape == (1, 80, 24) and probe.expected.shape == (1, 24 * 480 // probe.stride)
     with torch.no_grad():
         assert probe.snr(fake(torch.from_numpy(probe.mel)).numpy()) > 60  # the QAT model's output
@@ -124,6 +124,24 @@ def test_each_int8_graph_carries_its_probe_and_passes_it_here(graphs, fake):
     check = vocoder.int8_check
     assert check.ok and abs(check.snr_db - probe.snr_db) < 0.5 and check.cpu == describe_cpu()
     assert OnnxVocoder(export_onnx(fake, graphs[INT8_SCHEME].with_name("fp32.onnx"))).int8_check is None
+
+
+def test_the_probe_keeps_the_windows_the_graph_reproduces_worst(fake, tmp_path):
+    from train.student.graph import probe_windows
+
+    torch.manual_seed(2)
+    mels = [torch.randn(1, 80, 60) - 5, 3 * torch.randn(1, 80, 30) - 3, torch.randn(1, 80, 10)]  # the last: too short
+    candidates = probe_windows(mels)
+    assert candidates.shape == (4 + 1, 80, 24)  # windows at 0, 12, 24, 36 of the first, 0 of the second
+    path = export_onnx(fake, tmp_path / "p.onnx", quantize=True, probe=candidates)
+    probe = read_probe(OnnxVocoder(path, check=False).metadata)
+    assert probe.mel.shape == (3, 80, 24)
+    graph = OnnxVocoder(path, check=False)
+    stored = candidates.half().float()  # as the writer stores and compares them
+    with torch.no_grad():
+        each = [snr_db(fake(w[None]).numpy(), graph(w[None]).numpy()) for w in stored]
+    kept = [next(i for i, w in enumerate(stored) if torch.equal(w, torch.from_numpy(m))) for m in probe.mel]
+    assert sorted(each[i] for i in kept) == sorted(each)[:3]  # the three it reproduces worst
 
 
 def plant_wrong_weights(path, out):

@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         print(rows_table(prepare_rows))
 
 
-FIDELITY = ("scheme", "snr_vs_model_db", "snr_vs_fp32_db")
+FIDELITY = ("scheme", "snr_vs_model_db", "snr_vs_fp32_db", "ms_per_s_interleaved")
+ROUNDS = 15  # interleaved timing rounds of the graphs of one checkpoint
 
 
 def int8_scheme_graphs(
@@ -135,7 +136,7 @@ def int8_scheme_graphs(
 
     from train.data.datamodule import corpus_mels
     from train.evaluation.metrics import snr_db
-    from train.student.graph import INT8_SCHEME, INT8_SCHEMES, OnnxVocoder, export_onnx, probe_window
+    from train.student.graph import INT8_SCHEME, INT8_SCHEMES, OnnxVocoder, export_onnx, probe_windows
     from train.student.model import load_student
     from train.student.quantized import strip
 
@@ -156,19 +157,44 @@ def int8_scheme_graphs(
         graphs = {"fp32": export_onnx(plain, own / "fp32.onnx")}
         for scheme in INT8_SCHEMES:
             graphs[scheme] = export_onnx(model, own / f"int8-{scheme}.onnx", quantize=True, scheme=scheme,
-                                         probe=probe_window(mels))  # fmt: skip
+                                         probe=probe_windows(mels))  # fmt: skip
+        loaded = {scheme: OnnxVocoder(path, check=False) for scheme, path in graphs.items()}
         with torch.inference_mode():
             references = [(model(m), plain(m)) for m in mels]
             for scheme, path in graphs.items():
-                graph = OnnxVocoder(path, check=False)
-                outputs = [graph(m) for m in mels]
+                outputs = [loaded[scheme](m) for m in mels]
                 fidelity[str(path)] = {
                     "scheme": scheme + (" (shipped)" if scheme == INT8_SCHEME else ""),
                     "snr_vs_model_db": min(snr_db(r, o) for (r, _), o in zip(references, outputs, strict=True)),
                     "snr_vs_fp32_db": min(snr_db(p, o) for (_, p), o in zip(references, outputs, strict=True)),
                 }
                 files.append(str(path))
+        for scheme, ms in interleaved_ms_per_s(loaded).items():
+            fidelity[str(graphs[scheme])]["ms_per_s_interleaved"] = ms
     return files, fidelity
+
+
+def interleaved_ms_per_s(graphs: dict[str, torch.nn.Module], seconds: float = 10.0) -> dict[str, float]:
+    """Milliseconds of compute per second of audio, 1 thread, median of :data:`ROUNDS` rounds that
+    run every graph once in turn on the same mel: a burst of load on a shared machine falls on all
+    of them, so their order is steadier than in separate timings."""
+    import statistics
+    import time
+
+    from train.evaluation.cost import threads
+
+    torch.manual_seed(0)
+    mel = torch.randn(1, 80, int(seconds * 50)) - 5.0
+    times: dict[str, list[float]] = {name: [] for name in graphs}
+    with threads(1), torch.inference_mode():
+        for graph in graphs.values():
+            graph(mel)
+        for _ in range(ROUNDS):
+            for name, graph in graphs.items():
+                start = time.perf_counter()
+                graph(mel)
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) / seconds for name, t in times.items()}
 
 
 def streaming(args: argparse.Namespace) -> None:

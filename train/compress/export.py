@@ -17,7 +17,7 @@ from train.evaluation.metrics import snr_db
 from train.evaluation.pipeline import sha256_file
 from train.evaluation.report import rows_table
 from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
-from train.student.graph import OnnxVocoder, export_onnx, probe_window
+from train.student.graph import OnnxVocoder, export_onnx, probe_windows
 from train.student.int8_check import describe_cpu
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared
@@ -49,7 +49,7 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
             Path(tmp) / "student.onnx",
             quantize=True,
             metadata=source,
-            probe=probe_window(mels),
+            probe=probe_windows(mels),
             min_snr_db=cfg.min_snr_db,
         )
         runtime = OnnxVocoder(graph, check=False)  # checked below, on every validation mel

@@ -42,7 +42,7 @@ from train.evaluation.pipeline import load_optional_teacher, sha256_file
 from train.evaluation.report import read_report, table
 from train.release import card, listen
 from train.release.vocos_layout import feature_residual, load_vocos, write_vocos_layout
-from train.student.graph import ISTFT_FORMS, OnnxVocoder, export_onnx, probe_window, session
+from train.student.graph import ISTFT_FORMS, OnnxVocoder, export_onnx, probe_windows, session
 from train.student.int8_check import cpu_info, describe_cpu
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared, strip
@@ -88,7 +88,7 @@ def check_report(report_path: Path, checkpoint: Path, checkpoint_sha: str, force
     made_from = None
     if evaluated["sha256"] != checkpoint_sha and Path(evaluated["path"]).suffix == ".onnx":
         try:
-            made_from = OnnxVocoder(evaluated["path"]).metadata.get("source_sha256")
+            made_from = OnnxVocoder(evaluated["path"], check=False).metadata.get("source_sha256")  # metadata only
         except (OSError, ConfigError):
             made_from = None
     if checkpoint_sha not in (evaluated["sha256"], made_from):
@@ -315,7 +315,7 @@ def _build(
             quantize=True,
             istft=cfg.istft,
             metadata=source,
-            probe=probe_window(mels),
+            probe=probe_windows(mels),
             min_snr_db=cfg.min_snr_db,
         )
 
