@@ -278,3 +278,12 @@ def test_auto_device_is_this_processs_own_gpu(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda", 3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_preparing_into_a_log_writes_a_few_progress_lines_not_a_redraw_per_clip(tmp_path, capsys):
+    """A prepare stage of 4,956 clips wrote 500 KB of progress into its log: one redraw per clip."""
+    dm = make(tmp_path, audio_dirs=[str(write_clips(tmp_path / "clips", count=40, seconds=0.3))], progress=True)
+    dm.prepare()
+    err = capsys.readouterr().err  # captured: not a terminal, as a log file or a SLURM log
+    lines = [line for line in err.splitlines() if line.startswith("prepare")]
+    assert "\r" not in err and 1 <= len(lines) <= 3 and "40/40" in lines[-1]

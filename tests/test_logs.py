@@ -41,3 +41,29 @@ def test_warnings_are_one_line_without_the_source_line():
     assert format_warning("old", DeprecationWarning, "/lib/thing.py", 3) == "DeprecationWarning: old (thing.py:3)"
     route_library_logs()
     assert warnings.formatwarning is format_warning
+
+
+# -- progress in a log: lines every few seconds, not a redraw per item -------------------------------------
+def test_progress_in_a_log_is_a_few_whole_lines_and_on_a_terminal_a_live_bar():
+    import io
+
+    from train.utils.progress import progress
+
+    log = io.StringIO()  # a file, a SLURM log, CI's output: not a terminal
+    for _ in progress(iterable=range(5000), desc="prepare", file=log):
+        pass
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and 1 <= len(lines) <= 3  # the start and the end, not 5,000 redraws
+    assert lines[-1].startswith("prepare: 100%") and "5000/5000" in lines[-1]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    bar = progress(total=3, desc="train", file=screen)
+    for _ in range(3):
+        bar.update(1)
+        bar.refresh()
+    bar.close()
+    assert screen.getvalue().count("\r") >= 3  # redrawn in place

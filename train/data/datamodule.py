@@ -25,7 +25,6 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from train.data.cache import FrameIndex, SourceManifest, TensorCache
 from train.data.speech import missing_hint
@@ -34,6 +33,7 @@ from train.s3gen.mel import HOP_LENGTH, N_MELS, SAMPLE_RATE, S3GenMel
 from train.s3gen.teacher import synthesize
 from train.utils.errors import ConfigError, MissingFileError
 from train.utils.files import remove_stale_temporaries
+from train.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ class VocoderDataModule(LightningDataModule):
         started = time.perf_counter()
         mine = shard(self.utterances(), rank, world_size)
         report = PrepareReport(rank=rank, world_size=world_size, assigned=len(mine))
-        bar = tqdm(
+        bar = progress(
             total=len(mine),
             desc=f"prepare {rank + 1}/{world_size}" if world_size > 1 else "prepare",
             unit="utt",
@@ -394,7 +394,8 @@ class VocoderDataModule(LightningDataModule):
                 try:
                     if self._prepare_one(utterance, wait, report, counted):
                         bar.update(1)
-                        bar.set_postfix(audio_s_per_s=f"{report.audio_seconds / (time.perf_counter() - started):.1f}")
+                        rate = report.audio_seconds / (time.perf_counter() - started)
+                        bar.set_postfix(audio_s_per_s=f"{rate:.1f}", refresh=False)
                     else:
                         deferred.append(utterance)
                 except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:

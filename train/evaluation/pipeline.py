@@ -26,7 +26,6 @@ import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from train.evaluation import cost, plots, report
 from train.evaluation.metrics import WINDOW_RULE, Analysis, QualityMetrics, combine_windows, windows
@@ -38,6 +37,7 @@ from train.utils.errors import MissingFileError
 from train.utils.files import atomic_write_text
 from train.utils.hub import WeightsUnavailableError
 from train.utils.instantiate import instantiate_dict, instantiate_with_weights
+from train.utils.progress import progress
 
 log = logging.getLogger(__name__)
 TRAIN_HINT = "train one with `python train/fit.py experiment=finetune`, or pass checkpoint=/path/to/student.ckpt"
@@ -164,7 +164,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     utterances, mels, examples = [], [], []
     scoring = cfg.scoring
-    for index in tqdm(range(count), desc="evaluate", unit="utt", disable=not cfg.progress_bar):
+    for index in progress(iterable=range(count), desc="evaluate", unit="utt", disable=not cfg.progress_bar):
         name = dataset.entries[index][0].name
         item = dataset[index]
         with torch.inference_mode():

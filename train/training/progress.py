@@ -7,13 +7,14 @@ per validation. Written to a log file rather than a terminal, it updates at most
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from tqdm import tqdm
+
+from train.utils.progress import progress
 
 
 class StepProgressBar(ProgressBar):
@@ -36,16 +37,13 @@ class StepProgressBar(ProgressBar):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._enabled or not trainer.is_global_zero:
             return
-        interactive = sys.stderr.isatty()
-        self.bar = tqdm(
+        self.bar = progress(
             total=trainer.max_steps,
             initial=trainer.global_step,
             desc="train",
             unit="step",
-            dynamic_ncols=interactive,
-            mininterval=0.5 if interactive else self.log_interval_s,
             smoothing=0.05,
-            file=sys.stderr,
+            log_interval_s=self.log_interval_s,
         )
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
