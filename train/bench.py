@@ -141,6 +141,7 @@ def int8_scheme_graphs(
     from train.student.quantized import strip
 
     mels = [m.unsqueeze(0) for m in corpus_mels(corpus, clips, 6.0)]
+    candidates = probe_windows(mels)
     files, fidelity = [], {}
     for index, checkpoint in enumerate(checkpoints):
         files.append(checkpoint)
@@ -157,7 +158,7 @@ def int8_scheme_graphs(
         graphs = {"fp32": export_onnx(plain, own / "fp32.onnx")}
         for scheme in INT8_SCHEMES:
             graphs[scheme] = export_onnx(model, own / f"int8-{scheme}.onnx", quantize=True, scheme=scheme,
-                                         probe=probe_windows(mels))  # fmt: skip
+                                         probe=candidates)  # fmt: skip
         loaded = {scheme: OnnxVocoder(path, check=False) for scheme, path in graphs.items()}
         with torch.inference_mode():
             references = [(model(m), plain(m)) for m in mels]

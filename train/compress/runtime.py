@@ -76,6 +76,7 @@ def compare(
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         rows_in = candidates(qat_student, Path(tmp), compile)
         reference = [rows_in[0][1](m) for m in mels]
+        fp32_reference = [rows_in[1][1](m) for m in mels]
         rows = []
         for name, model, note in rows_in:
             log.info("runtime candidate: %s", name)
@@ -84,7 +85,6 @@ def compare(
             first_call = time.perf_counter() - start
             snrs = [snr_db(r, model(m)) for r, m in zip(reference, mels, strict=True)]
             row = {"runtime": name, "snr_min_db": min(snrs), "snr_mean_db": sum(snrs) / len(snrs)}
-            fp32_reference = [rows_in[1][1](m) for m in mels]
             row["snr_vs_fp32_db"] = min(snr_db(r, model(m)) for r, m in zip(fp32_reference, mels, strict=True))
             with threads(1):
                 row["rtf_1_thread"] = time_call(lambda model=model: model(timing_mel), repeats) / seconds

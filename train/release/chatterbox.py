@@ -218,9 +218,9 @@ def load_vocoder(
     order = ["int8", "onnx", "torch"] if runtime == "auto" else [runtime]
     chosen, weights = release.first(order)
     if chosen == "int8":
-        vocoder = _checked_int8(release, weights, runtime)
-        if vocoder is not None:
-            return ChatterboxVocoder(vocoder, source, "int8")
+        picked = _checked_int8(release, weights, runtime)
+        if picked is not None:
+            return ChatterboxVocoder(picked[1], source, picked[0])
         chosen, weights = release.first(order[1:])
     if chosen in ("onnx", "int8"):
         from train.student.graph import OnnxVocoder
@@ -243,11 +243,11 @@ def load_vocoder(
     return ChatterboxVocoder(model.to(device), source, chosen)
 
 
-def _checked_int8(release: ReleaseFiles, weights: Path, runtime: str) -> nn.Module | None:
-    """The release's int8 graph once it has passed its self-check on this machine
-    (:mod:`train.student.int8_check`), or None where ``auto`` should take the next runtime: the
-    check failed (a warning says why), or its fp32 graph is faster here. ``runtime="int8"``
-    raises on a failed check instead."""
+def _checked_int8(release: ReleaseFiles, weights: Path, runtime: str) -> tuple[str, nn.Module] | None:
+    """``("int8", graph)`` once the release's int8 graph has passed its self-check on this machine
+    (:mod:`train.student.int8_check`); ``("onnx", fp32 graph)`` where ``auto`` finds that graph
+    faster here; None where the check failed and ``auto`` should take the next runtime (a warning
+    says why). ``runtime="int8"`` raises on a failed check instead."""
     from train.student.graph import OnnxVocoder
     from train.student.int8_check import Int8MismatchError, speed_check
 
@@ -259,10 +259,10 @@ def _checked_int8(release: ReleaseFiles, weights: Path, runtime: str) -> nn.Modu
         warnings.warn(f"runtime='auto' is not using the int8 graph: {err}", Int8FallbackWarning, stacklevel=3)
         return None
     if runtime != "auto":
-        return int8
+        return "int8", int8
     fp32_path = release.get("onnx")
     if fp32_path is None:
-        return int8
+        return "int8", int8
     fp32 = OnnxVocoder(fp32_path).eval()
     speed = speed_check(int8, fp32)
     if speed["int8_s"] >= speed["fp32_s"]:
@@ -272,8 +272,8 @@ def _checked_int8(release: ReleaseFiles, weights: Path, runtime: str) -> nn.Modu
             1e3 * speed["int8_s"],
             1e3 * speed["fp32_s"],
         )
-        return None
-    return int8
+        return "onnx", fp32
+    return "int8", int8
 
 
 def s3gen_of(model: Any) -> nn.Module:

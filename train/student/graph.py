@@ -58,7 +58,6 @@ SUFFIX = ".onnx"
 # kernel, for one bit of weight precision (measured: README, "Which int8 runtime").
 # "u8u8" (uint8 weights with zero points) is exact too on the kernels above, but some ONNX
 # Runtime releases (1.23-1.24) sent u8u8 on AMX CPUs into the u8s8 AMX kernel, which was wrong.
-INT16_MAX = 32_767
 INT8_SCHEMES = {
     "u8s8-7bit": {"weight_type": "QInt8", "reduce_range": True},
     "u8u8": {"weight_type": "QUInt8", "reduce_range": False},
