@@ -3,7 +3,7 @@ import tempfile
 
 import pytest
 
-# int8 self-checks remember their answers (train.student.int8_check): in a folder of this test session's own
+# int8 self-checks remember their answers (train.runtime.int8_check): in a folder of this test session's own
 os.environ["VOCOS_DISTILL_CACHE"] = tempfile.mkdtemp(prefix="vocos-distill-cache-")
 
 

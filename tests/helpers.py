@@ -54,7 +54,7 @@ def write_s3gen_checkpoint(
     full = {**UNRELATED, **{f"mel2wav.{k}": v for k, v in state.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        metadata = {"config": json.dumps(model.config)} if config_metadata else None
+        metadata = {"config": json.dumps(model.config.to_dict())} if config_metadata else None
         save_file(full, str(path), metadata=metadata)
     else:
         torch.save(full, path)
@@ -160,4 +160,4 @@ def student(dim=32, intermediate_dim=64, num_layers=2, seed=0):
 def save_ckpt(model, path):
     """A training checkpoint's student part: ``generator.*`` weights and the build config."""
     torch.save({"state_dict": {f"generator.{k}": v for k, v in model.state_dict().items()},
-                "student_config": model.config}, path)  # fmt: skip
+                "student_config": model.config.to_dict()}, path)  # fmt: skip

@@ -10,7 +10,8 @@ from vocos.models import VocosBackbone
 
 from train.compress.pruning import CompressionError, Pruning, check_targets, drop_blocks, prune, prune_widths, schedule
 from train.compress.runtime import snr_db
-from train.student.graph import OnnxArtifactError, OnnxVocoder, export_onnx
+from train.runtime.onnx import OnnxArtifactError, OnnxVocoder
+from train.student.graph import export_onnx
 from train.student.model import build_student, load_student
 from train.student.quantized import is_prepared, prepare, strip
 from train.training.pipeline import build, fit
@@ -42,7 +43,7 @@ def test_pruning_gives_the_stock_vocos_shapes_and_loads_with_load_student(tmp_pa
     stock = {f"backbone.{k}": v.shape for k, v in stock_backbone.state_dict().items()}
     stock |= {f"head.{k}": v.shape for k, v in stock_head.state_dict().items()}
     assert {k: v.shape for k, v in pruned.state_dict().items()} == stock
-    assert pruned.config == {**parent.config, "dim": 16, "intermediate_dim": 24, "num_layers": 1}
+    assert pruned.config == parent.config.replace(dim=16, intermediate_dim=24, num_layers=1)
     assert not any("torch_pruning" in type(m).__module__ for m in pruned.modules())
     save_ckpt(pruned, tmp_path / "pruned.ckpt")
     loaded = load_student(tmp_path / "pruned.ckpt")
@@ -59,7 +60,7 @@ def test_depth_pruning_drops_the_block_whose_removal_costs_least(mel):
     parent.backbone.convnext[1].gamma.data.zero_()  # block 1 adds nothing: dropping it is free
     loss = lambda s: (s(mel) - parent(mel).detach()).pow(2).mean()  # noqa: E731
     shallower = drop_blocks(parent, 2, loss)
-    assert shallower.config["num_layers"] == 2
+    assert shallower.config.num_layers == 2
     with torch.no_grad():
         assert torch.allclose(shallower(mel), parent(mel), atol=1e-6)
     assert torch.equal(shallower.backbone.convnext[1].pwconv1.weight, parent.backbone.convnext[2].pwconv1.weight)
@@ -95,7 +96,7 @@ def test_bad_pruning_targets_name_the_option():
 def test_qat_fake_quantises_every_linear_and_keeps_the_state_dict_keys(mel):
     parent = student()
     fake = prepare(student())
-    assert is_prepared(fake) and fake.config["fake_quant"] == "int8"
+    assert is_prepared(fake) and fake.config.fake_quant == "int8"
     assert set(fake.state_dict()) == set(parent.state_dict())
     linears = [m for m in strip(fake).modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 2 * 2 + 1  # two per block, the head
@@ -175,7 +176,7 @@ def second_shape(result):
 
 
 def test_compression_stages_refuse_a_wrong_parent_before_training(tmp_path, clips):
-    from train.utils.errors import ConfigError
+    from train.runtime.errors import ConfigError
 
     with pytest.raises(CompressionError, match=r"student.init_from=None is not a file"):
         fit(stage(tmp_path, clips, "a", "compress=prune"))
@@ -241,7 +242,7 @@ def test_init_from_a_student_file_loads_it_whole_in_its_own_shape(tmp_path, mel)
     parent = student(dim=48, intermediate_dim=96)
     save_ckpt(parent, tmp_path / "run.ckpt")
     state = {k: v.contiguous() for k, v in parent.state_dict().items()}
-    save_file(state, str(tmp_path / "g.safetensors"), metadata={"config": json.dumps(parent.config)})
+    save_file(state, str(tmp_path / "g.safetensors"), metadata={"config": json.dumps(parent.config.to_dict())})
     for path in (tmp_path / "run.ckpt", tmp_path / "g.safetensors"):
         child = build_student(dim=512, intermediate_dim=1536, num_layers=8, init_from=str(path))  # shape: the file's
         assert child.config == parent.config
@@ -250,7 +251,7 @@ def test_init_from_a_student_file_loads_it_whole_in_its_own_shape(tmp_path, mel)
 
 
 def test_a_compression_stage_also_learns_to_reproduce_its_parent(tmp_path, clips, mel):
-    from train.utils.errors import ConfigError
+    from train.runtime.errors import ConfigError
 
     parent = student()
     save_ckpt(parent, tmp_path / "parent.ckpt")

@@ -10,7 +10,7 @@ import torchaudio
 from helpers import CORPUS_CLIP, REPO, save_ckpt, student
 
 from train.evaluation.diagnose import SWAPS, swap_distances
-from train.s3gen.mel import SAMPLE_RATE
+from train.runtime.config import SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")

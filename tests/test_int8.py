@@ -21,18 +21,18 @@ import torch
 from helpers import student
 from onnx import numpy_helper
 
-from train.student import int8_check
-from train.student.graph import INT8_SCHEME, OnnxVocoder, export_onnx
-from train.student.int8_check import (
+from train.runtime import int8_check
+from train.runtime.int8_check import (
     PROBE_KEY,
     Int8MismatchError,
     cpu_info,
     describe_cpu,
-    overflow_risks,
     read_probe,
     run_in_child,
     snr_db,
 )
+from train.runtime.onnx import OnnxVocoder
+from train.student.graph import INT8_SCHEME, export_onnx, overflow_risks
 from train.student.quantized import prepare
 
 QEMU = shutil.which("qemu-x86_64")
@@ -193,7 +193,10 @@ def test_a_graph_without_a_probe_is_judged_by_its_bound_and_the_cpu(graphs, tmp_
     monkeypatch.setenv(int8_check.CACHE_ENV, str(tmp_path / "cache"))
     avx2 = {"model": "AMD EPYC", "arch": "x86_64", "int8_features": ["avx2"], "onnxruntime": "1.32.0"}
     monkeypatch.setattr(int8_check, "cpu_info", lambda: avx2)
-    with pytest.raises(Int8MismatchError, match="5 of its integer products can overflow .* no VNNI or AMX"):
+    with pytest.raises(
+        Int8MismatchError,
+        match="full-range int8 weights can overflow an int16 pair sum on this CPU, which has no VNNI or AMX",
+    ):
         OnnxVocoder(legacy)
     vnni = {**avx2, "model": "Intel Xeon", "int8_features": ["avx2", "avx512f", "avx512_vnni"]}
     monkeypatch.setattr(int8_check, "cpu_info", lambda: vnni)
@@ -224,13 +227,13 @@ def release(tmp_path_factory, fake):
 
 
 def with_speed(monkeypatch, int8_s, fp32_s):
-    import train.student.int8_check as module
+    import train.runtime.int8_check as module
 
     monkeypatch.setattr(module, "speed_check", lambda *a, **k: {"int8_s": int8_s, "fp32_s": fp32_s})
 
 
 def test_auto_takes_the_int8_graph_when_it_passes_and_is_faster(release, monkeypatch):
-    from train.release.chatterbox import load_vocoder
+    from train.runtime.chatterbox import load_vocoder
 
     with_speed(monkeypatch, 0.001, 0.002)
     vocoder = load_vocoder(release)
@@ -238,7 +241,7 @@ def test_auto_takes_the_int8_graph_when_it_passes_and_is_faster(release, monkeyp
 
 
 def test_auto_takes_fp32_where_int8_is_not_faster_here(release, monkeypatch):
-    from train.release.chatterbox import load_vocoder
+    from train.runtime.chatterbox import load_vocoder
 
     with_speed(monkeypatch, 0.002, 0.002)
     vocoder = load_vocoder(release)
@@ -247,7 +250,8 @@ def test_auto_takes_fp32_where_int8_is_not_faster_here(release, monkeypatch):
 
 
 def test_a_wrong_int8_graph_makes_auto_fall_back_and_int8_refuse(release, tmp_path, monkeypatch):
-    from train.release.chatterbox import Int8FallbackWarning, load_vocoder
+    from train.runtime.chatterbox import load_vocoder
+    from train.runtime.release import Int8FallbackWarning
 
     planted = tmp_path / "release"
     shutil.copytree(release, planted)

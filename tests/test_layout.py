@@ -1,6 +1,7 @@
 """The package layout: jobs import downward only, and the entry scripts run from the installed package."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,9 @@ def package_graph() -> dict[str, set[str]]:
 
 
 def test_the_library_is_grouped_by_job_with_only_entry_points_at_the_top():
-    assert set(SUBPACKAGES) >= {"s3gen", "student", "data", "training", "evaluation", "compress", "release", "utils"}
+    assert set(SUBPACKAGES) >= {
+        "runtime", "s3gen", "student", "data", "training", "evaluation", "compress", "release", "utils"
+    }  # fmt: skip
     scripts = {"fit", "prepare", "evaluate", "quantize", "bench", "export", "publish", "corpus", "curve", "diagnose"}
     assert set(ENTRY_POINTS) == scripts
     for name in SUBPACKAGES:
@@ -51,7 +54,8 @@ def test_imports_point_downward_only():
     graph = package_graph()
     for name, imports in graph.items():
         assert not set(imports) & set(ENTRY_POINTS), f"train.{name} imports an entry script: {imports}"
-    assert graph["utils"] == set(), "utils is the bottom layer"
+    assert graph["runtime"] == set(), "the runtime is the bottom layer: it imports no other part of train"
+    assert graph["utils"] <= {"runtime"}, "utils holds the training side's shared helpers, above the runtime only"
     # no cycles: repeatedly remove packages that import nothing left
     remaining = {k: set(v) for k, v in graph.items()}
     while remaining:
@@ -96,3 +100,78 @@ def test_entry_scripts_run_from_the_installed_package_without_path_tricks(tmp_pa
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "task_name: tiny" in result.stdout
+
+
+# What the runtime may import: Chatterbox's environment has these (chatterbox-tts 0.1.7 pins torch,
+# safetensors and huggingface_hub, and vocos brings PyYAML). ONNX Runtime only inside the functions
+# that run a graph (numpy with it: its own dependency), so the PyTorch runtime never needs it.
+RUNTIME_IMPORTS = {"torch", "vocos", "yaml", "safetensors", "huggingface_hub"}
+RUNTIME_LAZY_IMPORTS = RUNTIME_IMPORTS | {"onnxruntime", "numpy"}
+TRAINING_SIDE = ("lightning", "hydra", "omegaconf", "wandb", "torchao", "torch_pruning", "onnx", "onnxscript")
+
+
+def _imports(tree: ast.AST) -> list[tuple[str, bool]]:
+    """``(top-level package, lazy)`` of every import: lazy inside a function or an ``if TYPE_CHECKING:``."""
+    found = []
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = lazy or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                inner = True
+            if isinstance(child, ast.Import):
+                found.extend((alias.name.split(".")[0], inner) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                found.append((child.module.split(".")[0], inner))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def test_the_runtime_imports_only_what_a_chatterbox_environment_has():
+    for path in sorted((PACKAGE / "runtime").glob("*.py")):
+        for module in imported_train_modules(path):
+            assert module.startswith("train.runtime"), f"{path.name} imports {module}: the runtime stands alone"
+        for name, lazy in _imports(ast.parse(path.read_text())):
+            if name in sys.stdlib_module_names or name in ("train", "__future__"):
+                continue
+            allowed = RUNTIME_LAZY_IMPORTS if lazy else RUNTIME_IMPORTS
+            assert name in allowed, f"train/runtime/{path.name} imports {name}{' (lazily)' if lazy else ''}"
+
+
+def test_using_a_release_loads_nothing_of_the_training_side(tmp_path):
+    """Load a release in every runtime, decode and stream: no training, evaluation or compression
+    module, and none of their libraries, is imported on the way."""
+    from helpers import student
+
+    from train.release.vocos_layout import write_vocos_layout
+    from train.student.graph import export_onnx
+    from train.student.quantized import prepare, strip
+
+    qat = prepare(student(dim=32, intermediate_dim=64, num_layers=2)).eval()
+    folder = tmp_path / "release"
+    folder.mkdir()
+    write_vocos_layout(strip(qat), folder)  # as train/export.py lays a release out
+    export_onnx(qat, folder / "model.onnx")
+    export_onnx(qat, folder / "model.int8.onnx", quantize=True)
+    code = f"""
+import sys, torch
+from train.runtime import ChatterboxStream, load_vocoder
+mel = torch.randn(1, 80, 30) - 5
+for runtime in ("torch", "onnx", "int8"):
+    vocoder = load_vocoder({str(folder)!r}, runtime=runtime)
+    wav, _ = vocoder.inference(speech_feat=mel)
+    stream = ChatterboxStream(vocoder)
+    streamed = torch.cat([stream.push(mel[..., :13]), stream.push(mel[..., 13:]), stream.flush()], -1)
+    assert streamed.shape == wav.shape == (1, 30 * 480), runtime
+loaded = sorted({{m.split(".")[0] if not m.startswith("train.") else ".".join(m.split(".")[:2]) for m in sys.modules}})
+print(" ".join(loaded))
+"""
+    env = {**os.environ, "VOCOS_DISTILL_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(done.stdout.split())
+    ours = {m for m in loaded if m.startswith("train.")}
+    assert ours <= {"train.runtime"}, ours
+    assert not loaded & set(TRAINING_SIDE), loaded & set(TRAINING_SIDE)

@@ -10,9 +10,9 @@ import torch
 
 from train.compress.pruning import prune_widths
 from train.evaluation.streaming import snr_db
+from train.runtime.streaming import StreamClosedError, StreamingVocoder
 from train.student.model import build_student
 from train.student.quantized import int8_kernels
-from train.student.streaming import StreamClosedError, StreamingVocoder, receptive_field
 
 HOP = 480
 
@@ -49,7 +49,7 @@ def test_receptive_field_is_what_a_perturbed_frame_reaches(layers):
     for layer in student.backbone.modules():  # stock init (std 0.02) makes far taps vanish below rounding
         if isinstance(layer, (torch.nn.Conv1d, torch.nn.Linear)):
             layer.weight.data.normal_(0, layer.weight[0].numel() ** -0.5)
-    field = receptive_field(student)
+    field = student.receptive_field
     assert field.right == field.left == 3 + 3 * layers + 2
     mel, t = _mel(1, 4 * field.right + 10, 1), 2 * field.right + 5
     changed_mel = mel.clone()
@@ -62,7 +62,7 @@ def test_receptive_field_is_what_a_perturbed_frame_reaches(layers):
 
 
 def test_stock_student_needs_29_frames_of_look_ahead():
-    field = receptive_field(build_student())
+    field = build_student().receptive_field
     assert (field.right, field.right_ms) == (29, 580.0)
 
 
@@ -78,7 +78,7 @@ def test_random_chunkings_equal_offline(kind):
         model = _student(3)
     elif kind == "pruned":
         model = prune_widths(_student(3, dim=48), dim=24, intermediate_dim=40).eval()
-        assert model.config["dim"] == 24
+        assert model.config.dim == 24
     elif kind == "qat":
         model = _student(3, fake_quant="int8")
     else:
@@ -101,7 +101,7 @@ def test_random_chunkings_equal_offline(kind):
 
 def test_audio_comes_out_as_soon_as_it_is_final_and_work_per_chunk_is_bounded():
     student = _student(2)
-    field = receptive_field(student)
+    field = student.receptive_field
     stream = StreamingVocoder(student)
     frames_through_head = []
     student.head.out.register_forward_hook(lambda m, args, out: frames_through_head.append(args[0].shape[1]))
@@ -122,7 +122,7 @@ def test_audio_comes_out_as_soon_as_it_is_final_and_work_per_chunk_is_bounded():
 @pytest.mark.parametrize("lookahead", [0, 2, 5])
 def test_a_short_look_ahead_emits_sooner_and_converges_to_offline_at_the_full_field(lookahead):
     student = _student(2)
-    field = receptive_field(student)
+    field = student.receptive_field
     mel = _mel(1, 120, 4)
     expected = _offline(student, mel)
     stream = StreamingVocoder(student, lookahead)
@@ -219,7 +219,7 @@ def test_probe_finds_the_computed_field_and_hifts_look_ahead():
     for layer in student.backbone.modules():
         if isinstance(layer, (torch.nn.Conv1d, torch.nn.Linear)):
             layer.weight.data.normal_(0, layer.weight[0].numel() ** -0.5)
-    assert probe_lookahead(student) == receptive_field(student).right
+    assert probe_lookahead(student) == student.receptive_field.right
     torch.manual_seed(0)
     hift = HiFTGenerator(**tiny_config()).eval()
     assert 5 <= probe_lookahead(hift, seeded_noise=True) <= 30
@@ -235,7 +235,7 @@ def test_lookahead_rows_exact_at_the_field_and_worse_below_it():
     student = _student(2)
     rows = lookahead_rows(student, [mel], lookaheads=(0, None), chunk_frames=10, repeats=1)
     short, full = rows
-    assert full["exact"] and full["lookahead_frames"] == receptive_field(student).right
+    assert full["exact"] and full["lookahead_frames"] == student.receptive_field.right
     assert full["max_abs_diff"] < 1e-5 and full["log_mel_db"] < 1e-3 and full["pesq_wb"] > 4.5
     assert not short["exact"] and short["log_mel_db"] > full["log_mel_db"] and short["max_abs_diff"] > 1e-3
     assert full["latency_ms"] == pytest.approx(full["lookahead_ms"] + full["push_ms"])
@@ -270,14 +270,13 @@ def test_bench_streaming_prints_the_three_tables(tmp_path, capsys, monkeypatch):
 
 
 def test_a_windowed_stream_equals_offline_for_any_vocoder_with_a_known_field():
-    from train.student.streaming import WindowedStream, config_field
+    from train.runtime.streaming import WindowedStream
 
     student = _student(3)
-    field = receptive_field(student)
-    assert config_field(student.config) == field
+    field = student.receptive_field
     rng = random.Random(1)
     for lookahead in (None, 4):
-        stream = WindowedStream(student, field, lookahead)
+        stream = WindowedStream(student, lookahead)
         for trial in range(4):
             mel = _mel(1 + trial % 2, rng.randint(1, 80), trial)
             expected = _offline(student, mel)
@@ -289,23 +288,24 @@ def test_a_windowed_stream_equals_offline_for_any_vocoder_with_a_known_field():
     # bounded: after the first frames, each push decodes the chunk plus the left field plus the look-ahead
     seen = []
     student.backbone.embed.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[-1]))
-    stream = WindowedStream(student, field)
+    stream = WindowedStream(student)
     for start in range(0, 300, 10):
         stream.push(_mel(1, 300, 2)[..., start : start + 10])
     assert max(seen) <= 10 + field.left + field.right
 
 
 def test_onnx_graphs_stream_through_windows(tmp_path):
-    from train.student.graph import OnnxVocoder, export_onnx
-    from train.student.streaming import WindowedStream, stream_for
+    from train.runtime.onnx import OnnxVocoder
+    from train.runtime.streaming import WindowedStream
+    from train.student.graph import export_onnx
 
     student = _student(2, fake_quant="int8")
     fp32 = OnnxVocoder(export_onnx(student, tmp_path / "m.onnx"))
     int8 = OnnxVocoder(export_onnx(student, tmp_path / "m.int8.onnx", quantize=True))
     mel = _mel(1, 70, 7)
     for graph in (fp32, int8):
-        stream = stream_for(graph)
-        assert isinstance(stream, WindowedStream) and stream.field == receptive_field(student)
+        stream = graph.stream()
+        assert isinstance(stream, WindowedStream) and stream.field == student.receptive_field
         expected = _offline(graph, mel)
         out = stream.decode(mel, 6)
         if graph is fp32:

@@ -5,16 +5,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from train.runtime.config import StudentConfig
+from train.runtime.hub import WeightsUnavailableError
+from train.runtime.vocoder import StudentFileError, VocosStudent
 from train.student.model import (
-    StudentCheckpointError,
-    VocosStudent,
     build_student,
     load_student,
     load_vocos_state_dict,
-    student_config,
     warm_start,
 )
-from train.utils.hub import WeightsUnavailableError
 
 
 @pytest.mark.parametrize("frames", [1, 8, 50])
@@ -86,26 +85,26 @@ def test_load_student_rebuilds_the_architecture_from_any_checkpoint_layout(tmp_p
     else:
         torch.save(state, path)
     loaded = load_student(path)
-    assert loaded.config == {**student.config} and loaded.config["num_layers"] == 2
+    assert loaded.config == student.config and loaded.config.num_layers == 2
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     mel = torch.randn(1, 80, 12)
     torch.testing.assert_close(loaded(mel), student.eval()(mel))
-    assert student_config(state)["n_fft"] == 1920
+    assert StudentConfig.of_state(state).n_fft == 1920
 
 
 def test_load_student_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         load_student(tmp_path / "missing.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(StudentCheckpointError, match="junk.ckpt: cannot read"):
+    with pytest.raises(StudentFileError, match="junk.ckpt: cannot read"):
         load_student(tmp_path / "junk.ckpt")
     torch.save({"state_dict": {"conv_pre.bias": torch.zeros(3)}}, tmp_path / "hift.pt")
-    with pytest.raises(StudentCheckpointError, match=r"hift.pt: no Vocos student inside.*conv_pre.bias"):
+    with pytest.raises(StudentFileError, match=r"hift.pt: no Vocos student inside.*conv_pre.bias"):
         load_student(tmp_path / "hift.pt")
     state = tiny_student().state_dict()
     state["head.out.bias"] = torch.zeros(5)
     torch.save(state, tmp_path / "bent.pt")
-    with pytest.raises(StudentCheckpointError, match=r"(?s)bent.pt: does not load.*head.out.bias"):
+    with pytest.raises(StudentFileError, match=r"(?s)bent.pt: does not load.*head.out.bias"):
         load_student(tmp_path / "bent.pt")
 
 
@@ -134,19 +133,19 @@ def test_a_bare_safetensors_file_with_config_metadata_rebuilds_exactly(tmp_path)
     save_file(
         {k: v.contiguous() for k, v in student.state_dict().items()},
         str(tmp_path / "g.safetensors"),
-        metadata={"config": json.dumps(student.config)},
+        metadata={"config": json.dumps(student.config.to_dict())},
     )
     assert load_student(tmp_path / "g.safetensors").config == student.config
 
 
 def test_shape_inference_is_only_a_fallback_and_refuses_uneven_blocks(tmp_path):
     state = build_student(dim=32, intermediate_dim=64, num_layers=2).state_dict()
-    assert student_config(state) == {**build_student(dim=32, intermediate_dim=64, num_layers=2).config}
+    assert StudentConfig.of_state(state) == build_student(dim=32, intermediate_dim=64, num_layers=2).config
     state["backbone.convnext.1.pwconv1.weight"] = torch.zeros(48, 32)  # block 1 pruned to another width
     state["backbone.convnext.1.pwconv1.bias"] = torch.zeros(48)
     state["backbone.convnext.1.pwconv2.weight"] = torch.zeros(32, 48)
     torch.save(state, tmp_path / "uneven.pt")
-    with pytest.raises(StudentCheckpointError, match=r"uneven.pt.*intermediate widths differ.*\[64, 48\]"):
+    with pytest.raises(StudentFileError, match=r"uneven.pt.*intermediate widths differ.*\[64, 48\]"):
         load_student(tmp_path / "uneven.pt")
 
 

@@ -15,9 +15,9 @@ from helpers import (
     write_s3gen_checkpoint,
 )
 
+from train.runtime.hub import WeightsUnavailableError
 from train.s3gen.hift import HiFTGenerator
 from train.training.pipeline import build, fit
-from train.utils.hub import WeightsUnavailableError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 

@@ -18,7 +18,7 @@ import torch
 from train.data.preparation import prepare_throughput
 from train.evaluation.benchmark import run
 from train.evaluation.report import cost_table, rows_table
-from train.student.int8_check import describe_cpu
+from train.runtime.int8_check import describe_cpu
 from train.training.throughput import train_throughput
 
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"first chunk ({chunk.split('_')[2]} frames) {student[chunk]:.1f}x sooner"
             )
         if args.json:
-            from train.utils.files import atomic_write_text
+            from train.runtime.files import atomic_write_text
 
             atomic_write_text(args.json, json.dumps(rows, indent=2))
             print(f"rows written to {args.json}")
@@ -136,7 +136,8 @@ def int8_scheme_graphs(
 
     from train.data.datamodule import corpus_mels
     from train.evaluation.metrics import snr_db
-    from train.student.graph import INT8_SCHEME, INT8_SCHEMES, OnnxVocoder, export_onnx, probe_windows
+    from train.runtime.onnx import OnnxVocoder
+    from train.student.graph import INT8_SCHEME, INT8_SCHEMES, export_onnx, probe_windows
     from train.student.model import load_student
     from train.student.quantized import strip
 
@@ -153,7 +154,7 @@ def int8_scheme_graphs(
         own.mkdir()
         pytorch = own / "fp32.safetensors"  # the checkpoint's weights without fake quantisation
         save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(pytorch),
-                  metadata={"config": json.dumps(plain.config)})  # fmt: skip
+                  metadata={"config": json.dumps(plain.config.to_dict())})  # fmt: skip
         files.append(str(pytorch))
         graphs = {"fp32": export_onnx(plain, own / "fp32.onnx")}
         for scheme in INT8_SCHEMES:
@@ -262,7 +263,7 @@ def streaming(args: argparse.Namespace) -> None:
             )
         )
     if args.json:
-        from train.utils.files import atomic_write_text
+        from train.runtime.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({**result, "cpu": describe_cpu()}, indent=2))
         print(f"\nfigures written to {args.json}")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from train.data.speech import HELDOUT_SPEAKERS, MANIFEST, SOURCES, build
-from train.utils.errors import ConfigError
+from train.runtime.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

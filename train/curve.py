@@ -12,7 +12,7 @@ from pathlib import Path
 
 from train.evaluation import plots
 from train.evaluation.curve import markdown, metrics_file, read_curve
-from train.utils.errors import ConfigError
+from train.runtime.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,9 +15,10 @@ import torch
 
 from train.data.datamodule import read_audio
 from train.evaluation.diagnose import SWAPS, swap_distances
-from train.s3gen.mel import SAMPLE_RATE, S3GenMel
+from train.runtime.config import SAMPLE_RATE
+from train.runtime.errors import ConfigError
+from train.s3gen.mel import S3GenMel
 from train.student.model import load_student
-from train.utils.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

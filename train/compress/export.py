@@ -16,13 +16,14 @@ from train.data.datamodule import held_out_items
 from train.evaluation.metrics import snr_db
 from train.evaluation.pipeline import sha256_file
 from train.evaluation.report import rows_table
-from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
-from train.student.graph import OnnxVocoder, export_onnx, probe_windows
-from train.student.int8_check import describe_cpu
+from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
+from train.runtime.errors import ConfigError
+from train.runtime.files import atomic_write, atomic_write_text
+from train.runtime.int8_check import describe_cpu
+from train.runtime.onnx import OnnxVocoder
+from train.student.graph import export_onnx, probe_windows
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared
-from train.utils.errors import ConfigError
-from train.utils.files import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 

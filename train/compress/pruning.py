@@ -31,9 +31,9 @@ import torch_pruning as tp
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
-from train.student.model import VocosStudent, build_student
+from train.runtime.errors import ConfigError
+from train.runtime.vocoder import VocosStudent
 from train.student.quantized import is_prepared
-from train.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[VocosStudent], Tensor]
@@ -75,7 +75,8 @@ def importance_of(name: str) -> tp.importance.Importance:
 
 
 def widths(student: VocosStudent) -> dict[str, int]:
-    return {k: int(student.config[k]) for k in ("dim", "intermediate_dim", "num_layers")}
+    config = student.config
+    return {"dim": config.dim, "intermediate_dim": config.intermediate_dim, "num_layers": config.num_layers}
 
 
 def check_targets(parent: Mapping[str, int], targets: Mapping[str, int | None], round_to: int = 8) -> dict[str, int]:
@@ -146,7 +147,6 @@ def drop_blocks(student: VocosStudent, num_layers: int, loss_fn: LossFn) -> Voco
             ", ".join(f"{c:.3g}" for c in costs),
         )
         del student.backbone.convnext[cheapest]
-        student.config = {**student.config, "num_layers": len(student.backbone.convnext)}
     return _rebuild(student)
 
 
@@ -193,7 +193,6 @@ def prune_widths(
         drop = torch.argsort(scores, descending=True)[keep:].tolist()
         graph.get_pruning_group(layer, prune_fn, idxs=sorted(drop)).prune()
     student.zero_grad(set_to_none=True)
-    student.config = {**student.config, "dim": dim, "intermediate_dim": intermediate_dim}
     return _rebuild(student)
 
 
@@ -209,7 +208,7 @@ def prune(
         if loss_fn is None:
             raise CompressionError("dropping blocks needs a loss to measure each block's effect")
         student = drop_blocks(student, target["num_layers"], loss_fn)
-    if (target["dim"], target["intermediate_dim"]) != (student.config["dim"], student.config["intermediate_dim"]):
+    if (target["dim"], target["intermediate_dim"]) != (student.config.dim, student.config.intermediate_dim):
         student = prune_widths(student, target["dim"], target["intermediate_dim"], importance, example_mel, loss_fn)
     return student
 
@@ -226,7 +225,7 @@ def _rebuild(student: VocosStudent) -> VocosStudent:
         kept = sorted({int(k.split(".")[2]) for k in state if k.startswith("backbone.convnext.")})
         renumber = {old: new for new, old in enumerate(kept)}
         state = {_renumber(k, renumber): v for k, v in state.items()}
-    fresh = build_student(**student.config).to(_device(student))
+    fresh = VocosStudent.build(student.config).to(_device(student))
     fresh.load_state_dict(state, strict=True)
     return fresh
 

@@ -27,9 +27,9 @@ from torchao.quantization.qat import QATConfig
 
 from train.evaluation.cost import threads, time_call
 from train.evaluation.metrics import snr_db
-from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
-from train.student.graph import INT8_SCHEME, INT8_SCHEMES, OnnxVocoder, export_onnx
-from train.student.int8_check import overflow_risks
+from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
+from train.runtime.onnx import OnnxVocoder
+from train.student.graph import INT8_SCHEME, INT8_SCHEMES, export_onnx, overflow_risks
 from train.student.quantized import base_config, int8_kernels, prepare, strip
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from train.utils.files import atomic_write, atomic_write_text, exclusive
+from train.runtime.files import atomic_write, atomic_write_text, exclusive
 
 log = logging.getLogger(__name__)
 

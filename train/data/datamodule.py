@@ -28,11 +28,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from train.data.cache import FrameIndex, SourceManifest, TensorCache
 from train.data.speech import missing_hint
+from train.runtime.config import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from train.runtime.errors import ConfigError, MissingFileError
+from train.runtime.files import remove_stale_temporaries
 from train.s3gen.hift import HiFTGenerator
-from train.s3gen.mel import HOP_LENGTH, N_MELS, SAMPLE_RATE, S3GenMel
+from train.s3gen.mel import S3GenMel
 from train.s3gen.teacher import synthesize
-from train.utils.errors import ConfigError, MissingFileError
-from train.utils.files import remove_stale_temporaries
 from train.utils.progress import progress
 
 log = logging.getLogger(__name__)

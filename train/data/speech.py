@@ -31,9 +31,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from train.s3gen.mel import SAMPLE_RATE
-from train.utils.errors import ConfigError, MissingFileError
-from train.utils.files import atomic_write
+from train.runtime.config import SAMPLE_RATE
+from train.runtime.errors import ConfigError, MissingFileError
+from train.runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
 

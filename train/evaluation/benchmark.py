@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from train.evaluation.cost import compare, stand_in_teacher
-from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
+from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
 from train.student.model import build_student, load_student
 
 
@@ -83,9 +83,8 @@ def streaming_run(
     frames; a QAT checkpoint on torchao's int8 kernels, an ONNX graph through windows); then, per
     student, the look-ahead table and the seam comparison on ``clips`` (S3Gen mels ``(80, T)``)."""
     from train.evaluation.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
-    from train.student.graph import OnnxVocoder
+    from train.runtime.onnx import OnnxVocoder
     from train.student.quantized import int8_kernels, is_prepared
-    from train.student.streaming import stream_for
 
     teacher = stand_in_teacher()
     hift_lookahead = max(probe_lookahead(teacher, seed=s, seeded_noise=True) for s in range(3))
@@ -98,7 +97,7 @@ def streaming_run(
         elif is_prepared(model):
             model = int8_kernels(model).eval()
             name = f"{name} (torchao int8)"
-        models.append((name, model, "stream", stream_for(model).field.right))
+        models.append((name, model, "stream", model.receptive_field.right))
         if short_lookahead is not None:
             models.append((name, model, "stream", short_lookahead))
         streamable.append((name, model))

@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
 from train.s3gen.hift import HiFTGenerator
-from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 
 MIB = 2**20
 log = logging.getLogger(__name__)

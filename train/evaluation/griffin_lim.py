@@ -17,7 +17,8 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from train.s3gen.mel import HOP_LENGTH, S3GenMel
+from train.runtime.config import HOP_LENGTH
+from train.s3gen.mel import S3GenMel
 
 
 class GriffinLim(nn.Module):

@@ -36,7 +36,8 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from train.s3gen.mel import SAMPLE_RATE, S3GenMel
+from train.runtime.config import SAMPLE_RATE
+from train.s3gen.mel import S3GenMel
 from train.utils.devices import resolve_device
 
 DB_PER_NEPER = 20 / math.log(10)  # natural-log amplitude difference -> dB

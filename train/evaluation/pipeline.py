@@ -29,13 +29,13 @@ from torch import Tensor, nn
 
 from train.evaluation import cost, plots, report
 from train.evaluation.metrics import WINDOW_RULE, Analysis, QualityMetrics, combine_windows, windows
+from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
+from train.runtime.errors import MissingFileError
+from train.runtime.files import atomic_write_text
+from train.runtime.hub import WeightsUnavailableError
 from train.s3gen.hift import HiFTGenerator
-from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
 from train.student.model import load_student
 from train.utils.devices import resolve_device
-from train.utils.errors import MissingFileError
-from train.utils.files import atomic_write_text
-from train.utils.hub import WeightsUnavailableError
 from train.utils.instantiate import instantiate_dict, instantiate_with_weights
 from train.utils.progress import progress
 
@@ -196,11 +196,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "path": str(checkpoint),
             "sha256": sha256_file(checkpoint),
             "params": cost.count_parameters(student),
-            "config": student.config,
+            "config": student.config.to_dict(),
         },
         "parent": None
         if parent is None
-        else {"path": str(parent_path), "sha256": sha256_file(parent_path), "config": parent.config},
+        else {"path": str(parent_path), "sha256": sha256_file(parent_path), "config": parent.config.to_dict()},
         "teacher": {**teacher_info, "seed": cfg.data.teacher_seed},
         "floor": None if floor is None else dict(floor.config),
         "data": {

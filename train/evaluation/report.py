@@ -22,7 +22,7 @@ import jsonschema
 from scipy import stats
 
 from train.evaluation.metrics import NO_REFERENCE, PAIRED, MetricInfo
-from train.utils.files import atomic_write_text
+from train.runtime.files import atomic_write_text
 
 SCHEMA_VERSION = 4  # 3: the parent comparison; 4: the Griffin-Lim floor, gates against another comparison
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")

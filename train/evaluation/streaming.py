@@ -27,8 +27,7 @@ from torch import Tensor, nn
 
 from train.evaluation.cost import time_call
 from train.evaluation.metrics import MetricError, QualityMetrics, mel_distance_db, pesq_wb, snr_db
-from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE
-from train.student.streaming import stream_for
+from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE
@@ -88,14 +87,14 @@ def lookahead_rows(
     PESQ-wb, the largest sample difference, and the latency (look-ahead + the median compute of
     one push, 1 thread as the caller set)."""
     metrics = metrics or QualityMetrics(naturalness=None)
-    field = stream_for(student).field
+    field = student.receptive_field
     with torch.inference_mode():
         offline = [student(mel.unsqueeze(0) if mel.dim() == 2 else mel).reshape(-1) for mel in mels]
     references = [metrics.analyse(wav) for wav in offline]
     rows = []
     for lookahead in lookaheads:
         frames = field.right if lookahead is None else lookahead
-        stream = stream_for(student, frames)
+        stream = student.stream(frames)
         distances, pesqs, worst = [], [], 0.0
         for mel, reference, wav in zip(mels, references, offline, strict=True):
             mel = mel.unsqueeze(0) if mel.dim() == 2 else mel
@@ -126,10 +125,10 @@ def lookahead_rows(
 def _push_ms(student: nn.Module, mel: Tensor, lookahead: int, chunk_frames: int, repeats: int) -> float:
     """Median time of one push of ``chunk_frames`` frames into a stream well under way."""
     mel = mel.unsqueeze(0) if mel.dim() == 2 else mel
-    warm = min(mel.shape[-1] - chunk_frames, 2 * stream_for(student).field.right)
+    warm = min(mel.shape[-1] - chunk_frames, 2 * student.receptive_field.right)
     times = []
     for _ in range(max(1, repeats) + 1):  # the first is a warm-up
-        stream = stream_for(student, lookahead)
+        stream = student.stream(lookahead)
         stream.push(mel[..., :warm])
         start = time.perf_counter()
         stream.push(mel[..., warm : warm + chunk_frames])
@@ -164,7 +163,7 @@ def first_audio_rows(
     repeats: int = 5,
 ) -> list[dict]:
     """``(name, model, how, look-ahead)`` each: ``how`` is ``"stream"`` (a fresh stream,
-    :func:`~train.student.streaming.stream_for`, pushed the first ``C + look-ahead`` frames) or
+    :meth:`~train.runtime.vocoder.Vocoder.stream`, pushed the first ``C + look-ahead`` frames) or
     ``"window"`` (the model run on the first ``C + look-ahead`` frames, as for HiFT).
     Returns per chunk size the compute (ms) and the first audio (look-ahead ms + compute)."""
     generator = torch.Generator().manual_seed(0)
@@ -177,7 +176,7 @@ def first_audio_rows(
             if how == "stream":
 
                 def call(first=first, model=model, lookahead=lookahead, c=c):
-                    out = stream_for(model, lookahead).push(first)
+                    out = model.stream(lookahead).push(first)
                     assert out.shape[-1] == c * HOP_LENGTH
 
             else:
@@ -208,7 +207,7 @@ def seam_rows(
     span = overlap * HOP_LENGTH
     methods: dict[str, Callable[[Tensor], Tensor]] = {
         "offline (no chunks)": lambda mel: student(mel),
-        "streaming at the full field (this project)": lambda mel: stream_for(student).decode(mel, chunk_frames),
+        "streaming at the full field (this project)": lambda mel: student.stream().decode(mel, chunk_frames),
         f"overlap-and-fade ({overlap} frames)": lambda mel: overlap_fade(student, mel, chunk_frames, overlap),
         "chunks decoded alone, concatenated": lambda mel: overlap_fade(student, mel, chunk_frames, 0),
     }

@@ -16,6 +16,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from train.evaluation.report import format_stat, table
+from train.runtime.config import StudentConfig
 
 # (metric, comparison) pairs the card reports; the issue's list, in this order
 CARD_METRICS = ("pesq_wb", "stoi", "mel_distance_db", "f0_rmse_cents", "vuv_f1", "dnsmos_ovrl_drop")
@@ -204,12 +205,12 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
         "The iSTFT is inside the graph (no PyTorch needed); the frame axis and the batch are dynamic."
     )
     usage_chatterbox = (
-        "```python\nfrom chatterbox.tts import ChatterboxTTS\nfrom train.release.chatterbox import use_student\n\n"
+        "```python\nfrom chatterbox.tts import ChatterboxTTS\nfrom train.runtime.chatterbox import use_student\n\n"
         'model = ChatterboxTTS.from_pretrained(device="cpu")\n'
         f'hift = use_student(model, "{facts["repo_hint"]}")  # returns the vocoder it replaced\n'
         'wav = model.generate("Hello.")\n```'
     )
-    lookahead = facts.get("lookahead_frames", 3 + 3 * config["num_layers"] + 2)
+    lookahead = facts.get("lookahead_frames") or StudentConfig.from_dict(config).receptive_field.right
     body = f"""
 # {facts["name"]}
 
@@ -268,7 +269,7 @@ With ONNX Runtime only:
 
 {usage_onnx}
 
-In Chatterbox, with vocos-distill's drop-in (`train.release.chatterbox`; it needs torch and `vocos`), after
+In Chatterbox, with vocos-distill's drop-in (`train.runtime.chatterbox`; it needs torch and `vocos`), after
 the model is loaded; HiFT stays in place, with a warning, if this model cannot be loaded:
 
 {usage_chatterbox}

@@ -42,13 +42,13 @@ from train.evaluation.pipeline import load_optional_teacher, sha256_file
 from train.evaluation.report import read_report, table
 from train.release import card, listen
 from train.release.vocos_layout import feature_residual, load_vocos, write_vocos_layout
-from train.student.graph import ISTFT_FORMS, OnnxVocoder, export_onnx, probe_windows, session
-from train.student.int8_check import cpu_info, describe_cpu
+from train.runtime.errors import ConfigError
+from train.runtime.files import temporary_path
+from train.runtime.int8_check import cpu_info, describe_cpu
+from train.runtime.onnx import OnnxVocoder, session
+from train.student.graph import ISTFT_FORMS, export_onnx, probe_windows
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared, strip
-from train.student.streaming import receptive_field
-from train.utils.errors import ConfigError
-from train.utils.files import temporary_path
 
 log = logging.getLogger(__name__)
 MANIFEST = "release.json"
@@ -304,7 +304,7 @@ def _build(
     save_file(
         {k: v.contiguous() for k, v in plain.state_dict().items()},
         str(folder / "model.safetensors"),
-        metadata={"config": json.dumps(plain.config), "format": "pt"},
+        metadata={"config": json.dumps(plain.config.to_dict()), "format": "pt"},
     )
     source = {"source_sha256": checkpoint_sha, "source": checkpoint.name}
     export_onnx(plain, folder / "model.onnx", istft=cfg.istft, metadata=source)
@@ -370,9 +370,9 @@ def _build(
     lines, bases, runs = history(checkpoint)
     facts = {
         "name": name,
-        "config": plain.config,
+        "config": plain.config.to_dict(),
         "parameters": sum(p.numel() for p in plain.parameters()),
-        "lookahead_frames": receptive_field(plain).right,
+        "lookahead_frames": plain.receptive_field.right,
         "report": report,
         "cost": cost,
         "int8": int8,
@@ -403,7 +403,7 @@ def _build(
         "source": {"checkpoint": str(checkpoint), "sha256": checkpoint_sha},
         "git": facts["git"],
         "machine": {**cpu_info(), "description": describe_cpu()},
-        "config": plain.config,
+        "config": plain.config.to_dict(),
         "int8": int8,
         "evaluation": None
         if report is None

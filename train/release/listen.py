@@ -17,7 +17,8 @@ import soundfile
 from torch import Tensor
 
 from train.evaluation import plots
-from train.s3gen.mel import SAMPLE_RATE, S3GenMel
+from train.runtime.config import SAMPLE_RATE
+from train.s3gen.mel import S3GenMel
 
 PAGE = "listen.html"
 FOLDER = "listen"

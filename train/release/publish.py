@@ -22,8 +22,8 @@ from omegaconf import DictConfig
 
 from train.evaluation.pipeline import sha256_file
 from train.release.export import MANIFEST
-from train.utils.errors import ConfigError
-from train.utils.hub import unreachable
+from train.runtime.errors import ConfigError
+from train.runtime.hub import unreachable
 
 log = logging.getLogger(__name__)
 

@@ -19,62 +19,26 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 from torch import Tensor, nn
 from vocos import Vocos
 
-from train.s3gen.mel import MEL_SPEC, SAMPLE_RATE, S3GenMel
+from train.runtime.config import MEL_SPEC
+from train.runtime.release import CONFIG, WEIGHTS
+from train.s3gen.mel import S3GenMel
 
-CONFIG = "config.yaml"
-WEIGHTS = "pytorch_model.bin"
 FILTERBANK_KEY = "feature_extractor.mel_spec.mel_scale.fb"
-
-
-def vocos_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The ``config.yaml`` of a student built with ``config`` (``build_student``'s arguments)."""
-    return {
-        "feature_extractor": {
-            "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-            "init_args": {
-                "sample_rate": SAMPLE_RATE,
-                "n_fft": config["n_fft"],
-                "hop_length": config["hop_length"],
-                "n_mels": config["input_channels"],
-                "padding": "same",
-            },
-        },
-        "backbone": {
-            "class_path": "vocos.models.VocosBackbone",
-            "init_args": {
-                "input_channels": config["input_channels"],
-                "dim": config["dim"],
-                "intermediate_dim": config["intermediate_dim"],
-                "num_layers": config["num_layers"],
-            },
-        },
-        "head": {
-            "class_path": "vocos.heads.ISTFTHead",
-            "init_args": {
-                "dim": config["dim"],
-                "n_fft": config["n_fft"],
-                "hop_length": config["hop_length"],
-                "padding": "same",
-            },
-        },
-        # not read by vocos: what the mels fed to decode() must be, for tools that check
-        "mel": MEL_SPEC,
-    }
 
 
 def vocos_state_dict(student: nn.Module) -> dict[str, Tensor]:
     """The student's weights plus the feature extractor's buffers, S3Gen's filterbank among them:
-    every key a Vocos built from :func:`vocos_config` expects, for a strict load."""
+    every key a Vocos built from its :meth:`~train.runtime.config.StudentConfig.vocos_yaml`
+    expects, for a strict load."""
     config = student.config
-    if config["n_fft"] != MEL_SPEC["n_fft"] or config["input_channels"] != MEL_SPEC["n_mels"]:
-        raise ValueError(f"a student for {config['input_channels']} mels at n_fft {config['n_fft']} is not S3Gen's")
+    if config.n_fft != MEL_SPEC["n_fft"] or config.input_channels != MEL_SPEC["n_mels"]:
+        raise ValueError(f"a student for {config.input_channels} mels at n_fft {config.n_fft} is not S3Gen's")
     mel = S3GenMel()
     extractor = {
         "feature_extractor.mel_spec.spectrogram.window": mel.window.clone(),
@@ -86,7 +50,7 @@ def vocos_state_dict(student: nn.Module) -> dict[str, Tensor]:
 
 def write_vocos_layout(student: nn.Module, folder: Path) -> list[Path]:
     """Write ``config.yaml`` and ``pytorch_model.bin`` into ``folder`` (a fresh staging folder)."""
-    (folder / CONFIG).write_text(yaml.safe_dump(vocos_config(student.config), sort_keys=False))
+    (folder / CONFIG).write_text(yaml.safe_dump(student.config.vocos_yaml(), sort_keys=False))
     torch.save(vocos_state_dict(student), folder / WEIGHTS)
     return [folder / CONFIG, folder / WEIGHTS]
 

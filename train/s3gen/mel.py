@@ -12,23 +12,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-SAMPLE_RATE = 24_000
-HOP_LENGTH = 480
-N_MELS = 80
-# The S3Gen mel, as a release records it (config.yaml's `mel:` block) and the Chatterbox drop-in checks it
-MEL_SPEC = {
-    "kind": "s3gen",
-    "sample_rate": SAMPLE_RATE,
-    "n_fft": 1920,
-    "win_length": 1920,
-    "hop_length": HOP_LENGTH,
-    "n_mels": N_MELS,
-    "f_min": 0.0,
-    "f_max": 8000.0,
-    "mel_scale": "slaney",
-    "norm": "slaney",
-    "log": "natural log of max(mel, 1e-5) of the magnitude sqrt(re^2 + im^2 + 1e-9)",
-}
+from train.runtime.config import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE  # the settings the runtime checks
 
 
 class S3GenMel(nn.Module):
@@ -42,7 +26,7 @@ class S3GenMel(nn.Module):
     def __init__(
         self,
         sample_rate: int = SAMPLE_RATE,
-        n_fft: int = 1920,
+        n_fft: int = N_FFT,
         hop_length: int = HOP_LENGTH,
         n_mels: int = N_MELS,
         f_min: float = 0.0,

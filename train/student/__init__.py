@@ -1,5 +1,8 @@
-"""The Vocos student: building it, warm-starting it, and loading a trained one."""
+"""The student for training: building it, warm-starting it, its QAT form and its ONNX graph.
 
-from train.student.model import VocosStudent, build_student, load_student
+The student itself (:class:`train.runtime.VocosStudent`) belongs to the runtime.
+"""
 
-__all__ = ["VocosStudent", "build_student", "load_student"]
+from train.student.model import build_student, load_student
+
+__all__ = ["build_student", "load_student"]

@@ -1,4 +1,4 @@
-"""The student as one ONNX graph, ``mel (B, 80, T) -> wav (B, T * hop)``, and its runtime.
+"""Writing the student as one ONNX graph, ``mel (B, 80, T) -> wav (B, T * hop)``, fp32 or int8.
 
 ONNX has no inverse-STFT operator and no complex tensors, and Vocos's head needs both. The
 exportable student here rewrites the head's last step with real tensors only, in one of two
@@ -17,11 +17,12 @@ of hops), then divide by the window envelope, exactly as ``vocos.spectral_ops.IS
 
 :func:`export_onnx` writes the graph (fp32, or with its Linear layers quantised to int8 by
 ONNX Runtime's dynamic quantisation: weights symmetric per output channel, activations per
-call); :class:`OnnxVocoder` runs such a file as a ``mel -> wav`` module.
+call); :class:`train.runtime.onnx.OnnxVocoder` runs such a file.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -30,20 +31,23 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from train.utils.errors import ConfigError
-from train.utils.files import atomic_write
+from train.runtime.files import atomic_write
+from train.runtime.onnx import OnnxArtifactError, session
+from train.runtime.vocoder import polar
 
 log = logging.getLogger(__name__)
 for _name in ("onnx_ir", "onnxscript"):  # the exporter's optimiser logs every pass at INFO
     logging.getLogger(_name).setLevel(logging.WARNING)
 ISTFT_FORMS = ("matmul", "dft")
 QUANTIZED_OPS = ("MatMul", "Gemm")  # the Linear layers; the convs stay fp32 (README: "Which int8 runtime")
-SUFFIX = ".onnx"
+INT16_MAX = 32_767
+U8_MAX = 255
+INTEGER_MATMULS = {"MatMulInteger": 1, "ConvInteger": 1, "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
 
 # How the int8 graph's integers are laid out. ONNX Runtime's dynamic quantisation feeds every
 # MatMulInteger uint8 activations (0..255, one scale and zero point per call). The weights' type
@@ -66,8 +70,53 @@ INT8_SCHEMES = {
 INT8_SCHEME = "u8s8-7bit"
 
 
-class OnnxArtifactError(ConfigError, ValueError):
-    """An ONNX student where a trainable checkpoint is needed, or an unreadable ONNX file."""
+def overflow_risks(model: Any) -> list[str]:
+    """Integer matrix products of ``model`` (an ``onnx.ModelProto``) whose int8 weights could
+    overflow an int16 pair sum of u8 x s8 products (``vpmaddubsw``: x86 without VNNI): one line
+    each, empty when none can. Unsigned weights are widened by every kernel and cannot."""
+    from onnx import numpy_helper
+
+    weights = {init.name: init for init in model.graph.initializer}
+    risks = []
+    for node in model.graph.node:
+        index = INTEGER_MATMULS.get(node.op_type)
+        if index is None or len(node.input) <= index or node.input[index] not in weights:
+            continue
+        values = numpy_helper.to_array(weights[node.input[index]])
+        if values.dtype != np.int8:
+            continue
+        largest = int(np.abs(values.astype(np.int32)).max()) if values.size else 0
+        if 2 * U8_MAX * largest > INT16_MAX:
+            risks.append(
+                f"{node.name or node.op_type} ({node.input[index]}): |weight| up to {largest}, "
+                f"2 * {U8_MAX} * {largest} = {2 * U8_MAX * largest:,} > {INT16_MAX:,}"
+            )
+    return risks
+
+
+def _pack(array: np.ndarray) -> dict[str, Any]:
+    array = np.ascontiguousarray(array, dtype=np.float16)
+    return {"shape": list(array.shape), "float16": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+PROBE_STRIDE = 8  # every 8th output sample is kept: the SNR over them is within ~0.2 dB of the SNR over all
+# Windows kept: on a 256/768 x 6 QAT student, the full-range graph on AVX2 lost 0.7 dB on the loudest
+# window but 3.8-8 dB on each of the 5 windows it reproduced worst on an exact kernel (129 windows)
+PROBE_WINDOWS = 3
+
+
+def encode_probe(mel: np.ndarray, expected: np.ndarray, snr_db: float, min_snr_db: float) -> str:
+    """The probe as it is stored in a graph's metadata: the mels and every :data:`PROBE_STRIDE`-th
+    sample of the expected outputs, in float16 (its rounding is ~66 dB down); 9 KB a window."""
+    return json.dumps(
+        {
+            "mel": _pack(mel),
+            "expected": _pack(expected[..., ::PROBE_STRIDE]),
+            "stride": PROBE_STRIDE,
+            "snr_db": round(snr_db, 2),
+            "min_snr_db": min_snr_db,
+        }
+    )
 
 
 def _overlap_add(frames: Tensor, hop: int) -> Tensor:
@@ -160,10 +209,7 @@ class WaveformGraph(nn.Module):
         self.istft = RealISTFT(head.istft.n_fft, head.istft.hop_length, istft)
 
     def forward(self, mel: Tensor) -> Tensor:
-        x = self.out(self.backbone(mel)).transpose(1, 2)
-        magnitude, phase = x.chunk(2, dim=1)
-        magnitude = torch.exp(magnitude).clip(max=1e2)  # as vocos' ISTFTHead
-        return self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        return self.istft(*polar(self.out(self.backbone(mel)).transpose(1, 2)))
 
 
 def export_onnx(
@@ -182,21 +228,21 @@ def export_onnx(
     ``quantize=True`` quantises its Linear layers to int8 with ``scheme`` (:data:`INT8_SCHEMES`;
     ``op_types=None``: every op ONNX Runtime can, the convs too; for comparisons). A graph whose
     integer products could overflow a CPU's int16 pair sums is refused (except the ``u8s8``
-    comparison scheme). An int8 graph carries its probe (:mod:`train.student.int8_check`): of
+    comparison scheme). An int8 graph carries its probe (:mod:`train.runtime.int8_check`): of
     the candidate mels ``probe`` (``(N, n_mels, frames)``, :func:`probe_windows`; default
     :func:`default_probe_mel`), the few it reproduces worst here, and what ``student``
     (fake-quantised if QAT) gives on them, which it must reproduce at ``min_snr_db``, or 3 dB
     under what it reaches here if that is lower. The student's build config, the numerics
     and ``metadata`` go into the model's metadata. The time axis (and batch) are dynamic.
     """
-    from train.student.int8_check import PROBE_KEY, PROBE_STRIDE, PROBE_WINDOWS, encode_probe, overflow_risks, snr_db
+    from train.runtime.int8_check import PROBE_KEY, snr_db
     from train.student.quantized import DESCRIPTION, strip  # torchao is slow to import
 
     if quantize and scheme not in INT8_SCHEMES:
         raise ValueError(f"scheme={scheme!r}: choose one of {', '.join(INT8_SCHEMES)}")
 
     plain = strip(student).cpu().eval()
-    config = dict(plain.config)
+    config = plain.config.to_dict()
     graph = WaveformGraph(plain, istft).eval()
     mel = torch.randn(2, config["input_channels"], 50)  # not 1: torch.export fixes sizes 0 and 1
     shapes = {"mel": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("frames", min=2, max=1 << 20)}}
@@ -278,7 +324,8 @@ def default_probe_mel(n_mels: int = 80, frames: int = 24) -> Tensor:
     breath noise and a syllable-rate envelope."""
     import numpy as np
 
-    from train.s3gen.mel import HOP_LENGTH, SAMPLE_RATE, S3GenMel
+    from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
+    from train.s3gen.mel import S3GenMel
 
     samples = frames * HOP_LENGTH
     t = np.arange(samples) / SAMPLE_RATE
@@ -312,94 +359,3 @@ def probe_windows(mels: list[Tensor], frames: int = 24, most: int = 64) -> Tenso
         return default_probe_mel(frames=frames)
     chosen = torch.linspace(0, len(windows) - 1, min(most, len(windows))).round().long().tolist()
     return torch.cat([windows[i] for i in sorted(set(chosen))])
-
-
-class OnnxVocoder(nn.Module):
-    """``mel (B, 80, T) -> wav (B, T * hop)`` through a file :func:`export_onnx` wrote (CPU, ONNX
-    Runtime), with as many threads as ``torch.get_num_threads()`` says at the call."""
-
-    def __init__(self, path: str | Path, check: bool = True) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self._load(self.path.read_bytes())
-        self.int8_check = None
-        if self.is_int8 and check:
-            self.check()
-
-    @property
-    def is_int8(self) -> bool:
-        return self.quantization != "fp32"
-
-    def check(self):
-        """Run (or recall) this int8 graph's self-check on this machine
-        (:func:`train.student.int8_check.self_check`); raises
-        :class:`~train.student.int8_check.Int8MismatchError` when it fails. Returns the result."""
-        from train.student.int8_check import Int8MismatchError, self_check
-
-        self.int8_check = self_check(self.path.name, self._bytes, self.metadata, self.path)
-        if not self.int8_check.ok:
-            raise Int8MismatchError(
-                f"{self.path}: the int8 graph is wrong on this machine, {self.int8_check.cpu}: "
-                f"{self.int8_check.reason}. Use its fp32 graph (runtime='onnx' or 'torch'), or write it again "
-                "with this version (train/quantize.py or train/export.py), whose int8 cannot overflow."
-            )
-        return self.int8_check
-
-    def _load(self, data: bytes) -> None:
-        self._bytes = data
-        try:
-            model = onnx.load_model_from_string(data)
-            meta = {p.key: p.value for p in model.metadata_props}
-            self.config = json.loads(meta["config"])
-        except Exception as err:
-            raise OnnxArtifactError(
-                f"{self.path}: not a student graph written by this project (train/quantize.py, train/export.py): {err}"
-            ) from err
-        outputs = [o.name for o in model.graph.output]
-        if outputs != ["wav"]:
-            raise OnnxArtifactError(
-                f"{self.path}: a graph with outputs {outputs}, not the waveform: written before the iSTFT moved into "
-                "the graph. Write it again (python train/quantize.py checkpoint=<its .ckpt>, or train/export.py)."
-            )
-        self.metadata = meta
-        self.quantization = meta.get("quantization", "fp32")
-        self.num_parameters = sum(math.prod(t.dims) for t in model.graph.initializer)
-        self.file_bytes = len(data)
-        self.n_mels = self.config["input_channels"]
-        self.hop_length = self.config["hop_length"]
-        self._sessions: dict[int, ort.InferenceSession] = {}
-
-    def session(self) -> ort.InferenceSession:
-        threads = torch.get_num_threads()
-        if threads not in self._sessions:
-            self._sessions[threads] = session(self._bytes, threads)
-        return self._sessions[threads]
-
-    def forward(self, mel: Tensor) -> Tensor:
-        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
-            raise ValueError(f"the student expects a mel of shape (B, {self.n_mels}, T); got {tuple(mel.shape)}")
-        (wav,) = self.session().run(None, {"mel": mel.detach().float().cpu().numpy()})
-        return torch.from_numpy(wav).to(mel.device)
-
-    def __getstate__(self) -> dict[str, Any]:  # picklable (the memory benchmark runs it in a fresh process)
-        return {k: v for k, v in self.__dict__.items() if k != "_sessions"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._sessions = {}
-
-
-def session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads that do not spin between calls
-    (a spinning pool would fight PyTorch for the cores)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def is_onnx(path: str | Path) -> bool:
-    return Path(path).suffix == SUFFIX

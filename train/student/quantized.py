@@ -52,8 +52,7 @@ def prepare(student: nn.Module) -> nn.Module:
     """Fake-quantise the student's Linear layers in place (idempotent); returns it."""
     if not is_prepared(student):
         quantize_(student, QATConfig(base_config(), step="prepare"))
-    if hasattr(student, "config"):
-        student.config = {**student.config, "fake_quant": SCHEME}
+    student.fake_quant = SCHEME
     return student
 
 
@@ -65,8 +64,7 @@ def strip(student: nn.Module) -> nn.Module:
         if isinstance(module, FakeQuantizedLinear):
             parent, _, attr = name.rpartition(".")
             setattr(plain.get_submodule(parent) if parent else plain, attr, module.to_linear())
-    if hasattr(plain, "config"):
-        plain.config = {k: v for k, v in plain.config.items() if k != "fake_quant"}
+    plain.fake_quant = None
     return plain
 
 
@@ -74,7 +72,7 @@ def int8_kernels(model: nn.Module) -> nn.Module:
     """``model`` (fp32, or QAT: its fake quantisers are stripped first) with its Linear layers on
     torchao's int8 kernels, in place where it is fp32: int8 weights per output channel,
     activations quantised per frame (asymmetric) as QAT trained. Runs in PyTorch, so it streams
-    (:mod:`train.student.streaming`); CPU."""
+    (:mod:`train.runtime.streaming`); CPU."""
     if is_prepared(model):
         model = strip(model)
     quantize_(model, Int8DynamicActivationInt8WeightConfig(act_mapping_type=MappingType.ASYMMETRIC))

@@ -25,15 +25,15 @@ from torch.optim.lr_scheduler import LambdaLR
 from vocos.loss import DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss
 
 from train.evaluation.metrics import QualityMetrics, pesq_wb
-from train.s3gen.mel import SAMPLE_RATE
-from train.student.model import CONFIG_KEY, build_student
+from train.runtime.config import CONFIG_KEY, SAMPLE_RATE, StudentConfig
+from train.runtime.errors import ConfigError
+from train.student.model import build_student
 from train.training.losses import (
     MultiResolutionMelLoss,
     MultiResolutionSTFTLoss,
     PhaseDerivativeLoss,
     S3GenMelDistance,
 )
-from train.utils.errors import ConfigError
 
 TARGETS = ("teacher", "audio", "parent")
 
@@ -281,13 +281,13 @@ class VocoderDistillation(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record how to rebuild the student (``build_student`` arguments) beside its weights."""
-        checkpoint[CONFIG_KEY] = dict(self.generator.config)
+        checkpoint[CONFIG_KEY] = self.generator.config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before a resumed run's weights load: rebuild the student in the shape the checkpoint
         records when it differs (a run resumed after a pruning step, ``compress=prune``)."""
         config = checkpoint.get(CONFIG_KEY)
-        if config and dict(config) != dict(self.generator.config):
+        if config and StudentConfig.from_dict(dict(config), CONFIG_KEY) != self.generator.config:
             device = next(self.generator.parameters()).device
             self.generator = build_student(**config).to(device)
 

@@ -14,11 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import train.utils.config  # noqa: F401  (resolvers the configs use)
 from train.compress.pruning import CompressionError
-from train.s3gen.mel import HOP_LENGTH, N_MELS
-from train.student.graph import OnnxArtifactError, is_onnx
+from train.runtime.config import HOP_LENGTH, N_MELS
+from train.runtime.errors import ConfigError, MissingFileError
+from train.runtime.files import remove_stale_temporaries
+from train.runtime.onnx import OnnxArtifactError, is_onnx
 from train.training.module import check_precision
-from train.utils.errors import ConfigError, MissingFileError
-from train.utils.files import remove_stale_temporaries
 from train.utils.instantiate import instantiate, instantiate_dict, instantiate_with_weights
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from train.utils.errors import ConfigError
+from train.runtime.errors import ConfigError
 from train.utils.logs import route_library_logs
 
 log = logging.getLogger(__name__)

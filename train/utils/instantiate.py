@@ -8,8 +8,8 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from train.utils.errors import ConfigError
-from train.utils.hub import WeightsUnavailableError
+from train.runtime.errors import ConfigError
+from train.runtime.hub import WeightsUnavailableError
 
 OFFLINE_HINT = (
     "Without the Hugging Face Hub: `teacher.checkpoint=/path/to/s3gen.safetensors` gives a local teacher, "

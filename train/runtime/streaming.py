@@ -12,7 +12,7 @@ has seen, and for the overlap-add the partial sums of the samples later frames s
 (and the same for the window envelope). A ``push`` runs only the new frames through each
 layer, so its work is bounded by the chunk plus a fixed context whatever came before. The
 start of the stream is zero-padded exactly as the convolutions zero-pad, and ``flush`` pads
-the end the same way: with the look-ahead at least :func:`receptive_field`'s right side, the
+the end the same way: with the look-ahead at least the receptive field's right side, the
 concatenated output equals ``student(mel)`` up to float rounding, for any chunking.
 
 A smaller look-ahead emits audio sooner: what the missing frames would change is filled in
@@ -24,84 +24,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.s3gen.mel import SAMPLE_RATE
+from train.runtime.config import KERNEL, Field
+from train.runtime.vocoder import Vocoder, VocosStudent, polar
 
 
-@dataclass(frozen=True)
-class Field:
-    """How many mel frames either side of a frame its audio depends on."""
-
-    left: int
-    right: int
-    frame_ms: float
-
-    @property
-    def right_ms(self) -> float:
-        return self.right * self.frame_ms
-
-
-def _parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The backbone and iSTFT head of a student (``VocosStudent``, its QAT / torchao int8 forms)
-    or of ``vocos.Vocos``; a clear error for anything else (an ONNX runtime is one graph)."""
-    backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
-    if backbone is None or head is None or not hasattr(head, "istft") or not hasattr(backbone, "convnext"):
+def _parts(model: Vocoder) -> tuple[nn.Module, nn.Module]:
+    """The backbone and iSTFT head of a student in PyTorch (fp32, pruned, QAT or torchao int8),
+    checked to be the stock layers whose receptive field its config gives."""
+    if not isinstance(model, VocosStudent):
         raise TypeError(
-            f"streaming needs a Vocos student with a ConvNeXt backbone and an iSTFT head in PyTorch "
-            f"(fp32, pruned, QAT or torchao int8); got {type(model).__name__}. An ONNX graph has no "
-            "per-layer state to carry: stream its source checkpoint instead."
+            f"streaming needs a Vocos student with a ConvNeXt backbone and an iSTFT head in PyTorch (fp32, pruned, "
+            f"QAT or torchao int8); got {type(model).__name__}. An ONNX graph has no per-layer state to carry: "
+            "its Vocoder.stream() decodes it through windows."
         )
+    backbone, head = model.backbone, model.head
     if getattr(backbone, "adanorm", False):
         raise TypeError("streaming supports Vocos backbones without AdaLayerNorm conditioning")
     if head.istft.padding != "same":
         raise TypeError(f"streaming needs the iSTFT head's 'same' padding; this one pads {head.istft.padding!r}")
     for conv in _convs(backbone):
         (k,), (p,), (d,), (s,) = conv.kernel_size, conv.padding, conv.dilation, conv.stride
-        if s != 1 or 2 * p != d * (k - 1):
-            raise TypeError(f"streaming needs stride-1 convs with symmetric 'same' padding; found {conv}")
+        if (k, p, d, s) != (KERNEL, KERNEL // 2, 1, 1):
+            raise TypeError(f"streaming needs VocosBackbone's kernel-{KERNEL} 'same' convs; found {conv}")
     return backbone, head
 
 
 def _convs(backbone: nn.Module) -> list[nn.Conv1d]:
     return [backbone.embed] + [block.dwconv for block in backbone.convnext]
-
-
-def _istft_context(n_fft: int, hop: int) -> tuple[int, int]:
-    """Frames before / after a frame's own that its samples' overlap-add reads ("same" padding)."""
-    pad = (n_fft - hop) // 2
-    # samples of frame f sit at padded positions f * hop + pad .. f * hop + pad + hop - 1; frame g covers
-    # g * hop .. g * hop + n_fft - 1
-    right = (pad + hop - 1) // hop
-    left = -((pad - n_fft) // hop + 1)
-    return left, right
-
-
-def receptive_field(model: nn.Module) -> Field:
-    """The student's receptive field in mel frames, computed from its layers.
-
-    For the S3Gen students (n_fft 1920, hop 480): 3 + 3 x blocks frames through the backbone,
-    plus 2 for the overlap-add; 29 frames (580 ms) either side for 8 blocks, 23 for 6.
-    """
-    backbone, head = _parts(model)
-    backbone_context = sum(conv.padding[0] for conv in _convs(backbone))
-    return _field(backbone_context, head.istft.win_length, head.istft.hop_length)
-
-
-def config_field(config: dict) -> Field:
-    """:func:`receptive_field` of a stock student from its build config (``build_student``'s
-    arguments, as checkpoints and ONNX graphs record them): kernel-7 convs, one per block and
-    the embedding."""
-    return _field(3 * (config["num_layers"] + 1), config["n_fft"], config["hop_length"])
-
-
-def _field(backbone_context: int, n_fft: int, hop: int) -> Field:
-    left, right = _istft_context(n_fft, hop)
-    return Field(left=backbone_context + left, right=backbone_context + right, frame_ms=1000.0 * hop / SAMPLE_RATE)
 
 
 class StreamClosedError(RuntimeError):
@@ -136,10 +90,6 @@ class MelStream:
         self._emitted = 0  # samples returned
         self._closed = False
         self._reset()
-
-    @property
-    def frames_pushed(self) -> int:
-        return self._frames
 
     @property
     def samples_emitted(self) -> int:
@@ -222,13 +172,13 @@ class StreamingVocoder(MelStream):
     keeps ``kernel - 1`` frames of its input, the overlap-add ``n_fft - hop`` samples.
     """
 
-    def __init__(self, model: nn.Module, lookahead: int | None = None) -> None:
+    def __init__(self, model: VocosStudent, lookahead: int | None = None) -> None:
         self.model = model
         self.backbone, self.head = _parts(model)
         istft = self.head.istft
         self.n_fft = istft.win_length
         self.pad = (self.n_fft - istft.hop_length) // 2
-        super().__init__(self.backbone.embed.in_channels, istft.hop_length, receptive_field(model), lookahead)
+        super().__init__(model.n_mels, model.hop_length, model.receptive_field, lookahead)
 
     def _reset(self) -> None:
         self._state: dict | None = None
@@ -330,11 +280,8 @@ class StreamingVocoder(MelStream):
         """``vocos.heads.ISTFTHead.forward`` up to the overlap-add: windowed frames ``(B, n_fft, T)``."""
         if features.shape[1] == 0:  # the FFT refuses empty batches of frames
             return features.new_zeros(features.shape[0], self.n_fft, 0)
-        x = self.head.out(features).transpose(1, 2)
-        magnitude, phase = x.chunk(2, dim=1)
-        magnitude = torch.clip(torch.exp(magnitude), max=1e2)
-        spectrum = magnitude * (torch.cos(phase) + 1j * torch.sin(phase))
-        frames = torch.fft.irfft(spectrum, self.n_fft, dim=1, norm="backward")
+        real, imag = polar(self.head.out(features).transpose(1, 2))
+        frames = torch.fft.irfft(torch.complex(real, imag), self.n_fft, dim=1, norm="backward")
         return frames * self.head.istft.window[None, :, None]
 
     def _overlap_add(self, state: dict, frames: Tensor, final: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -361,18 +308,16 @@ class StreamingVocoder(MelStream):
 class WindowedStream(MelStream):
     """Any ``mel -> wav`` vocoder with a known receptive field streamed by decoding a bounded
     window per push: the frames to emit, ``field.left`` frames before them and every frame
-    pushed after them. An ONNX graph streams this way (:class:`~train.student.graph.OnnxVocoder`
+    pushed after them. An ONNX graph streams this way (:class:`~train.runtime.onnx.OnnxVocoder`
     keeps no state between calls). Each emitted frame's window holds its whole receptive field,
     so an fp32 graph equals offline decoding; an int8 graph whose activations are quantised per
     call (ONNX Runtime's dynamic quantisation) comes within its own tolerance, as its scales
     follow the window. Work per push: ``chunk + field.left + lookahead`` frames at most.
     """
 
-    def __init__(self, model: nn.Module, field: Field, lookahead: int | None = None) -> None:
+    def __init__(self, model: Vocoder, lookahead: int | None = None) -> None:
         self.model = model
-        n_mels = getattr(model, "n_mels", None) or model.config["input_channels"]
-        hop = getattr(model, "hop_length", None) or model.config["hop_length"]
-        super().__init__(n_mels, hop, field, lookahead)
+        super().__init__(model.n_mels, model.hop_length, model.receptive_field, lookahead)
 
     def _reset(self) -> None:
         self._held: Tensor | None = None  # mel frames from self._start on
@@ -397,26 +342,3 @@ class WindowedStream(MelStream):
     def _flush(self) -> Tensor:
         empty = self._held[..., :0]
         return self._emit(empty, self._frames, self._frames)
-
-
-def stream_for(model: nn.Module, lookahead: int | None = None) -> MelStream:
-    """The right stream for ``model``: :class:`StreamingVocoder` for a student in PyTorch,
-    :class:`WindowedStream` for a student's ONNX graph (its field read off its config)."""
-    if hasattr(model, "backbone") and hasattr(model, "head"):
-        return StreamingVocoder(model, lookahead)
-    config = getattr(model, "config", None)
-    if isinstance(config, dict) and "num_layers" in config:
-        from train.student.model import build_student
-
-        shape = {
-            k: config[k] for k in ("input_channels", "dim", "intermediate_dim", "num_layers", "n_fft", "hop_length")
-        }
-        return WindowedStream(
-            model, receptive_field(build_student(**{**shape, "dim": 1, "intermediate_dim": 1})), lookahead
-        )
-    return StreamingVocoder(model, lookahead)  # raises, saying what can stream
-
-
-def stream(model: nn.Module, mel: Tensor, chunk_frames: int | Sequence[int], lookahead: int | None = None) -> Tensor:
-    """``model``'s audio for ``mel`` decoded in chunks (see :class:`StreamingVocoder`)."""
-    return stream_for(model, lookahead).decode(mel, chunk_frames)

@@ -17,7 +17,7 @@ that was right where it was written can be wrong elsewhere. Three defences, from
    dies of an illegal instruction fails the check instead of the caller), once per file, CPU
    and ONNX Runtime version, and remembers the answer (:func:`cache_path`), so later loads cost
    a hash.
-   :class:`~train.student.graph.OnnxVocoder` calls it for every int8 graph it loads and raises
+   :class:`~train.runtime.onnx.OnnxVocoder` calls it for every int8 graph it loads and raises
    :class:`Int8MismatchError` under the threshold; the Chatterbox drop-in's ``runtime="auto"``
    falls back to the fp32 runtime instead, and also takes fp32 where int8 is not faster here
    (:func:`speed_check`).
@@ -38,16 +38,15 @@ import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from train.runtime.errors import ConfigError
+from train.runtime.files import atomic_write_text
 
-from train.utils.errors import ConfigError
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
-INT16_MAX = 32_767
-U8_MAX = 255
-INTEGER_MATMULS = {"MatMulInteger": 1, "ConvInteger": 1, "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
 # CPU features that decide which int8 kernels run (x86, then ARM64): named beside every int8 figure
 INT8_FEATURES = (
     "sse4_1",
@@ -63,6 +62,8 @@ INT8_FEATURES = (
     "sve",
 )
 PROBE_KEY = "int8_probe"
+# int8 schemes whose products fit every kernel's sums (train.student.graph.INT8_SCHEMES says why)
+EXACT_SCHEMES = ("u8s8-7bit", "u8u8")
 CACHE_ENV = "VOCOS_DISTILL_CACHE"
 
 
@@ -70,62 +71,7 @@ class Int8MismatchError(ConfigError, RuntimeError):
     """An int8 graph that does not reproduce its model on this machine."""
 
 
-# -- the bound ------------------------------------------------------------------------------------
-def overflow_risks(model: Any) -> list[str]:
-    """Integer matrix products of ``model`` (an ``onnx.ModelProto``) whose int8 weights could
-    overflow an int16 pair sum of u8 x s8 products (``vpmaddubsw``: x86 without VNNI): one line
-    each, empty when none can. Unsigned weights are widened by every kernel and cannot."""
-    from onnx import numpy_helper
-
-    weights = {init.name: init for init in model.graph.initializer}
-    risks = []
-    for node in model.graph.node:
-        index = INTEGER_MATMULS.get(node.op_type)
-        if index is None or len(node.input) <= index or node.input[index] not in weights:
-            continue
-        values = numpy_helper.to_array(weights[node.input[index]])
-        if values.dtype != np.int8:
-            continue
-        largest = int(np.abs(values.astype(np.int32)).max()) if values.size else 0
-        if 2 * U8_MAX * largest > INT16_MAX:
-            risks.append(
-                f"{node.name or node.op_type} ({node.input[index]}): |weight| up to {largest}, "
-                f"2 * {U8_MAX} * {largest} = {2 * U8_MAX * largest:,} > {INT16_MAX:,}"
-            )
-    return risks
-
-
 # -- the probe ------------------------------------------------------------------------------------
-def _pack(array: np.ndarray) -> dict[str, Any]:
-    array = np.ascontiguousarray(array, dtype=np.float16)
-    return {"shape": list(array.shape), "float16": base64.b64encode(array.tobytes()).decode("ascii")}
-
-
-def _unpack(packed: dict[str, Any]) -> np.ndarray:
-    data = np.frombuffer(base64.b64decode(packed["float16"]), dtype=np.float16)
-    return data.reshape(packed["shape"]).astype(np.float32)
-
-
-PROBE_STRIDE = 8  # every 8th output sample is kept: the SNR over them is within ~0.2 dB of the SNR over all
-# Windows kept: on a 256/768 x 6 QAT student, the full-range graph on AVX2 lost 0.7 dB on the loudest
-# window but 3.8-8 dB on each of the 5 windows it reproduced worst on an exact kernel (129 windows)
-PROBE_WINDOWS = 3
-
-
-def encode_probe(mel: np.ndarray, expected: np.ndarray, snr_db: float, min_snr_db: float) -> str:
-    """The probe as it is stored in a graph's metadata: the mels and every :data:`PROBE_STRIDE`-th
-    sample of the expected outputs, in float16 (its rounding is ~66 dB down); 9 KB a window."""
-    return json.dumps(
-        {
-            "mel": _pack(mel),
-            "expected": _pack(expected[..., ::PROBE_STRIDE]),
-            "stride": PROBE_STRIDE,
-            "snr_db": round(snr_db, 2),
-            "min_snr_db": min_snr_db,
-        }
-    )
-
-
 @dataclass(frozen=True)
 class Probe:
     mel: np.ndarray  # (windows, n_mels, frames)
@@ -137,6 +83,13 @@ class Probe:
     def snr(self, output: np.ndarray) -> float:
         """The graph's ``output`` on :attr:`mel` against what it must be."""
         return snr_db(self.expected, output[..., :: self.stride])
+
+
+def _unpack(packed: dict[str, Any]) -> np.ndarray:
+    import numpy as np
+
+    data = np.frombuffer(base64.b64decode(packed["float16"]), dtype=np.float16)
+    return data.reshape(packed["shape"]).astype(np.float32)
 
 
 def read_probe(metadata: dict[str, str]) -> Probe | None:
@@ -152,8 +105,10 @@ def read_probe(metadata: dict[str, str]) -> Probe | None:
     )
 
 
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """10 log10 of the reference's energy over the error's (inf when equal)."""
+def snr_db(reference: Any, estimate: Any) -> float:
+    """10 log10 of the reference's energy over the error's (inf when equal); arrays or CPU tensors."""
+    import numpy as np
+
     reference = np.asarray(reference, dtype=np.float64)
     noise = float(np.sum((reference - np.asarray(estimate, dtype=np.float64)) ** 2))
     return float("inf") if noise == 0 else float(10 * np.log10(float(np.sum(reference**2)) / noise))
@@ -229,8 +184,6 @@ def _cached(key: str) -> dict[str, Any] | None:
 
 
 def _remember(key: str, value: dict[str, Any]) -> None:
-    from train.utils.files import atomic_write_text
-
     path = cache_path()
     try:
         entries = json.loads(path.read_text()) if path.is_file() else {}
@@ -294,6 +247,8 @@ def run_in_child(
     import sys
     import tempfile
 
+    import numpy as np
+
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "mel.npy", mel)
         command = [*(prefix or []), python or sys.executable, "-c", RUNNER, str(Path(tmp) / "mel.npy"), tmp, str(path)]
@@ -317,23 +272,20 @@ def self_check(name: str, data: bytes, metadata: dict[str, str], path: Path) -> 
     cpu = describe_cpu()
     probe = read_probe(metadata)
     if probe is None:
-        import onnx
-
-        risks = overflow_risks(onnx.load_model_from_string(data))
+        # A graph that names no scheme was written before the probe, with full-range s8 weights:
+        # 2 * 255 * 127 overflows the int16 pair sums of x86 kernels without VNNI
+        scheme = metadata.get("int8_scheme", "u8s8")
         features = set(cpu_info()["int8_features"])
         int32_adds = cpu_info()["arch"] not in ("x86_64", "AMD64") or bool(
             features & {"avx512_vnni", "avx_vnni", "amx_int8"}
         )
-        ok = not risks or int32_adds
-        if not risks:
-            verdict = "its integer weights cannot overflow any kernel"
+        ok = scheme in EXACT_SCHEMES or int32_adds
+        if scheme in EXACT_SCHEMES:
+            verdict = f"its scheme ({scheme}) cannot overflow any kernel"
         elif ok:
-            verdict = "its weights could overflow CPUs without VNNI, but this one adds in int32"
+            verdict = "its full-range int8 weights could overflow CPUs without VNNI, but this one adds in int32"
         else:
-            verdict = (
-                f"{len(risks)} of its integer products can overflow an int16 pair sum on this CPU, "
-                "which has no VNNI or AMX"
-            )
+            verdict = "its full-range int8 weights can overflow an int16 pair sum on this CPU, which has no VNNI or AMX"
         reason = f"{name} carries no probe (written before int8 graphs checked themselves); {verdict}"
         result = Int8Check(ok, None, None, None, cpu, reason)
     else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -99,6 +98,8 @@ def exclusive(path: str | Path, wait: bool = True) -> Iterator[bool]:
     """Hold an advisory lock on ``path`` (created if needed) for the block; yields whether it
     was acquired (always ``True`` with ``wait``). The kernel drops it when the holder dies, so
     a killed process never leaves it held."""
+    import fcntl  # POSIX only: the runtime's other helpers run anywhere
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())

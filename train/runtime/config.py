@@ -1,0 +1,175 @@
+"""What a student is: the S3Gen mel it takes, its build settings, and its receptive field.
+
+:class:`StudentConfig` is the one description of a student's shape. Every file that holds a
+student records it (a training checkpoint under ``student_config``, an exported
+``.safetensors`` or ONNX graph in its ``config`` metadata, a release's ``config.yaml`` in vocos'
+own layout): :meth:`StudentConfig.to_dict` and :meth:`StudentConfig.vocos_yaml` write it,
+:meth:`StudentConfig.from_dict` and :meth:`StudentConfig.of_vocos_yaml` read it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from train.runtime.errors import ConfigError
+
+SAMPLE_RATE = 24_000
+HOP_LENGTH = 480
+N_FFT = 1920
+N_MELS = 80
+FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE
+# The S3Gen mel, as a release records it (config.yaml's `mel:` block) and the Chatterbox drop-in checks it
+MEL_SPEC = {
+    "kind": "s3gen",
+    "sample_rate": SAMPLE_RATE,
+    "n_fft": N_FFT,
+    "win_length": N_FFT,
+    "hop_length": HOP_LENGTH,
+    "n_mels": N_MELS,
+    "f_min": 0.0,
+    "f_max": 8000.0,
+    "mel_scale": "slaney",
+    "norm": "slaney",
+    "log": "natural log of max(mel, 1e-5) of the magnitude sqrt(re^2 + im^2 + 1e-9)",
+}
+KERNEL = 7  # VocosBackbone's input embedding and depthwise convs: kernel 7, "same" zero padding
+CONFIG_KEY = "student_config"  # where a training checkpoint keeps the student's config
+
+
+class StudentConfigError(ConfigError, ValueError):
+    """A file or option does not describe a student this project can build."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """How many mel frames either side of a frame its audio depends on."""
+
+    left: int
+    right: int
+    frame_ms: float = FRAME_MS
+
+    @property
+    def right_ms(self) -> float:
+        return self.right * self.frame_ms
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """A Vocos student's build settings: ``VocosBackbone(input_channels, dim, intermediate_dim,
+    num_layers)`` and ``ISTFTHead(dim, n_fft, hop_length, padding="same")``; ``fake_quant`` names
+    the QAT scheme of a student trained fake-quantised (``"int8"``), else None."""
+
+    input_channels: int = N_MELS
+    dim: int = 512
+    intermediate_dim: int = 1536
+    num_layers: int = 8
+    n_fft: int = N_FFT
+    hop_length: int = HOP_LENGTH
+    fake_quant: str | None = None
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name != "fake_quant" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise StudentConfigError(f"student config: {field.name} must be a whole number >= 0; got {value!r}")
+        if self.n_fft % 2 or self.hop_length <= 0 or self.n_fft % self.hop_length:
+            raise StudentConfigError(
+                f"student config: n_fft {self.n_fft} must be even and a whole number of hops ({self.hop_length})"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "student config") -> StudentConfig:
+        """From a mapping (a file's record, an option); unknown keys are an error naming them."""
+        if not isinstance(values, dict):
+            raise StudentConfigError(f"{where}: expected a mapping of build settings, found {type(values).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise StudentConfigError(f"{where}: unknown student settings {unknown}; known: {sorted(names)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What files record (``fake_quant`` only when set)."""
+        values = dataclasses.asdict(self)
+        if values["fake_quant"] is None:
+            del values["fake_quant"]
+        return values
+
+    def replace(self, **changes: Any) -> StudentConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def receptive_field(self) -> Field:
+        """Mel frames either side of a frame that its audio depends on: each kernel-7 conv (the
+        embedding and one per block) adds 3 frames, the iSTFT's overlap-add the frames whose
+        windows cover a frame's samples (2 either side for n_fft 1920, hop 480). 29 frames
+        (580 ms) for 8 blocks, 23 for 6."""
+        backbone = (KERNEL // 2) * (self.num_layers + 1)
+        pad = (self.n_fft - self.hop_length) // 2
+        # a frame's samples sit at padded positions f * hop + pad .. + hop - 1; frame g covers g * hop .. + n_fft - 1
+        right = (pad + self.hop_length - 1) // self.hop_length
+        left = -((pad - self.n_fft) // self.hop_length + 1)
+        return Field(backbone + left, backbone + right, 1000.0 * self.hop_length / SAMPLE_RATE)
+
+    @classmethod
+    def of_state(cls, state: dict[str, Tensor]) -> StudentConfig:
+        """Read off a generator state dict's shapes, for files that record no config. The hop is
+        in no shape: Vocos's n_fft / 4 is assumed (480 for S3Gen's 1920)."""
+        dim, input_channels, _ = state["backbone.embed.weight"].shape
+        layers = sorted({int(m[1]) for k in state if (m := re.match(r"backbone\.convnext\.(\d+)\.", k))})
+        widths = [state[f"backbone.convnext.{i}.pwconv1.weight"].shape[0] for i in layers]
+        if len(set(widths)) > 1:
+            raise StudentConfigError(f"its blocks' intermediate widths differ ({widths}); a VocosBackbone has one")
+        n_fft = state["head.out.weight"].shape[0] - 2
+        return cls(input_channels, dim, widths[0] if widths else 3 * dim, len(layers), n_fft, n_fft // 4)
+
+    def vocos_yaml(self) -> dict[str, Any]:
+        """A release's ``config.yaml``: vocos' own layout (``Vocos.from_hparams`` builds it), plus
+        the ``mel:`` block that says which mels ``decode`` must be given."""
+        return {
+            "feature_extractor": {
+                "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
+                "init_args": {
+                    "sample_rate": SAMPLE_RATE,
+                    "n_fft": self.n_fft,
+                    "hop_length": self.hop_length,
+                    "n_mels": self.input_channels,
+                    "padding": "same",
+                },
+            },
+            "backbone": {
+                "class_path": "vocos.models.VocosBackbone",
+                "init_args": {
+                    "input_channels": self.input_channels,
+                    "dim": self.dim,
+                    "intermediate_dim": self.intermediate_dim,
+                    "num_layers": self.num_layers,
+                },
+            },
+            "head": {
+                "class_path": "vocos.heads.ISTFTHead",
+                "init_args": {"dim": self.dim, "n_fft": self.n_fft, "hop_length": self.hop_length, "padding": "same"},
+            },
+            "mel": MEL_SPEC,
+        }
+
+    @classmethod
+    def of_vocos_yaml(cls, values: dict[str, Any], where: str) -> StudentConfig:
+        """The inverse of :meth:`vocos_yaml`."""
+        try:
+            backbone, head = values["backbone"]["init_args"], values["head"]["init_args"]
+            return cls(
+                backbone["input_channels"],
+                backbone["dim"],
+                backbone["intermediate_dim"],
+                backbone["num_layers"],
+                head["n_fft"],
+                head["hop_length"],
+            )
+        except (KeyError, TypeError) as err:
+            raise StudentConfigError(f"{where}: not a vocos config with a backbone and an iSTFT head ({err})") from err

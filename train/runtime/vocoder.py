@@ -1,0 +1,204 @@
+"""One interface for every form of a student, and the student in PyTorch.
+
+A :class:`Vocoder` turns an S3Gen log-mel ``(B, n_mels, T)`` into audio ``(B, T * hop_length)``
+and says what callers need to know without asking which form it is: its mel bins, hop,
+receptive field, device and dtype, and how it streams. Two forms implement it:
+:class:`VocosStudent` (PyTorch: fp32, pruned, fake-quantised for QAT, torchao int8) and
+:class:`train.runtime.onnx.OnnxVocoder` (an ONNX graph, fp32 or int8, on ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from vocos.heads import ISTFTHead
+from vocos.models import VocosBackbone
+
+from train.runtime.config import CONFIG_KEY, Field, StudentConfig, StudentConfigError
+from train.runtime.errors import MissingFileError
+
+if TYPE_CHECKING:
+    from train.runtime.streaming import MelStream
+
+STUDENT_FILES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+MAX_MAGNITUDE = 1e2  # vocos' ISTFTHead clips exp(log-magnitude) here
+
+
+def polar(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The head's arithmetic, as ``vocos.heads.ISTFTHead``: its projection ``(B, n_fft + 2, T)``
+    -> the spectrum's real and imaginary parts ``(B, n_fft / 2 + 1, T)``."""
+    magnitude, phase = x.chunk(2, dim=1)
+    magnitude = torch.exp(magnitude).clip(max=MAX_MAGNITUDE)
+    return magnitude * torch.cos(phase), magnitude * torch.sin(phase)
+
+
+class Vocoder(nn.Module):
+    """``mel (B, n_mels, T) -> wav (B, T * hop_length)``, float32, whatever the form."""
+
+    config: StudentConfig
+
+    @property
+    def n_mels(self) -> int:
+        return self.config.input_channels
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def receptive_field(self) -> Field:
+        return self.config.receptive_field
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def check_mel(self, mel: Tensor) -> None:
+        if not isinstance(mel, Tensor) or mel.dim() != 3 or mel.shape[1] != self.n_mels:
+            shape = tuple(mel.shape) if isinstance(mel, Tensor) else type(mel).__name__
+            raise ValueError(f"the student expects a mel of shape (B, {self.n_mels}, T); got {shape}")
+
+    def stream(self, lookahead: int | None = None) -> MelStream:
+        """A stream of this vocoder (:mod:`train.runtime.streaming`): mel chunks in, audio out."""
+        raise NotImplementedError
+
+
+class VocosStudent(Vocoder):
+    """``vocos``' ConvNeXt backbone and iSTFT head, shaped for S3Gen mels: with n_fft 1920, hop
+    480 and "same" padding, T mel frames give exactly T * 480 samples. A plain ``nn.Module``."""
+
+    def __init__(self, backbone: VocosBackbone, head: ISTFTHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.fake_quant: str | None = None  # set by QAT's prepare (train.student.quantized)
+
+    @classmethod
+    def build(cls, config: StudentConfig) -> VocosStudent:
+        student = cls(
+            VocosBackbone(config.input_channels, config.dim, config.intermediate_dim, config.num_layers),
+            ISTFTHead(config.dim, config.n_fft, config.hop_length, padding="same"),
+        )
+        student.fake_quant = config.fake_quant
+        return student
+
+    @property
+    def config(self) -> StudentConfig:  # read off the layers, so pruning and QAT cannot leave it stale
+        blocks = self.backbone.convnext
+        return StudentConfig(
+            input_channels=self.backbone.embed.in_channels,
+            dim=self.backbone.embed.out_channels,
+            intermediate_dim=blocks[0].pwconv1.out_features if len(blocks) else 3 * self.backbone.embed.out_channels,
+            num_layers=len(blocks),
+            n_fft=self.head.istft.n_fft,
+            hop_length=self.head.istft.hop_length,
+            fake_quant=self.fake_quant,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.embed.weight.dtype
+
+    def forward(self, mel: Tensor) -> Tensor:
+        self.check_mel(mel)
+        features = self.backbone(mel)
+        # The iSTFT runs in float32 even under bf16 autocast: complex bf16 does not exist.
+        with torch.autocast(device_type=mel.device.type, enabled=False):
+            return self.head(features.float())
+
+    def stream(self, lookahead: int | None = None) -> MelStream:
+        from train.runtime.streaming import StreamingVocoder
+
+        return StreamingVocoder(self, lookahead)
+
+
+class StudentFileError(StudentConfigError):
+    """A file does not hold a student generator this project can rebuild."""
+
+
+def read_student_file(path: str | Path) -> tuple[dict[str, Tensor], StudentConfig | None]:
+    """A student file's generator tensors and, when it records one, its config.
+
+    Reads a Lightning ``.ckpt`` (``generator.*`` keys; config under ``student_config``) or a bare
+    generator state dict in ``.safetensors`` (config in the ``config`` metadata) / ``.pt`` /
+    ``.pth`` / ``.bin``. Reading never runs code from the file (``weights_only``).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFileError(f"student checkpoint not found: {path}")
+    if path.suffix not in STUDENT_FILES:
+        raise StudentFileError(f"{path}: expected one of {', '.join(STUDENT_FILES)}")
+    record: Any = None
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+                metadata = f.metadata() or {}
+            record = json.loads(metadata["config"]) if "config" in metadata else None
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unreadable or not a checkpoint at all
+        raise StudentFileError(f"{path}: cannot read a checkpoint ({type(err).__name__}: {err})") from err
+    if isinstance(state, dict) and isinstance(state.get(CONFIG_KEY), dict):
+        record = state[CONFIG_KEY]
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise StudentFileError(f"{path}: expected a state dict, found {type(state).__name__}")
+    generator = {k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")}
+    state = generator or state
+    if "backbone.embed.weight" not in state or "head.out.weight" not in state:
+        raise StudentFileError(
+            f"{path}: no Vocos student inside (expected 'generator.backbone.*' keys of a training checkpoint "
+            f"or 'backbone.*' / 'head.*' keys; found {len(state)} keys such as {sorted(state)[:3]})"
+        )
+    config = None if record is None else StudentConfig.from_dict(dict(record), f"{path} (its student config)")
+    return state, config
+
+
+def student_of_state(path: str | Path, state: dict[str, Tensor], config: StudentConfig | None) -> VocosStudent:
+    """A plain student holding ``state``, built as ``config`` says (else as the tensors' shapes say)."""
+    if config is None:
+        try:
+            config = StudentConfig.of_state(state)
+        except (ValueError, KeyError) as err:
+            raise StudentFileError(f"{path}: cannot infer the student's shape: {err}") from err
+    student = VocosStudent.build(config.replace(fake_quant=None))
+    try:
+        student.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise StudentFileError(f"{path}: does not load into a student built as {config}: {err}") from err
+    return student
+
+
+def load_student(path: str | Path, device: str | torch.device = "cpu") -> Vocoder:
+    """A student file as a :class:`Vocoder` in eval mode with gradients off: an ONNX graph
+    (``.onnx``, fp32 or int8 with its self-check) or a plain student (``.ckpt``, ``.safetensors``,
+    ``.pt``, ``.pth``, ``.bin``). A QAT checkpoint needs the training install
+    (``train.student.load_student`` rebuilds it fake-quantised)."""
+    path = Path(path).expanduser()
+    if path.suffix == ".onnx":
+        from train.runtime.onnx import OnnxVocoder
+
+        return OnnxVocoder(path).eval()
+    state, config = read_student_file(path)
+    if config is not None and config.fake_quant:
+        raise StudentFileError(
+            f"{path}: a student trained fake-quantised ({config.fake_quant}); load it with "
+            "train.student.load_student (the training install), or export it (train/export.py)"
+        )
+    return student_of_state(path, state, config).to(device).eval().requires_grad_(False)
