@@ -8,8 +8,9 @@ from helpers import Interrupted, compose, save_ckpt, student, write_clips
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 
-from train.compress.pruning import CompressionError, Pruning, check_targets, drop_blocks, prune, prune_widths, schedule
+from train.compress.pruning import Pruning, check_targets, drop_blocks, prune, prune_widths, schedule
 from train.compress.runtime import snr_db
+from train.compress.stage import CompressionError
 from train.runtime.onnx import OnnxArtifactError, OnnxVocoder
 from train.student.graph import export_onnx
 from train.student.model import build_student, load_student

@@ -2,6 +2,7 @@
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,30 @@ print(" ".join(loaded))
     ours = {m for m in loaded if m.startswith("train.")}
     assert ours <= {"train.runtime"}, ours
     assert not loaded & set(TRAINING_SIDE), loaded & set(TRAINING_SIDE)
+
+
+def test_a_second_checkout_writes_its_run_into_itself_not_into_the_installed_one(tmp_path):
+    """With the package installed (editable) from this checkout, ``python train/fit.py`` in another
+    checkout writes its run there: outputs follow the checkout run from (``.project-root``)."""
+    from helpers import write_clips
+
+    second = tmp_path / "second"
+    second.mkdir()
+    for name in (".project-root", "conf", "train"):  # what a clone holds that a fit reads
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, second / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, second / name)
+    clips = write_clips(tmp_path / "clips")
+    ours = REPO / "checkpoints" / "runs" / "second-checkout"
+    command = [
+        sys.executable, "train/fit.py", "experiment=tiny", "task_name=second-checkout", "~teacher",
+        "module.target_weights={teacher:0,audio:1}", f"data.audio_dirs=[{clips}]", "data.batch_size=1",
+        "trainer.max_steps=2", "validate_first=false",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=second, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((second / "checkpoints" / "runs" / "second-checkout").glob("*/checkpoints/last.ckpt"))
+    assert len(runs) == 1, done.stderr[-2000:]
+    assert not ours.exists(), f"the run was written into the installed checkout: {ours}"

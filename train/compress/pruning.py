@@ -28,20 +28,16 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 
-from train.runtime.errors import ConfigError
+from train.compress.stage import CompressionError, CompressionStage
 from train.runtime.vocoder import VocosStudent
 from train.student.quantized import is_prepared
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[VocosStudent], Tensor]
 IMPORTANCE = ("magnitude", "taylor")
-
-
-class CompressionError(ConfigError, ValueError):
-    """A compression option that cannot work for this student."""
 
 
 class _Skip(nn.Module):
@@ -237,7 +233,7 @@ def _renumber(key: str, renumber: dict[int, int]) -> str:
     return ".".join(parts)
 
 
-class Pruning(Callback):
+class Pruning(CompressionStage):
     """Prune the training student progressively: at each step of ``at_steps`` it is cut to the
     next shape of a linear schedule ending at (``dim``, ``intermediate_dim``, ``num_layers``);
     ``None`` keeps the parent's value. Channels are ranked by ``importance`` (``magnitude``, or

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import logging
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 
+from train.compress.stage import CompressionStage
 from train.student.quantized import DESCRIPTION, is_prepared, prepare
 
 log = logging.getLogger(__name__)
 
 
-class QuantizationAware(Callback):
+class QuantizationAware(CompressionStage):
     """``compress=qat``: fake-quantise the student before training starts (and before a resumed
     run's weights load, so they load into the same modules)."""
 

@@ -30,7 +30,7 @@ from train.data.datamodule import PrepareReport, VocoderDataModule
 from train.runtime.files import atomic_write_text, remove_stale_temporaries
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.teacher import save_teacher
-from train.utils.config import REPO_ROOT
+from train.utils.config import project_root
 from train.utils.instantiate import instantiate, instantiate_with_weights
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def prepare_throughput(processes: Sequence[int], overrides: Sequence[str] = ()) 
                 "torch.distributed.run",
                 "--standalone",
                 f"--nproc-per-node={count}",
-                str(REPO_ROOT / "train" / "prepare.py"),
+                str(project_root() / "train" / "prepare.py"),
                 "experiment=distill",
                 f"teacher.checkpoint={teacher}",
                 f"paths.log_dir={out}",

@@ -102,7 +102,7 @@ class RunCheckpoints(Checkpoint):
         if value is None or not math.isfinite(float(value)):
             return
         score = float(value)
-        shape = dict(getattr(getattr(pl_module, "generator", None), "config", None) or {})
+        shape = pl_module.generator.config.to_dict()
         if self.ranked_shape is not None and shape != self.ranked_shape:
             self.best = []  # pruned since: the new shape is ranked on its own (the older files stay)
         self.ranked_shape = shape

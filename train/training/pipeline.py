@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 import train.utils.config  # noqa: F401  (resolvers the configs use)
-from train.compress.pruning import CompressionError
+from train.compress.stage import CompressionError, CompressionStage
 from train.runtime.config import HOP_LENGTH, N_MELS
 from train.runtime.errors import ConfigError, MissingFileError
 from train.runtime.files import remove_stale_temporaries
@@ -34,7 +34,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     generator = instantiate_with_weights(cfg.student)  # first: a wrong parent fails before any download
     check_framing(generator, cfg.student.get("init_from"))
     compress = instantiate(cfg.compress) if cfg.get("compress") else None
-    if compress is not None and hasattr(compress, "check"):
+    if isinstance(compress, CompressionStage):
         compress.check(generator)
     teacher = instantiate_with_weights(cfg.teacher) if cfg.get("teacher") else None
     datamodule = instantiate(cfg.data, teacher=teacher)
@@ -51,11 +51,11 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
 
 def check_framing(generator: Any, source: str | None) -> None:
     """A student loaded from a file must take S3Gen's mels (80 bins) at S3Gen's hop (480)."""
-    config = getattr(generator, "config", {})
-    if (config.get("input_channels"), config.get("hop_length")) != (N_MELS, HOP_LENGTH):
+    config = generator.config
+    if (config.input_channels, config.hop_length) != (N_MELS, HOP_LENGTH):
         raise ConfigError(
-            f"student.init_from={source}: a student for {config.get('input_channels')} mels at hop "
-            f"{config.get('hop_length')}; S3Gen's mels are {N_MELS} bins at hop {HOP_LENGTH}. A Vocos of another "
+            f"student.init_from={source}: a student for {config.input_channels} mels at hop "
+            f"{config.hop_length}; S3Gen's mels are {N_MELS} bins at hop {HOP_LENGTH}. A Vocos of another "
             "framing warm-starts through a directory holding its pytorch_model.bin (its body is copied)."
         )
 
@@ -168,7 +168,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         initial = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
         log.info("step-0 validation: %s", _fmt(initial))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    next_stage = next((getattr(c, "next_stage", None) for c in trainer.callbacks if hasattr(c, "next_stage")), None)
+    next_stage = next((c.next_stage for c in trainer.callbacks if isinstance(c, CompressionStage)), None)
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     last = getattr(trainer.checkpoint_callback, "last_path", None)
     last = str(last) if last is not None and Path(last).is_file() else None

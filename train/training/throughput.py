@@ -49,9 +49,9 @@ def train_throughput(overrides: list[str], steps: int, compare: list[str] = (), 
     from hydra import compose, initialize_config_dir
 
     from train.training.pipeline import build
-    from train.utils.config import CONF_DIR
+    from train.utils.config import project_root
 
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(project_root() / "conf"), version_base="1.3"):
         base = [
             f"paths.output_dir={tmp}",
             "~logger",

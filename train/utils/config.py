@@ -6,14 +6,30 @@ Kept free of torch and Lightning, so that an entry point's ``--help`` answers at
 import datetime
 import os
 import secrets
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from train.utils import schema
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO_ROOT / "conf"
+MARKER = ".project-root"  # marks a checkout's top folder (as lightning-hydra-template's rootutils does)
+ROOT_ENV = "PROJECT_ROOT"
+
+
+def project_root() -> Path:
+    """The checkout an entry point runs from, whichever checkout the package was installed from:
+    ``$PROJECT_ROOT`` if set, else the nearest folder holding ``.project-root`` above the entry
+    script (``python <checkout>/train/fit.py``), else above the working directory, else the
+    working directory itself. Runs, caches and releases go under it (``conf/paths``)."""
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).expanduser().resolve()
+    script = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] not in ("", "-c", "-m") else None
+    for start in [s for s in (script, Path.cwd()) if s is not None]:
+        for folder in (start, *start.parents):
+            if (folder / MARKER).is_file():
+                return folder
+    return Path.cwd()
 
 
 def run_name() -> str:
@@ -34,8 +50,8 @@ def run_name() -> str:
     return f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}-{secrets.token_hex(3)}"
 
 
-if not OmegaConf.has_resolver("repo_root"):
-    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
 if not OmegaConf.has_resolver("run_name"):
     # cached: every mention in one config is the same name (and Hydra's launchers copy the cache)
     OmegaConf.register_new_resolver("run_name", run_name, use_cache=True)

@@ -1,0 +1,22 @@
+"""What every compression stage (``compress=prune``, ``compress=qat``) is to the training run."""
+
+from __future__ import annotations
+
+from lightning.pytorch import Callback
+
+from train.runtime.errors import ConfigError
+from train.runtime.vocoder import VocosStudent
+
+
+class CompressionError(ConfigError, ValueError):
+    """A compression option that cannot work with this student."""
+
+
+class CompressionStage(Callback):
+    """A Lightning callback that compresses the training student; ``next_stage`` is the command
+    that follows it (``{last}``: the run's last checkpoint), printed at the end of the run."""
+
+    next_stage: str = ""
+
+    def check(self, parent: VocosStudent) -> None:
+        """Refuse a parent this stage cannot compress, before anything trains (default: any will do)."""
