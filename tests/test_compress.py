@@ -8,14 +8,14 @@ from helpers import Interrupted, compose, save_ckpt, student, write_clips
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 
+from train.compress.compare import snr_db
 from train.compress.pruning import Pruning, check_targets, drop_blocks, prune, prune_widths, schedule
-from train.compress.runtime import snr_db
 from train.compress.stage import CompressionError
 from train.runtime.onnx import OnnxArtifactError, OnnxVocoder
 from train.student.graph import export_onnx
 from train.student.model import build_student, load_student
 from train.student.quantized import is_prepared, prepare, strip
-from train.training.pipeline import build, fit
+from train.training.fit import build, fit
 
 AUDIO_ONLY = ["~teacher", "module.target_weights={teacher:0,audio:1}"]
 
@@ -153,7 +153,7 @@ def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, cl
     last = tmp_path / "prune" / "checkpoints" / "last.ckpt"
     step, shape = saved(last)
     assert step == 2 and (shape["dim"], shape["num_layers"]) == (24, 2)  # mid-prune: the first cut only
-    with caplog.at_level("INFO", logger="train.training.pipeline"):
+    with caplog.at_level("INFO", logger="train.training.fit"):
         second = fit(stage(tmp_path, clips, "prune", *prune_args, "trainer.max_steps=6"))  # same folder: resumes
     assert f"next stage: compress=qat student.init_from={second['last_checkpoint']}" in caplog.text
     assert second["resumed_from"] == str(last)
@@ -164,7 +164,7 @@ def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, cl
     with pytest.raises(Interrupted):
         fit(stage(tmp_path, clips, "qat", *qat_args, "trainer.max_steps=4", stop))
     assert saved(tmp_path / "qat" / "checkpoints" / "last.ckpt")[0] == 2
-    with caplog.at_level("INFO", logger="train.training.pipeline"):
+    with caplog.at_level("INFO", logger="train.training.fit"):
         qat = fit(stage(tmp_path, clips, "qat", *qat_args, "trainer.max_steps=4"))
     assert f"next stage: python train/quantize.py checkpoint={qat['last_checkpoint']}" in caplog.text
     step, shape = saved(qat["last_checkpoint"])
@@ -204,7 +204,7 @@ def test_compression_stages_refuse_a_wrong_parent_before_training(tmp_path, clip
 
 # -- train/quantize.py ------------------------------------------------------------------------------
 def test_quantize_writes_the_runtime_only_when_it_reproduces_the_qat_model(tmp_path, clips):
-    from train.compress.export import QuantizationError, quantize
+    from train.compress.quantize import QuantizationError, quantize
 
     fake = prepare(student(dim=64, intermediate_dim=128))
     save_ckpt(fake, tmp_path / "qat.ckpt")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import REPO, compose, read_wandb_history, tiny_config, write_clips, write_s3gen_checkpoint
 
-from train.evaluation.pipeline import evaluate, find_checkpoint
+from train.evaluation.evaluate import evaluate, find_checkpoint
 from train.evaluation.report import GROUPS, read_report
 from train.runtime.hub import WeightsUnavailableError
 from train.s3gen.hift import HiFTGenerator

@@ -17,11 +17,12 @@ from helpers import REPO, compose, save_ckpt, student, tiny_config, write_clips,
 from hub_server import HubServer
 from huggingface_hub import ModelCard
 
-from train.compress.runtime import snr_db
-from train.evaluation.pipeline import evaluate, sha256_file
+from train.compress.compare import snr_db
+from train.evaluation.evaluate import evaluate
 from train.evaluation.report import read_report
 from train.release.export import ReleaseError, export
 from train.release.vocos_layout import FILTERBANK_KEY, MEL_SPEC, load_vocos
+from train.runtime.files import sha256_file
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import S3GenMel
 from train.student.graph import RealISTFT

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import REPO, compose, write_clips
 
-from train.training.pipeline import fit
+from train.training.fit import fit
 
 AUDIO_ONLY = ["~teacher", "module.target_weights={teacher:0,audio:1}"]
 

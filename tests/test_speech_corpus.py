@@ -194,7 +194,7 @@ def test_the_cpu_recipe_without_the_corpus_says_how_to_build_it(tmp_path):
     from helpers import compose
 
     from train.runtime.errors import MissingFileError
-    from train.training.pipeline import build
+    from train.training.fit import build
 
     cfg = compose(["experiment=cpu", "logger=csv", f"paths.data_dir={tmp_path}"], tmp_path)
     with pytest.raises(MissingFileError, match=r"data.audio_dirs: folder not found: .*speech/train; .*"

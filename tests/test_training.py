@@ -17,7 +17,7 @@ from helpers import (
 
 from train.runtime.hub import WeightsUnavailableError
 from train.s3gen.hift import HiFTGenerator
-from train.training.pipeline import build, fit
+from train.training.fit import build, fit
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 

@@ -2,7 +2,7 @@
 
 Teacher and student side by side in one run, on the same mel (inference cost), then the
 training step with the real data pipeline and with the same batches in memory. See
-:mod:`train.evaluation.benchmark`.
+:mod:`train.benchmark.side_by_side`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from train.data.preparation import prepare_throughput
-from train.evaluation.benchmark import run
+from train.benchmark.side_by_side import run
+from train.benchmark.throughput import train_throughput
+from train.data.prepare import prepare_throughput
 from train.evaluation.report import cost_table, rows_table
 from train.runtime.int8_check import describe_cpu
-from train.training.throughput import train_throughput
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,7 +134,7 @@ def int8_scheme_graphs(
     and its fp32 weights on ``clips`` clips of ``corpus``."""
     from safetensors.torch import save_file
 
-    from train.data.datamodule import corpus_mels
+    from train.data.audio import corpus_mels
     from train.evaluation.metrics import snr_db
     from train.runtime.onnx import OnnxVocoder
     from train.student.graph import INT8_SCHEME, INT8_SCHEMES, export_onnx, probe_windows
@@ -180,39 +180,26 @@ def interleaved_ms_per_s(graphs: dict[str, torch.nn.Module], seconds: float = 10
     """Milliseconds of compute per second of audio, 1 thread, median of :data:`ROUNDS` rounds that
     run every graph once in turn on the same mel: a burst of load on a shared machine falls on all
     of them, so their order is steadier than in separate timings."""
-    import statistics
-    import time
+    from train.runtime.timing import interleaved, threads, timing_mel
 
-    from train.evaluation.cost import threads
-
-    torch.manual_seed(0)
-    mel = torch.randn(1, 80, int(seconds * 50)) - 5.0
-    times: dict[str, list[float]] = {name: [] for name in graphs}
+    mel = timing_mel(seconds)
     with threads(1), torch.inference_mode():
-        for graph in graphs.values():
-            graph(mel)
-        for _ in range(ROUNDS):
-            for name, graph in graphs.items():
-                start = time.perf_counter()
-                graph(mel)
-                times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) / seconds for name, t in times.items()}
+        medians = interleaved({name: (lambda graph=graph: graph(mel)) for name, graph in graphs.items()}, ROUNDS)
+    return {name: 1e3 * median / seconds for name, median in medians.items()}
 
 
 def streaming(args: argparse.Namespace) -> None:
-    from train.data.datamodule import corpus_mels
-    from train.evaluation.benchmark import streaming_run
+    from train.benchmark.side_by_side import streaming_run
+    from train.data.audio import corpus_mels
     from train.evaluation.report import table
 
     if not args.students:
         raise SystemExit("--streaming needs --students (trained checkpoints: the tables compare real audio)")
     clips = corpus_mels(args.corpus, args.clips, args.clip_seconds)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from train.runtime.timing import threads
+
+    with threads(1):
         result = streaming_run(args.students, clips, tuple(args.chunk_frames), repeats=args.repeats)
-    finally:
-        torch.set_num_threads(threads)
     sizes = args.chunk_frames
     print(f"First audio of a stream of C-frame chunks, CPU 1 thread, median of {args.repeats} (ms)")
     print("= look-ahead (mel frames that must exist past the chunk, 20 ms each) + compute of the first chunk")

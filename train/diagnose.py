@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from train.data.datamodule import read_audio
+from train.data.audio import read_audio
 from train.evaluation.diagnose import SWAPS, swap_distances
 from train.runtime.config import SAMPLE_RATE
 from train.runtime.errors import ConfigError

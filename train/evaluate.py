@@ -12,7 +12,7 @@ from train.utils.entry import run
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from train.evaluation.pipeline import evaluate  # imported here so that --help answers at once
+    from train.evaluation.evaluate import evaluate  # imported here so that --help answers at once
 
     run(evaluate, cfg)
 

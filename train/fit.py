@@ -9,7 +9,7 @@ from train.utils.entry import run
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from train.training.pipeline import fit  # imported here so that --help answers at once
+    from train.training.fit import fit  # imported here so that --help answers at once
 
     run(fit, cfg)
 

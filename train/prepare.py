@@ -13,7 +13,7 @@ from train.utils.entry import run
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    from train.data.preparation import prepare  # imported here so that --help answers at once
+    from train.data.prepare import prepare  # imported here so that --help answers at once
 
     run(prepare, cfg)
 

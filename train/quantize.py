@@ -9,7 +9,7 @@ from train.utils.entry import run
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="quantize")
 def main(cfg: DictConfig) -> None:
-    from train.compress.export import quantize  # imported here so that --help answers at once
+    from train.compress.quantize import quantize  # imported here so that --help answers at once
 
     run(quantize, cfg)
 

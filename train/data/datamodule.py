@@ -17,18 +17,17 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import soundfile as sf
 import torch
 from lightning.pytorch import LightningDataModule
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from train.data.audio import AUDIO_SUFFIXES, MEL_SUFFIXES, find_files, read_audio, read_mel
 from train.data.cache import FrameIndex, SourceManifest, TensorCache
 from train.data.speech import missing_hint
-from train.runtime.config import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
 from train.runtime.errors import ConfigError, MissingFileError
 from train.runtime.files import remove_stale_temporaries
 from train.s3gen.hift import HiFTGenerator
@@ -38,8 +37,6 @@ from train.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-MEL_SUFFIXES = (".npy", ".pt")
 # Bump when the mel definition or the cached layout changes.
 MEL_VERSION = "s3gen-mel-v1:sr24000:nfft1920:hop480:mels80:fmax8000"
 Entry = tuple["Utterance", str | None]  # an utterance and its teacher cache key
@@ -92,26 +89,6 @@ def file_digest(*paths: Path | None) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:32]
-
-
-def read_audio(path: Path) -> tuple[Tensor, int]:
-    """Audio file -> ``(1, C, L)`` float tensor and its sample rate."""
-    data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (L, C)
-    return torch.from_numpy(data.T.copy()).unsqueeze(0), sample_rate
-
-
-def read_mel(path: Path) -> Tensor:
-    mel = torch.from_numpy(np.load(path)) if path.suffix == ".npy" else torch.load(path, weights_only=True)
-    if not torch.is_tensor(mel) or mel.dim() != 2 or mel.shape[0] != N_MELS:
-        shape = tuple(mel.shape) if hasattr(mel, "shape") else type(mel).__name__
-        raise ValueError(f"expected a mel of shape ({N_MELS}, T), found {shape}")
-    if not torch.isfinite(mel).all():
-        raise ValueError("mel contains NaN or inf")
-    return mel.float()
-
-
-def find_files(root: Path, suffixes: Sequence[str]) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def shard(utterances: Sequence[Utterance], rank: int, world_size: int) -> list[Utterance]:
@@ -588,33 +565,3 @@ class VocoderDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=1, num_workers=self.num_workers)
-
-
-def held_out_items(
-    data: Any, count: int, max_frames: int | None = None, teacher: nn.Module | None = None, split: str = "val"
-) -> list[tuple[str, dict[str, Tensor]]]:
-    """The first ``count`` utterances of the data config ``data``'s ``split`` (by name), each
-    ``(name, {"mel": (80, T), "audio": (T * 480,) if any, "teacher": ... if cached})``: what the
-    scripts that check a model after training (quantize, export) run it on."""
-    import hydra
-
-    datamodule = hydra.utils.instantiate(data, teacher=teacher)
-    datamodule.prepare_data()
-    dataset = datamodule.evaluation_set(split, max_frames)
-    return [(dataset.entries[i][0].name, dataset[i]) for i in range(min(len(dataset), int(count)))]
-
-
-def corpus_mels(root: str | Path, count: int, seconds: float) -> list[Tensor]:
-    """S3Gen mels ``(80, T)`` of the first ``count`` audio files under ``root`` (sorted by path),
-    each cut to ``seconds``: real speech for benchmarks that need it."""
-    root = Path(root)
-    files = find_files(root, AUDIO_SUFFIXES)[: int(count)]
-    if not files:
-        raise MissingFileError(f"no audio ({', '.join(AUDIO_SUFFIXES)}) under {root}")
-    mel = S3GenMel()
-    out = []
-    for path in files:
-        audio, rate = read_audio(path)
-        with torch.no_grad():
-            out.append(mel(audio[..., : int(seconds * rate)], rate)[0])
-    return out

@@ -10,12 +10,9 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
+from train.runtime.timing import threads, time_call
 from train.s3gen.hift import HiFTGenerator
 
 MIB = 2**20
@@ -36,32 +34,6 @@ def weights_bytes(model: nn.Module) -> int:
         path = Path(tmp) / "weights.safetensors"
         save_file(state, str(path))
         return path.stat().st_size
-
-
-def time_call(fn: Callable[[], object], repeats: int, synchronize: Callable[[], None] | None = None) -> float:
-    """Median wall-clock seconds of ``fn`` after one warm-up call."""
-    sync = synchronize or (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-@contextmanager
-def threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``torch.set_num_threads(n)``, restoring the previous count after."""
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -35,20 +35,20 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from train.data.datamodule import held_out_items
-from train.evaluation import benchmark
+from train.benchmark import side_by_side as benchmark
+from train.data.held_out import held_out_items
 from train.evaluation.metrics import snr_db
-from train.evaluation.pipeline import load_optional_teacher, sha256_file
 from train.evaluation.report import read_report, table
 from train.release import card, listen
 from train.release.vocos_layout import feature_residual, load_vocos, write_vocos_layout
 from train.runtime.errors import ConfigError
-from train.runtime.files import temporary_path
+from train.runtime.files import sha256_file, temporary_path
 from train.runtime.int8_check import cpu_info, describe_cpu
 from train.runtime.onnx import OnnxVocoder, session
 from train.student.graph import ISTFT_FORMS, export_onnx, probe_windows
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared, strip
+from train.utils.instantiate import load_optional_teacher
 
 log = logging.getLogger(__name__)
 MANIFEST = "release.json"

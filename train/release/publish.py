@@ -20,9 +20,9 @@ from huggingface_hub import HfApi, constants, get_token, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from omegaconf import DictConfig
 
-from train.evaluation.pipeline import sha256_file
 from train.release.export import MANIFEST
 from train.runtime.errors import ConfigError
+from train.runtime.files import sha256_file
 from train.runtime.hub import unreachable
 
 log = logging.getLogger(__name__)

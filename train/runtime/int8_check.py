@@ -33,8 +33,6 @@ import json
 import logging
 import os
 import platform
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -317,17 +315,12 @@ def speed_check(int8: Any, fp32: Any, repeats: int = 5) -> dict[str, float]:
     cached = _cached(key)
     if cached is not None:
         return cached
+    from train.runtime.timing import interleaved, timing_mel
+
     probe = read_probe(int8.metadata)
-    mel = torch.from_numpy(probe.mel) if probe is not None else torch.full((1, int8.n_mels, 24), -5.0)
+    mel = torch.from_numpy(probe.mel) if probe is not None else timing_mel(0.5, n_mels=int8.n_mels)
     mel = mel.repeat(1, 1, -(-150 // mel.shape[-1]))[..., :150]  # 3 s: long enough to time
-    times: dict[str, list[float]] = {"int8_s": [], "fp32_s": []}
     with torch.inference_mode():
-        int8(mel), fp32(mel)
-        for _ in range(repeats):  # interleaved, so a burst of load falls on both
-            for key_, model in (("int8_s", int8), ("fp32_s", fp32)):
-                start = time.perf_counter()
-                model(mel)
-                times[key_].append(time.perf_counter() - start)
-    result = {k: statistics.median(v) for k, v in times.items()}
+        result = interleaved({"int8_s": lambda: int8(mel), "fp32_s": lambda: fp32(mel)}, repeats)
     _remember(key, result)
     return result

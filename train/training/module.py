@@ -64,6 +64,10 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min
     return LambdaLR(optimizer, factor)
 
 
+# what None means for the weights (as the schema and conf/module/gan.yaml write them)
+TARGET_WEIGHTS = {"teacher": 1.0, "audio": 0.0}
+DISCRIMINATOR_WEIGHTS = {"mpd": 1.0, "mrd": 1.0}
+
 class VocoderDistillation(LightningModule):
     """Args:
     generator: the student (``mel (B, 80, T) -> wav (B, T * 480)``).
@@ -105,15 +109,15 @@ class VocoderDistillation(LightningModule):
         freeze_discriminators: bool = True,
         grad_clip: float = 1000.0,
         num_logged_audio: int = 2,
-        val_pesq: bool = False,
+        val_pesq: bool = True,
         floor: nn.Module | None = None,
         parent: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         # plain dicts, so checkpoints load with torch.load(weights_only=True)
-        target_weights = {k: float(v) for k, v in (target_weights or {"teacher": 1.0}).items()}
-        discriminator_weights = {k: float(v) for k, v in (discriminator_weights or {}).items()}
+        target_weights = {k: float(v) for k, v in (target_weights or TARGET_WEIGHTS).items()}
+        discriminator_weights = {k: float(v) for k, v in (discriminator_weights or DISCRIMINATOR_WEIGHTS).items()}
         self.save_hyperparameters(
             ignore=["generator", "discriminators", "optimizer_g", "optimizer_d", "scheduler", "parent", "floor"]
         )
@@ -273,7 +277,7 @@ class VocoderDistillation(LightningModule):
         self.log_dict(progress, prog_bar=True, on_step=True, on_epoch=False, batch_size=real.shape[0])
 
     def setup(self, stage: str) -> None:
-        check_precision(self.trainer.precision)  # for trainers built outside train.training.pipeline
+        check_precision(self.trainer.precision)  # for trainers built outside train.training.fit
 
     def lr_schedulers(self) -> list[Any] | None:  # a list even for one scheduler
         schedulers = super().lr_schedulers()

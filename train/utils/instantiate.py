@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import hydra
@@ -10,6 +11,8 @@ from omegaconf import DictConfig
 
 from train.runtime.errors import ConfigError
 from train.runtime.hub import WeightsUnavailableError
+
+log = logging.getLogger(__name__)
 
 OFFLINE_HINT = (
     "Without the Hugging Face Hub: `teacher.checkpoint=/path/to/s3gen.safetensors` gives a local teacher, "
@@ -40,3 +43,20 @@ def instantiate_with_weights(node: DictConfig) -> Any:
         return instantiate(node)
     except WeightsUnavailableError as err:
         raise WeightsUnavailableError(f"{err}\n{OFFLINE_HINT}") from None
+
+
+def load_optional_teacher(node: DictConfig | None, required: bool) -> tuple[Any, dict[str, Any]]:
+    """The teacher, or ``None`` with the reason. Weights that cannot be fetched (offline, no
+    access) end the run only with ``require_teacher=true``; a bad local file always does."""
+    info: dict[str, Any] = {"status": "disabled", "reason": "no teacher configured (teacher=null)", "weights_id": None}
+    if not node:
+        return None, info
+    try:
+        teacher = instantiate_with_weights(node)
+    except WeightsUnavailableError as err:
+        if required:
+            raise
+        reason = str(err).splitlines()[0]
+        log.warning("evaluating without the teacher: %s", reason)
+        return None, {**info, "status": "unavailable", "reason": reason}
+    return teacher, {"status": "loaded", "reason": None, "weights_id": getattr(teacher, "weights_id", None)}

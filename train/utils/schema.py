@@ -4,6 +4,10 @@ Each group's base YAML extends its schema (``defaults: [/schema/<group>@_here_, 
 so Hydra itself rejects ``trainer.max_steps=abc`` with the key and the expected type, before
 anything runs. Options a schema does not list can still be added with ``+group.key=value``.
 Values that may be of several types (``devices: 1`` or ``[0, 1]``) are ``Any``.
+
+A default is written here and in the group's YAML alike (a user reads it there), and equals the
+target's own signature default: ``tests/test_config.py`` compares the three. Fields that the YAML
+fills with a config node (optimizers, discriminators, plugins) have no default here (``MISSING``).
 """
 
 from dataclasses import dataclass, field
@@ -35,7 +39,7 @@ class TrainerSchema:
     benchmark: bool | None = None
     enable_progress_bar: bool = True
     enable_model_summary: bool = True
-    plugins: Any = None
+    plugins: Any = MISSING  # conf/trainer/default.yaml: the safe checkpoint IO
 
 
 @dataclass
@@ -64,24 +68,24 @@ class ModuleSchema:
     """``train.training.module.VocoderDistillation`` arguments; optimizers and discriminators are config nodes."""
 
     _target_: str = "train.training.module.VocoderDistillation"
-    target_weights: dict[str, float] = field(default_factory=lambda: {"teacher": 1.0})
+    target_weights: dict[str, float] = field(default_factory=lambda: {"teacher": 1.0, "audio": 0.0})
     mel_loss_weight: float = 45.0
     stft_loss_weight: float = 0.0
     s3gen_mel_loss_weight: float = 0.0
     phase_loss_weight: float = 0.0
     adversarial_weight: float = 1.0
     feature_matching_weight: float = 1.0
-    discriminator_weights: dict[str, float] = field(default_factory=dict)
+    discriminator_weights: dict[str, float] = field(default_factory=lambda: {"mpd": 1.0, "mrd": 1.0})
     mel_only_steps: int = 0
     freeze_discriminators: bool = True
     grad_clip: float = 1000.0
     num_logged_audio: int = 2
-    val_pesq: bool = False
-    floor: Any = None
-    discriminators: dict[str, Any] | None = None
-    optimizer_g: Any = None
-    optimizer_d: Any = None
-    scheduler: Any = None
+    val_pesq: bool = True
+    floor: Any = MISSING
+    discriminators: dict[str, Any] | None = MISSING
+    optimizer_g: Any = MISSING
+    optimizer_d: Any = MISSING
+    scheduler: Any = MISSING
 
 
 @dataclass

@@ -82,7 +82,7 @@ def streaming_run(
     run on a window) and of each student (streamed at its full field, and at ``short_lookahead``
     frames; a QAT checkpoint on torchao's int8 kernels, an ONNX graph through windows); then, per
     student, the look-ahead table and the seam comparison on ``clips`` (S3Gen mels ``(80, T)``)."""
-    from train.evaluation.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
+    from train.benchmark.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
     from train.runtime.onnx import OnnxVocoder
     from train.student.quantized import int8_kernels, is_prepared
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from train.evaluation.cost import time_call
 from train.evaluation.metrics import MetricError, QualityMetrics, mel_distance_db, pesq_wb, snr_db
 from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
+from train.runtime.timing import time_call
 
 log = logging.getLogger(__name__)
 FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -31,12 +30,11 @@ from train.evaluation import cost, plots, report
 from train.evaluation.metrics import WINDOW_RULE, Analysis, QualityMetrics, combine_windows, windows
 from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
 from train.runtime.errors import MissingFileError
-from train.runtime.files import atomic_write_text
-from train.runtime.hub import WeightsUnavailableError
+from train.runtime.files import atomic_write_text, sha256_file
 from train.s3gen.hift import HiFTGenerator
 from train.student.model import load_student
 from train.utils.devices import resolve_device
-from train.utils.instantiate import instantiate_dict, instantiate_with_weights
+from train.utils.instantiate import instantiate_dict, load_optional_teacher
 from train.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -58,31 +56,6 @@ def find_checkpoint(checkpoint: str | None, search_dir: str | Path) -> Path:
         raise MissingFileError(f"no student checkpoint (*.ckpt) under {search_dir}: {TRAIN_HINT}")
     # newest first; between files of the same moment (a best-*.ckpt is a hard link of last.ckpt), last.ckpt
     return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
-
-
-def load_optional_teacher(node: DictConfig | None, required: bool) -> tuple[HiFTGenerator | None, dict[str, Any]]:
-    """The teacher, or ``None`` with the reason. Weights that cannot be fetched (offline, no
-    access) end the run only with ``require_teacher=true``; a bad local file always does."""
-    info: dict[str, Any] = {"status": "disabled", "reason": "no teacher configured (teacher=null)", "weights_id": None}
-    if not node:
-        return None, info
-    try:
-        teacher = instantiate_with_weights(node)
-    except WeightsUnavailableError as err:
-        if required:
-            raise
-        reason = str(err).splitlines()[0]
-        log.warning("evaluating without the teacher: %s", reason)
-        return None, {**info, "status": "unavailable", "reason": reason}
-    return teacher, {"status": "loaded", "reason": None, "weights_id": getattr(teacher, "weights_id", None)}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def score_signals(metrics: QualityMetrics, signals: dict[str, Analysis], name: str) -> dict[str, dict[str, float]]:

@@ -11,14 +11,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from train.compress.runtime import compare
-from train.data.datamodule import held_out_items
+from train.compress.compare import compare
+from train.data.held_out import held_out_items
 from train.evaluation.metrics import snr_db
-from train.evaluation.pipeline import sha256_file
 from train.evaluation.report import rows_table
 from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
 from train.runtime.errors import ConfigError
-from train.runtime.files import atomic_write, atomic_write_text
+from train.runtime.files import atomic_write, atomic_write_text, sha256_file
 from train.runtime.int8_check import describe_cpu
 from train.runtime.onnx import OnnxVocoder
 from train.student.graph import export_onnx, probe_windows

@@ -48,7 +48,7 @@ def train_throughput(overrides: list[str], steps: int, compare: list[str] = (), 
     """
     from hydra import compose, initialize_config_dir
 
-    from train.training.pipeline import build
+    from train.training.fit import build
     from train.utils.config import project_root
 
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(project_root() / "conf"), version_base="1.3"):
