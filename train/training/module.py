@@ -68,6 +68,7 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min
 TARGET_WEIGHTS = {"teacher": 1.0, "audio": 0.0}
 DISCRIMINATOR_WEIGHTS = {"mpd": 1.0, "mrd": 1.0}
 
+
 class VocoderDistillation(LightningModule):
     """Args:
     generator: the student (``mel (B, 80, T) -> wav (B, T * 480)``).
