@@ -203,3 +203,20 @@ def test_a_second_checkout_writes_its_run_into_itself_not_into_the_installed_one
     runs = list((second / "checkpoints" / "runs" / "second-checkout").glob("*/checkpoints/last.ckpt"))
     assert len(runs) == 1, done.stderr[-2000:]
     assert not ours.exists(), f"the run was written into the installed checkout: {ours}"
+
+
+def test_readmes_map_is_the_tree():
+    """README's "What is here" names every room of train/, and every file or folder it names exists."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## What is here\n", 1)[1].split("\n## ", 1)[0]
+    rooms = set(re.findall(r"^\| `train/(\w+)/` \|", section, re.M))
+    assert rooms == set(SUBPACKAGES), rooms ^ set(SUBPACKAGES)
+    for name in re.findall(r"`(train/[\w/.]+)`", section):
+        assert (REPO / name).exists(), name
+    for room in rooms:  # the modules a room's row names, by file name
+        row = next(line for line in section.splitlines() if line.startswith(f"| `train/{room}/`"))
+        for module in re.findall(r"`(\w+\.py)`", row):
+            assert (PACKAGE / room / module).is_file() or (PACKAGE / module).is_file(), f"{room}: {module}"
+    assert set(re.findall(r"`(\w+)\.py`", section.split("|", 1)[0])) >= set(ENTRY_POINTS)

@@ -1,1 +1,2 @@
-"""Training: the LightningModule, its losses, checkpoints and progress, and building a run from config."""
+"""Training as ``train/fit.py`` runs it (:mod:`.fit`): the LightningModule, its losses,
+checkpoints and progress."""

@@ -1,1 +1,2 @@
-"""Shared utilities with no knowledge of vocoders: config resolvers, atomic files, the Hub, tracking."""
+"""What the training side's entry points share: config resolvers and schemas, the project root,
+instantiating from config, logs, progress, devices and experiment tracking."""
