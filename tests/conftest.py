@@ -3,6 +3,15 @@ import tempfile
 
 import pytest
 
+# One thread per test process when pytest-xdist runs one process per core (README: "Tests"): the
+# suite is mostly Python-bound (tracing, training loops, process start-up), and intra-op threads
+# beyond the cores would only contend. Subprocesses the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 # int8 self-checks remember their answers (train.runtime.int8_check): in a folder of this test session's own
 os.environ["VOCOS_DISTILL_CACHE"] = tempfile.mkdtemp(prefix="vocos-distill-cache-")
 
@@ -14,3 +23,18 @@ def wandb_offline(tmp_path, monkeypatch):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True)
+def _working_directory_kept():
+    """A test that leaves the process elsewhere (or in a folder since removed) would break every
+    later test of its worker that composes a config (Hydra records the working directory)."""
+    before = os.getcwd()
+    yield
+    try:
+        after = os.getcwd()
+    except FileNotFoundError:
+        after = None
+    if after != before:
+        os.chdir(before)
+        pytest.fail(f"the test left the working directory at {after} (was {before})")

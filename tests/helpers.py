@@ -54,7 +54,7 @@ def write_s3gen_checkpoint(
     full = {**UNRELATED, **{f"mel2wav.{k}": v for k, v in state.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        metadata = {"config": json.dumps(model.config.to_dict())} if config_metadata else None
+        metadata = {"config": json.dumps(model.config)} if config_metadata else None
         save_file(full, str(path), metadata=metadata)
     else:
         torch.save(full, path)

@@ -41,6 +41,7 @@ from train.evaluation.metrics import snr_db
 from train.evaluation.report import read_report, table
 from train.release import card, listen
 from train.release.vocos_layout import feature_residual, load_vocos, write_vocos_layout
+from train.runtime.config import StudentConfig
 from train.runtime.errors import ConfigError
 from train.runtime.files import sha256_file, temporary_path
 from train.runtime.int8_check import cpu_info, describe_cpu
@@ -263,10 +264,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return {**manifest, "folder": str(out)}
 
 
-def _default_name(checkpoint: Path, config: dict[str, Any], int8: bool) -> str:
+def _default_name(checkpoint: Path, config: StudentConfig, int8: bool) -> str:
     # a run's checkpoint: runs/<run group>/<run>/checkpoints/<file>
     group = checkpoint.parents[2].name if checkpoint.parent.name == "checkpoints" else checkpoint.stem
-    shape = f"{config['dim']}x{config['intermediate_dim']}x{config['num_layers']}"
+    shape = f"{config.dim}x{config.intermediate_dim}x{config.num_layers}"
     return f"vocos-s3gen-{group}{'' if shape in group else '-' + shape}{'-int8' if int8 else ''}"
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
+from vocos.modules import ConvNeXtBlock
 
 from train.runtime.config import CONFIG_KEY, Field, StudentConfig, StudentConfigError
 from train.runtime.errors import MissingFileError
@@ -92,12 +93,12 @@ class VocosStudent(Vocoder):
 
     @property
     def config(self) -> StudentConfig:  # read off the layers, so pruning and QAT cannot leave it stale
-        blocks = self.backbone.convnext
+        blocks = [block for block in self.backbone.convnext if isinstance(block, ConvNeXtBlock)]
         return StudentConfig(
             input_channels=self.backbone.embed.in_channels,
             dim=self.backbone.embed.out_channels,
-            intermediate_dim=blocks[0].pwconv1.out_features if len(blocks) else 3 * self.backbone.embed.out_channels,
-            num_layers=len(blocks),
+            intermediate_dim=blocks[0].pwconv1.out_features if blocks else 3 * self.backbone.embed.out_channels,
+            num_layers=len(self.backbone.convnext),
             n_fft=self.head.istft.n_fft,
             hop_length=self.head.istft.hop_length,
             fake_quant=self.fake_quant,
