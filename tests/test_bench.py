@@ -26,7 +26,7 @@ def test_prepare_throughput_rows_for_one_and_two_processes(monkeypatch, tmp_path
     """The rows come from the runs' own prepare_rank*.json (tiny data, small teacher: seconds)."""
     from helpers import small_config, write_clips
 
-    from train.data import preparation
+    from train.data import prepare as preparation
     from train.s3gen.hift import HiFTGenerator
 
     clips = write_clips(tmp_path / "clips", count=4)

@@ -40,6 +40,7 @@ from train.data.held_out import held_out_items
 from train.evaluation.metrics import snr_db
 from train.evaluation.report import read_report, table
 from train.release import card, listen
+from train.release.publish import MANIFEST
 from train.release.vocos_layout import feature_residual, load_vocos, write_vocos_layout
 from train.runtime.config import StudentConfig
 from train.runtime.errors import ConfigError
@@ -52,7 +53,6 @@ from train.student.quantized import is_prepared, strip
 from train.utils.instantiate import load_optional_teacher
 
 log = logging.getLogger(__name__)
-MANIFEST = "release.json"
 FILE_NOTES = {
     "config.yaml": "vocos `from_hparams` config (feature extractor, backbone, head) and the expected mel",
     "pytorch_model.bin": "fp32 weights in vocos' layout, S3Gen's filterbank in the feature extractor",
