@@ -3,6 +3,7 @@ import pytest
 from train import bench
 
 
+@pytest.mark.slow
 def test_bench_prints_teacher_and_student_side_by_side(tmp_path, capsys):
     bench.main(
         [
@@ -22,6 +23,7 @@ def test_bench_prints_teacher_and_student_side_by_side(tmp_path, capsys):
     assert "| in-memory, module.freeze_discriminators=false |" in out
 
 
+@pytest.mark.slow
 def test_prepare_throughput_rows_for_one_and_two_processes(monkeypatch, tmp_path):
     """The rows come from the runs' own prepare_rank*.json (tiny data, small teacher: seconds)."""
     from helpers import small_config, write_clips

@@ -106,6 +106,7 @@ def test_qat_fake_quantises_every_linear_and_keeps_the_state_dict_keys(mel):
         assert torch.equal(strip(fake)(mel), parent(mel))  # stripping gives back the fp32 weights
 
 
+@pytest.mark.slow
 def test_int8_runtime_matches_the_fake_quantised_model_and_its_graph_matches_pytorch(tmp_path, mel):
     fake = prepare(student(dim=64, intermediate_dim=128))
     int8 = OnnxVocoder(export_onnx(fake, tmp_path / "s.onnx", quantize=True))
@@ -115,6 +116,10 @@ def test_int8_runtime_matches_the_fake_quantised_model_and_its_graph_matches_pyt
         assert snr_db(strip(fake)(mel), fp32(mel)) >= 90  # the exported graph + iSTFT is the PyTorch model
     # at this width the fp32 embedding conv is a third of the weights; at 256/768 x 6 int8 is 0.3x (README)
     assert int8.file_bytes < 0.55 * fp32.file_bytes and int8.config == strip(fake).config
+    from train.evaluation.cost import count_parameters
+
+    weights = count_parameters(strip(fake))  # the ONNX graphs hold the same weights, plus the iSTFT's constants
+    assert count_parameters(fp32) > weights and count_parameters(int8) > weights
     assert type(load_student(tmp_path / "s.onnx")) is OnnxVocoder
     import onnx
 
@@ -176,6 +181,7 @@ def second_shape(result):
     return saved(result["last_checkpoint"])[1]
 
 
+@pytest.mark.slow
 def test_compression_stages_refuse_a_wrong_parent_before_training(tmp_path, clips):
     from train.runtime.errors import ConfigError
 
@@ -203,6 +209,7 @@ def test_compression_stages_refuse_a_wrong_parent_before_training(tmp_path, clip
 
 
 # -- train/quantize.py ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_quantize_writes_the_runtime_only_when_it_reproduces_the_qat_model(tmp_path, clips):
     from train.compress.quantize import QuantizationError, quantize
 
@@ -218,6 +225,7 @@ def test_quantize_writes_the_runtime_only_when_it_reproduces_the_qat_model(tmp_p
 
 
 # -- the benchmark's rows for compressed students --------------------------------------------------
+@pytest.mark.slow
 def test_bench_json_has_a_row_per_student_beside_the_teacher(tmp_path):
     from train import bench
 
@@ -306,6 +314,7 @@ def test_pruning_under_two_process_ddp_cuts_once_before_the_model_is_wrapped(tmp
     assert step == 2 and (shape["dim"], shape["intermediate_dim"], shape["num_layers"]) == (16, 32, 1)
 
 
+@pytest.mark.slow
 def test_an_unreadable_onnx_student_is_named(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(OnnxArtifactError, match=r"junk.onnx: not a student graph written by this project"):

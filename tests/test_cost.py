@@ -27,6 +27,7 @@ def test_weights_bytes_is_the_safetensors_file_size():
     assert 4 * 1010 < size < 4 * 1010 + 1024  # tensors plus a small JSON header
 
 
+@pytest.mark.slow
 def test_peak_rss_is_measured_in_a_fresh_process_and_sees_what_a_call_allocates():
     mel = torch.zeros(1, 80, 10)
     peak, added = cost.peak_rss_mb(Hungry(200), mel)
@@ -35,6 +36,7 @@ def test_peak_rss_is_measured_in_a_fresh_process_and_sees_what_a_call_allocates(
     assert cost.peak_rss_mb(Hungry(1), mel)[1] < 25
 
 
+@pytest.mark.slow
 def test_profile_reports_every_figure_and_restores_threads():
     torch.manual_seed(0)
     student = build_student(dim=32, intermediate_dim=64, num_layers=1).eval()

@@ -33,6 +33,7 @@ def test_the_curve_has_a_row_per_validation_in_db(run):
     assert rows[2]["floor_pesq_wb"] == 2.25 and rows[2]["minutes"] == 6.0 and "minutes" not in rows[0]
 
 
+@pytest.mark.slow
 def test_the_script_prints_the_table_and_draws_the_figure(run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "train.curve", str(run)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

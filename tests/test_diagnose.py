@@ -30,6 +30,7 @@ def test_each_swap_isolates_what_it_names(speech):
     assert quiet["true magnitude + vocoder phase"] < 0.1
 
 
+@pytest.mark.slow
 def test_the_script_prints_the_four_figures(tmp_path, speech):
     sf.write(str(tmp_path / "a.wav"), speech.numpy(), SAMPLE_RATE)
     ckpt = tmp_path / "s.ckpt"

@@ -63,6 +63,7 @@ def graphs(tmp_path_factory, fake):
     }
 
 
+@pytest.mark.slow
 def test_the_int8_graph_cannot_overflow_any_kernel(graphs):
     assert overflow_risks(onnx.load(str(graphs[INT8_SCHEME]))) == []
     old = overflow_risks(onnx.load(str(graphs["u8s8"])))  # full-range s8 weights: 2 * 255 * 127 > 32,767
@@ -75,6 +76,7 @@ def test_the_int8_graph_cannot_overflow_any_kernel(graphs):
     assert weights and max(int(np.abs(w.astype(int)).max()) for w in weights) <= 64
 
 
+@pytest.mark.slow
 def test_the_writer_refuses_a_graph_that_could_overflow(fake, tmp_path, monkeypatch):
     from train.student import graph
 
@@ -113,6 +115,7 @@ def test_every_x86_kernel_gives_the_same_int8_output(graphs, fake, mel):
     assert snr_db(reference, outputs["avx2"][old]) < 26
 
 
+@pytest.mark.slow
 def test_each_int8_graph_carries_its_probe_and_passes_it_here(graphs, fake):
     probe = read_probe(OnnxVocoder(graphs[INT8_SCHEME], check=False).metadata)  # written without held-out mels
     assert probe.mel.shape == (1, 80, 24) and probe.expected.shape == (1, 24 * 480 // probe.stride)
@@ -126,6 +129,7 @@ def test_each_int8_graph_carries_its_probe_and_passes_it_here(graphs, fake):
     assert OnnxVocoder(export_onnx(fake, graphs[INT8_SCHEME].with_name("fp32.onnx"))).int8_check is None
 
 
+@pytest.mark.slow
 def test_the_probe_keeps_the_windows_the_graph_reproduces_worst(fake, tmp_path):
     from train.student.graph import probe_windows
 
@@ -232,6 +236,7 @@ def with_speed(monkeypatch, int8_s, fp32_s):
     monkeypatch.setattr(module, "speed_check", lambda *a, **k: {"int8_s": int8_s, "fp32_s": fp32_s})
 
 
+@pytest.mark.slow
 def test_auto_takes_the_int8_graph_when_it_passes_and_is_faster(release, monkeypatch):
     from train.runtime.chatterbox import load_vocoder
 

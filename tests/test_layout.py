@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "train"
@@ -77,14 +78,14 @@ def test_nothing_in_train_shadows_an_installed_module():
     """``python train/fit.py`` puts train/ first on sys.path: its top-level names must not hide anything."""
     names = ENTRY_POINTS + SUBPACKAGES
     path = [p for p in sys.path if Path(p or ".").resolve() not in (PACKAGE, REPO)]
-    shadowed = [n for n in names if _find(n, path)]
-    assert not shadowed
+    shadowed = {n: _find(n, path) for n in names if _find(n, path)}
+    assert not shadowed, {n: spec.origin or list(spec.submodule_search_locations or []) for n, spec in shadowed.items()}
 
 
-def _find(name: str, path: list[str]) -> bool:
+def _find(name: str, path: list[str]):
     from importlib.machinery import PathFinder
 
-    return PathFinder.find_spec(name, path) is not None
+    return PathFinder.find_spec(name, path)
 
 
 def test_entry_scripts_run_from_the_installed_package_without_path_tricks(tmp_path):
@@ -141,6 +142,7 @@ def test_the_runtime_imports_only_what_a_chatterbox_environment_has():
             assert name in allowed, f"train/runtime/{path.name} imports {name}{' (lazily)' if lazy else ''}"
 
 
+@pytest.mark.slow
 def test_using_a_release_loads_nothing_of_the_training_side(tmp_path):
     """Load a release in every runtime, decode and stream: no training, evaluation or compression
     module, and none of their libraries, is imported on the way."""
@@ -178,6 +180,7 @@ print(" ".join(loaded))
     assert not loaded & set(TRAINING_SIDE), loaded & set(TRAINING_SIDE)
 
 
+@pytest.mark.slow
 def test_a_second_checkout_writes_its_run_into_itself_not_into_the_installed_one(tmp_path):
     """With the package installed (editable) from this checkout, ``python train/fit.py`` in another
     checkout writes its run there: outputs follow the checkout run from (``.project-root``)."""

@@ -39,6 +39,7 @@ def degrade(wav: torch.Tensor, snr_db: float) -> torch.Tensor:
     return muffled + noise
 
 
+@pytest.mark.slow
 def test_identical_signals_score_perfectly(metrics, speech, clean):
     scores = metrics.paired(metrics.analyse(speech.clone(), 16_000), clean, "copy")
     assert set(scores) == set(PAIRED)
@@ -50,6 +51,7 @@ def test_identical_signals_score_perfectly(metrics, speech, clean):
     assert scores["dnsmos_ovrl_drop"] == 0.0
 
 
+@pytest.mark.slow
 def test_degraded_copies_score_worse_and_worse(metrics, speech, clean):
     mild = metrics.paired(metrics.analyse(degrade(speech, 20), 16_000), clean, "mild")
     harsh = metrics.paired(metrics.analyse(degrade(speech, 0), 16_000), clean, "harsh")
@@ -76,6 +78,7 @@ def test_a_gain_of_two_is_six_db_of_spectral_distance_and_no_cepstral_distortion
     assert scores["pesq_wb"] > 4.5  # PESQ aligns levels first
 
 
+@pytest.mark.slow
 def test_a_pitch_shift_of_100_cents_is_measured_in_cents(metrics):
     t = torch.arange(32_000) / 16_000
 
@@ -97,6 +100,7 @@ def test_sample_rates_are_brought_to_each_metrics_own(metrics, speech, clean):
         metrics.analyse(speech[::2], 8_000)
 
 
+@pytest.mark.slow
 def test_lengths_within_tolerance_are_cut_longer_ones_rejected(metrics, speech, clean):
     short = metrics.analyse(speech[:-160], 16_000)  # 10 ms shorter
     scores = metrics.paired(short, clean, "short")
@@ -114,6 +118,7 @@ def test_bad_input_is_rejected(metrics, speech):
         QualityMetrics(pitch_model="huge")
 
 
+@pytest.mark.slow
 def test_undefined_metrics_are_nan_with_a_warning_naming_the_utterance(metrics):
     silence = metrics.analyse(torch.zeros(32_000), 16_000)
     with pytest.warns(MetricWarning, match="quiet.wav: pesq_wb failed.*silent"):

@@ -87,6 +87,7 @@ def mel():
 
 
 # -- the files ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_release_folder_loads_in_plain_vocos_and_decodes_as_the_student(workspace, mel):
     folder = workspace["folder"]
     assert folder == workspace["root"] / "checkpoints" / "release" / "vocos-s3gen-tiny-qat-32x64x2-int8"
@@ -185,6 +186,7 @@ def test_listening_page_plays_in_headless_chromium(workspace, tmp_path):
 
 
 # -- refusals --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_export_refuses_to_overwrite_and_leaves_nothing_behind_on_failure(workspace):
     root, folder = workspace["root"], workspace["folder"]
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}

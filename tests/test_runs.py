@@ -214,6 +214,7 @@ def test_offline_the_main_job_says_what_to_do_once_and_leaves_nothing(tmp_path):
     assert not list((tmp_path / "ck").rglob("runs/distill/*")), "no empty run folder is left behind"
 
 
+@pytest.mark.slow
 def test_help_says_what_each_experiment_does_without_loading_torch(tmp_path):
     result = subprocess.run(
         [sys.executable, "-X", "importtime", str(REPO / "train" / "fit.py"), "--help"],

@@ -150,6 +150,7 @@ def test_a_folder_it_did_not_write_is_refused(tmp_path, debs):
     assert (other / "keep.txt").read_text() == "user data"
 
 
+@pytest.mark.slow
 def test_the_script_names_a_bad_option(tmp_path):
     done = subprocess.run(
         [sys.executable, "train/corpus.py", "--out", str(tmp_path / "x"), "--sources", "nope"],

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from train.benchmark.streaming import snr_db
+from train.benchmarks.streaming import snr_db
 from train.compress.pruning import prune_widths
 from train.runtime.streaming import StreamClosedError, StreamingVocoder
 from train.student.model import build_student
@@ -174,7 +174,7 @@ def test_what_cannot_stream_says_so():
     assert stream.flush().numel() == 0  # nothing pushed, nothing out
 
 
-# -- the streaming figures (train/benchmark/streaming.py, python -m train.bench --streaming) ---------
+# -- the streaming figures (train/benchmarks/streaming.py, python -m train.bench --streaming) ---------
 
 
 def _per_frame_vocoder(mel):
@@ -183,7 +183,7 @@ def _per_frame_vocoder(mel):
 
 
 def test_overlap_and_fade_is_exact_for_a_frame_local_model_and_concatenates_without_overlap():
-    from train.benchmark.streaming import overlap_fade
+    from train.benchmarks.streaming import overlap_fade
 
     mel = _mel(1, 53, 6)
     expected = _per_frame_vocoder(mel)
@@ -197,7 +197,7 @@ def test_overlap_and_fade_is_exact_for_a_frame_local_model_and_concatenates_with
 
 
 def test_seam_metric_sees_steps_at_joins_and_not_a_smooth_signal():
-    from train.benchmark.streaming import seam_db
+    from train.benchmarks.streaming import seam_db
 
     t = torch.arange(48_000) / 24_000
     smooth = torch.sin(2 * torch.pi * 220 * t)
@@ -212,7 +212,7 @@ def test_seam_metric_sees_steps_at_joins_and_not_a_smooth_signal():
 def test_probe_finds_the_computed_field_and_hifts_look_ahead():
     from helpers import tiny_config
 
-    from train.benchmark.streaming import probe_lookahead
+    from train.benchmarks.streaming import probe_lookahead
     from train.s3gen.hift import HiFTGenerator
 
     student = _student(2)
@@ -228,7 +228,7 @@ def test_probe_finds_the_computed_field_and_hifts_look_ahead():
 def test_lookahead_rows_exact_at_the_field_and_worse_below_it():
     from helpers import CORPUS_CLIP
 
-    from train.benchmark.streaming import first_audio_rows, lookahead_rows
+    from train.benchmarks.streaming import first_audio_rows, lookahead_rows
     from train.data.audio import corpus_mels
 
     (mel,) = corpus_mels(CORPUS_CLIP.parent, 1, 2.0)
@@ -247,7 +247,7 @@ def test_bench_streaming_prints_the_three_tables(tmp_path, capsys, monkeypatch):
     from helpers import save_ckpt, tiny_config
 
     from train import bench
-    from train.benchmark import side_by_side as benchmark
+    from train.benchmarks import side_by_side as benchmark
     from train.s3gen.hift import HiFTGenerator
 
     monkeypatch.setattr(benchmark, "stand_in_teacher", lambda: HiFTGenerator(**tiny_config()).eval())
@@ -294,6 +294,7 @@ def test_a_windowed_stream_equals_offline_for_any_vocoder_with_a_known_field():
     assert max(seen) <= 10 + field.left + field.right
 
 
+@pytest.mark.slow
 def test_onnx_graphs_stream_through_windows(tmp_path):
     from train.runtime.onnx import OnnxVocoder
     from train.runtime.streaming import WindowedStream

@@ -2,7 +2,7 @@
 
 Teacher and student side by side in one run, on the same mel (inference cost), then the
 training step with the real data pipeline and with the same batches in memory. See
-:mod:`train.benchmark.side_by_side`.
+:mod:`train.benchmarks.side_by_side`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from train.benchmark.side_by_side import run
-from train.benchmark.throughput import train_throughput
+from train.benchmarks.side_by_side import run
+from train.benchmarks.throughput import train_throughput
 from train.data.prepare import prepare_throughput
 from train.evaluation.report import cost_table, rows_table
 from train.runtime.int8_check import describe_cpu
@@ -180,16 +180,16 @@ def interleaved_ms_per_s(graphs: dict[str, torch.nn.Module], seconds: float = 10
     """Milliseconds of compute per second of audio, 1 thread, median of :data:`ROUNDS` rounds that
     run every graph once in turn on the same mel: a burst of load on a shared machine falls on all
     of them, so their order is steadier than in separate timings."""
-    from train.runtime.timing import interleaved, threads, timing_mel
+    from train.runtime.timing import frames_of, interleaved, threads, timing_mel
 
-    mel = timing_mel(seconds)
+    mel = timing_mel(frames_of(seconds))
     with threads(1), torch.inference_mode():
         medians = interleaved({name: (lambda graph=graph: graph(mel)) for name, graph in graphs.items()}, ROUNDS)
     return {name: 1e3 * median / seconds for name, median in medians.items()}
 
 
 def streaming(args: argparse.Namespace) -> None:
-    from train.benchmark.side_by_side import streaming_run
+    from train.benchmarks.side_by_side import streaming_run
     from train.data.audio import corpus_mels
     from train.evaluation.report import table
 

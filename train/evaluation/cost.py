@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import multiprocessing
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
+from train.runtime.onnx import OnnxVocoder
 from train.runtime.timing import threads, time_call
 from train.s3gen.hift import HiFTGenerator
 
@@ -42,8 +44,13 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Parameters of a PyTorch model, or of the weights an exported runtime holds (``num_parameters``)."""
-    return getattr(model, "num_parameters", None) or sum(p.numel() for p in model.parameters())
+    """Parameters of a PyTorch model, or the weights an ONNX graph holds (its initializers, the
+    iSTFT's constants among them)."""
+    if isinstance(model, OnnxVocoder):
+        import onnx
+
+        return sum(math.prod(t.dims) for t in onnx.load(str(model.path), load_external_data=False).graph.initializer)
+    return sum(p.numel() for p in model.parameters())
 
 
 def seconds_per_second(model: nn.Module, mel: Tensor, repeats: int = 3) -> float:
@@ -132,7 +139,7 @@ def profile(
     model.to("cpu")
     row = {
         "params": count_parameters(model),
-        "weights_bytes": getattr(model, "file_bytes", None) or weights_bytes(model),
+        "weights_bytes": model.file_bytes if isinstance(model, OnnxVocoder) else weights_bytes(model),
         "cpu_threads": torch.get_num_threads(),
     }
     with threads(1):

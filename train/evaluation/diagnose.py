@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from train.evaluation.metrics import DB_PER_NEPER
+from train.runtime.config import HOP_LENGTH, N_FFT
 from train.s3gen.mel import S3GenMel
 
 SWAPS = ("vocoder", "true magnitude + vocoder phase", "vocoder magnitude + true phase", "true magnitude + random phase")
@@ -22,13 +23,13 @@ def swap_distances(estimate: Tensor, truth: Tensor, seed: int = 0, mel: S3GenMel
     """S3Gen log-mel distance (dB) to ``truth`` (L,) of ``estimate`` (L,) and of the rebuilt signals."""
     n = min(estimate.shape[-1], truth.shape[-1])
     estimate, truth = estimate[..., :n].float(), truth[..., :n].float()
-    window = torch.hann_window(1920)
+    window = torch.hann_window(N_FFT)
 
     def stft(x: Tensor) -> Tensor:
-        return torch.stft(x, 1920, 480, window=window, return_complex=True)
+        return torch.stft(x, N_FFT, HOP_LENGTH, window=window, return_complex=True)
 
     def rebuild(magnitude: Tensor, phase: Tensor) -> Tensor:
-        return torch.istft(torch.polar(magnitude, phase), 1920, 480, window=window, length=n)
+        return torch.istft(torch.polar(magnitude, phase), N_FFT, HOP_LENGTH, window=window, length=n)
 
     e, t = stft(estimate), stft(truth)
     noise = 2 * torch.pi * torch.rand(t.shape, generator=torch.Generator().manual_seed(seed))

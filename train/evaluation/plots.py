@@ -14,9 +14,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from train.evaluation.metrics import NO_REFERENCE, PAIRED  # noqa: E402
+from train.runtime.config import LOG_MEL_RANGE  # noqa: E402
 
 TITLES = {"audio": "ground truth", "teacher": "teacher (HiFT)", "student": "student (Vocos)"}
-LOG_MEL_RANGE = (-11.5, 2.0)  # S3Gen log-mel: floor ln(1e-5) up to loud speech
 
 
 def mel_comparison(name: str, mels: Mapping[str, Tensor]) -> Figure:

@@ -35,7 +35,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from train.benchmark import side_by_side as benchmark
+from train.benchmarks import side_by_side as benchmark
 from train.data.held_out import held_out_items
 from train.evaluation.metrics import snr_db
 from train.evaluation.report import read_report, table

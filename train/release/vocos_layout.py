@@ -16,7 +16,6 @@ model card states it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import yaml
 from torch import Tensor, nn
 from vocos import Vocos
 
+from train.evaluation.metrics import DB_PER_NEPER
 from train.runtime.config import MEL_SPEC
 from train.runtime.release import CONFIG, WEIGHTS
 from train.s3gen.mel import S3GenMel
@@ -66,7 +66,7 @@ def load_vocos(folder: str | Path) -> Vocos:
 def feature_residual(vocos: Vocos, clips: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
     """How far ``vocos.feature_extractor(audio)`` is from the true S3Gen mel, over ``(audio, mel)``
     pairs (24 kHz audio ``(L,)``, its S3Gen mel ``(80, T)``): in natural-log units, and the
-    mean as a log-mel distance in dB (``20 / ln 10`` times it)."""
+    mean as a log-mel distance in dB (:data:`~train.evaluation.metrics.DB_PER_NEPER` times it)."""
     diffs = []
     for audio, mel in clips:
         with torch.no_grad():
@@ -79,7 +79,7 @@ def feature_residual(vocos: Vocos, clips: Iterable[tuple[Tensor, Tensor]]) -> di
     return {
         "max_abs": float(every.max()),
         "mean_abs": float(every.mean()),
-        "mean_abs_db": float(every.mean() * 20 / math.log(10)),
+        "mean_abs_db": float(every.mean() * DB_PER_NEPER),
         "share_of_bins_within_1e-3": float((every <= 1e-3).float().mean()),
         "frames": int(every.numel() // MEL_SPEC["n_mels"]),
     }

@@ -37,6 +37,7 @@ MEL_SPEC = {
     "norm": "slaney",
     "log": "natural log of max(mel, 1e-5) of the magnitude sqrt(re^2 + im^2 + 1e-9)",
 }
+LOG_MEL_RANGE = (-11.5, 2.0)  # S3Gen log-mel values: the floor ln(1e-5) up to loud speech (plots' colour scale)
 KERNEL = 7  # VocosBackbone's input embedding and depthwise convs: kernel 7, "same" zero padding
 CONFIG_KEY = "student_config"  # where a training checkpoint keeps the student's config
 

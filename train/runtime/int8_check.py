@@ -318,7 +318,7 @@ def speed_check(int8: Any, fp32: Any, repeats: int = 5) -> dict[str, float]:
     from train.runtime.timing import interleaved, timing_mel
 
     probe = read_probe(int8.metadata)
-    mel = torch.from_numpy(probe.mel) if probe is not None else timing_mel(0.5, n_mels=int8.n_mels)
+    mel = torch.from_numpy(probe.mel) if probe is not None else timing_mel(24, n_mels=int8.n_mels)
     mel = mel.repeat(1, 1, -(-150 // mel.shape[-1]))[..., :150]  # 3 s: long enough to time
     with torch.inference_mode():
         result = interleaved({"int8_s": lambda: int8(mel), "fp32_s": lambda: fp32(mel)}, repeats)

@@ -50,8 +50,13 @@ def interleaved(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def timing_mel(seconds: float, seed: int = 0, n_mels: int = N_MELS) -> Tensor:
-    """A random S3Gen-range log-mel ``(1, n_mels, frames)`` of ``seconds`` of audio, the same for a
-    given seed: what speed is measured on (a vocoder's cost does not depend on what it says)."""
+def timing_mel(frames: int, seed: int = 0, n_mels: int = N_MELS) -> Tensor:
+    """A random S3Gen-range log-mel ``(1, n_mels, frames)``, the same for a given seed: what speed
+    and reach are measured on (a vocoder's cost does not depend on what it says)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(1, n_mels, round(seconds * 1000 / FRAME_MS), generator=generator) - 5.0
+    return torch.randn(1, n_mels, frames, generator=generator) - 5.0
+
+
+def frames_of(seconds: float) -> int:
+    """S3Gen mel frames in ``seconds`` of audio (50 a second)."""
+    return int(seconds * 1000 / FRAME_MS)

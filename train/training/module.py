@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from vocos.loss import DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss
 
 from train.evaluation.metrics import QualityMetrics, pesq_wb
-from train.runtime.config import CONFIG_KEY, SAMPLE_RATE, StudentConfig
+from train.runtime.config import CONFIG_KEY, LOG_MEL_RANGE, SAMPLE_RATE, StudentConfig
 from train.runtime.errors import ConfigError
 from train.student.model import build_student
 from train.training.losses import (
@@ -365,7 +365,7 @@ class VocoderDistillation(LightningModule):
         target_mel = self.mel_distance.mel(target.float())[0].cpu()
         fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
         for ax, spec, title in zip(axes, (target_mel, student_mel), (self.real_target, "student"), strict=True):
-            ax.imshow(spec.numpy(), origin="lower", aspect="auto", vmin=-11.5, vmax=2)
+            ax.imshow(spec.numpy(), origin="lower", aspect="auto", vmin=LOG_MEL_RANGE[0], vmax=LOG_MEL_RANGE[1])
             ax.set_title(title)
         fig.tight_layout()
         step = self.global_step

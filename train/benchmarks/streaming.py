@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from train.evaluation.metrics import MetricError, QualityMetrics, mel_distance_db, pesq_wb, snr_db
 from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
-from train.runtime.timing import time_call
+from train.runtime.timing import time_call, timing_mel
 
 log = logging.getLogger(__name__)
 FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE
@@ -140,8 +140,7 @@ def probe_lookahead(model: Callable[..., Tensor], frames: int = 96, seed: int = 
     """Mel frames a model's audio waits for: change frame ``t`` of a random mel and find the
     earliest output sample that changes. ``seeded_noise``: pass the model the same
     ``generator=`` each call (HiFT's NSF source is random)."""
-    generator = torch.Generator().manual_seed(seed)
-    mel = torch.randn(1, 80, frames, generator=generator) - 5.0
+    mel = timing_mel(frames, seed)
     t = frames // 2
     changed = mel.clone()
     changed[..., t] += 3.0
@@ -166,8 +165,7 @@ def first_audio_rows(
     :meth:`~train.runtime.vocoder.Vocoder.stream`, pushed the first ``C + look-ahead`` frames) or
     ``"window"`` (the model run on the first ``C + look-ahead`` frames, as for HiFT).
     Returns per chunk size the compute (ms) and the first audio (look-ahead ms + compute)."""
-    generator = torch.Generator().manual_seed(0)
-    mel = torch.randn(1, 80, max(chunk_frames) + 64, generator=generator) - 5.0
+    mel = timing_mel(max(chunk_frames) + 64)
     rows = []
     for name, model, how, lookahead in models:
         row = {"model": name, "how": how, "lookahead_frames": lookahead, "lookahead_ms": lookahead * FRAME_MS}

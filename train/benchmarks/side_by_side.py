@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from train.evaluation.cost import compare, stand_in_teacher
-from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
+from train.runtime.timing import frames_of, timing_mel
 from train.student.model import build_student, load_student
 
 
@@ -46,8 +45,7 @@ def run(
     weights as they run: fp32 safetensors, or the ``.onnx`` file) and its speed-up over the
     teacher (``speedup_1_thread``, ``speedup_all_threads``).
     """
-    torch.manual_seed(0)
-    mel = torch.randn(1, 80, int(seconds * SAMPLE_RATE / HOP_LENGTH)) - 5.0
+    mel = timing_mel(frames_of(seconds))
     models = [("teacher (HiFT)", stand_in_teacher(), "random")]
     if students:
         models += [
@@ -82,7 +80,7 @@ def streaming_run(
     run on a window) and of each student (streamed at its full field, and at ``short_lookahead``
     frames; a QAT checkpoint on torchao's int8 kernels, an ONNX graph through windows); then, per
     student, the look-ahead table and the seam comparison on ``clips`` (S3Gen mels ``(80, T)``)."""
-    from train.benchmark.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
+    from train.benchmarks.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
     from train.runtime.onnx import OnnxVocoder
     from train.student.quantized import int8_kernels, is_prepared
 
