@@ -25,11 +25,14 @@ with a :class:`MetricWarning` naming the utterance; the other metrics still run.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -300,13 +303,31 @@ class QualityMetrics:
         )
 
     def dnsmos(self, wav16: np.ndarray) -> dict[str, float]:
-        from speechmos import dnsmos
-
         if wav16.shape[-1] < PITCH_RATE // 4:
             raise MetricError("shorter than 0.25 s")
         # DNSMOS takes samples in [-1, 1], as a 16-bit file would hold them.
-        scores = dnsmos.run(np.clip(wav16, -1.0, 1.0).astype(np.float32), PITCH_RATE)
+        scores = dnsmos_model()(np.clip(wav16, -1.0, 1.0).astype(np.float32), PITCH_RATE, False)
         return {f"dnsmos_{k.removesuffix('_mos')}": float(v) for k, v in scores.items()}
+
+
+@functools.cache
+def _dnsmos_model(threads: int) -> Any:
+    from speechmos import dnsmos
+
+    from train.runtime.onnx import session
+
+    folder = Path(dnsmos.__file__).parent / "dnsmos_models"
+    model = object.__new__(dnsmos.DNSMOS)  # speechmos' model, its sessions as the vocoders' own:
+    model.primary_model_path = str(folder / "sig_bak_ovr.onnx")  # `threads` threads that do not spin
+    model.onnx_sess = session(folder / "sig_bak_ovr.onnx", threads)
+    model.p808_onnx_sess = session(folder / "model_v8.onnx", threads)
+    return model
+
+
+def dnsmos_model() -> Any:
+    """speechmos' DNSMOS (``speechmos.dnsmos.run`` without its sessions' defaults: every core,
+    spinning between calls), with as many threads as ``torch.get_num_threads()`` says."""
+    return _dnsmos_model(torch.get_num_threads())
 
 
 def _warn_failed(name: str, metric: str, err: Exception) -> None:

@@ -23,11 +23,13 @@ call); :class:`train.runtime.onnx.OnnxVocoder` runs such a file.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import math
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +214,47 @@ class WaveformGraph(nn.Module):
         return self.istft(*polar(self.out(self.backbone(mel)).transpose(1, 2)))
 
 
+_TRACED: OrderedDict[str, bytes] = OrderedDict()  # the last few traced fp32 graphs, by weights and iSTFT form
+TRACED_KEPT = 4
+
+
+def traced(plain: nn.Module, istft: str = "matmul") -> onnx.ModelProto:
+    """The fp32 graph of a plain student: ``torch.onnx.export`` (dynamo) of :class:`WaveformGraph`.
+
+    Tracing takes seconds (8 s for a small student on a 2-core EPYC), and one student is often
+    written in several forms (a release's fp32 and int8 graphs, the int8 schemes compared): the
+    last few traces are kept, keyed by the weights' bytes, the config and the iSTFT form, so a
+    student is traced once per process. A fresh copy is returned each time (callers edit it)."""
+    digest = hashlib.sha256(json.dumps([plain.config.to_dict(), istft, type(plain).__name__]).encode())
+    for name, tensor in plain.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    key = digest.hexdigest()
+    if key not in _TRACED:
+        graph = WaveformGraph(plain, istft).eval()
+        # not 1 in size: torch.export fixes sizes 0 and 1; its own generator: tracing leaves the global RNG alone
+        mel = torch.randn(2, plain.config.input_channels, 50, generator=torch.Generator().manual_seed(0))
+        shapes = {"mel": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("frames", min=2, max=1 << 20)}}
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's notes on torchvision and the like
+            program = torch.onnx.export(
+                graph,
+                (mel,),
+                dynamic_shapes=shapes,
+                input_names=["mel"],
+                output_names=["wav"],
+                opset_version=18,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        _TRACED[key] = program.model_proto.SerializeToString()
+        while len(_TRACED) > TRACED_KEPT:
+            _TRACED.popitem(last=False)
+    _TRACED.move_to_end(key)
+    return onnx.load_model_from_string(_TRACED[key])
+
+
 def export_onnx(
     student: nn.Module,
     path: str | Path,
@@ -243,26 +286,11 @@ def export_onnx(
 
     plain = strip(student).cpu().eval()
     config = plain.config.to_dict()
-    graph = WaveformGraph(plain, istft).eval()
-    mel = torch.randn(2, config["input_channels"], 50)  # not 1: torch.export fixes sizes 0 and 1
-    shapes = {"mel": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("frames", min=2, max=1 << 20)}}
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's notes on torchvision and the like
+    model = traced(plain, istft)
+    with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        program = torch.onnx.export(
-            graph,
-            (mel,),
-            dynamic_shapes=shapes,
-            input_names=["mel"],
-            output_names=["wav"],
-            opset_version=18,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-        model = program.model_proto
         if quantize:
-            program.save(str(fp32))
+            onnx.save(model, str(fp32))
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             final = Path(tmp) / "int8.onnx"
