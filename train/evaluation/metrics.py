@@ -318,7 +318,7 @@ def _dnsmos_model(threads: int) -> Any:
 
     folder = Path(dnsmos.__file__).parent / "dnsmos_models"
     model = object.__new__(dnsmos.DNSMOS)  # speechmos' model, its sessions as the vocoders' own:
-    model.primary_model_path = str(folder / "sig_bak_ovr.onnx")  # `threads` threads that do not spin
+    # `threads` threads that do not spin
     model.onnx_sess = session(folder / "sig_bak_ovr.onnx", threads)
     model.p808_onnx_sess = session(folder / "model_v8.onnx", threads)
     return model

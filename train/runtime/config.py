@@ -4,7 +4,7 @@
 student records it (a training checkpoint under ``student_config``, an exported
 ``.safetensors`` or ONNX graph in its ``config`` metadata, a release's ``config.yaml`` in vocos'
 own layout): :meth:`StudentConfig.to_dict` and :meth:`StudentConfig.vocos_yaml` write it,
-:meth:`StudentConfig.from_dict` and :meth:`StudentConfig.of_vocos_yaml` read it back.
+:meth:`StudentConfig.from_dict` reads it back (``vocos`` itself reads a release's ``config.yaml``).
 """
 
 from __future__ import annotations
@@ -158,19 +158,3 @@ class StudentConfig:
             },
             "mel": MEL_SPEC,
         }
-
-    @classmethod
-    def of_vocos_yaml(cls, values: dict[str, Any], where: str) -> StudentConfig:
-        """The inverse of :meth:`vocos_yaml`."""
-        try:
-            backbone, head = values["backbone"]["init_args"], values["head"]["init_args"]
-            return cls(
-                backbone["input_channels"],
-                backbone["dim"],
-                backbone["intermediate_dim"],
-                backbone["num_layers"],
-                head["n_fft"],
-                head["hop_length"],
-            )
-        except (KeyError, TypeError) as err:
-            raise StudentConfigError(f"{where}: not a vocos config with a backbone and an iSTFT head ({err})") from err

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from train.runtime.errors import ConfigError
-from train.runtime.files import atomic_write_text
+from train.runtime.files import atomic_write_text, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -209,10 +209,6 @@ class Int8Check:
         return asdict(self)
 
 
-def _file_key(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # Runs ONNX graphs on one mel in a process of its own: `python -c RUNNER mel.npy out_dir graph.onnx ...`
 # writes out_dir/<graph file name>.npy. It needs numpy and onnxruntime only (the tests run it on
 # emulated CPUs too).
@@ -259,11 +255,11 @@ def run_in_child(
         return np.load(Path(tmp) / f"{Path(path).name}.npy")
 
 
-def self_check(name: str, data: bytes, metadata: dict[str, str], path: Path) -> Int8Check:
-    """Whether the int8 graph ``data`` (the file ``path``, named ``name`` in messages) reproduces
+def self_check(name: str, sha256: str, metadata: dict[str, str], path: Path) -> Int8Check:
+    """Whether the int8 graph at ``path`` (SHA-256 ``sha256``, named ``name`` in messages) reproduces
     its probe on this machine, run in a process of its own (:func:`run_in_child`). Cached per
     file, CPU and ONNX Runtime version."""
-    key = f"probe:{_file_key(data)}:{_machine_key()}"
+    key = f"probe:{sha256}:{_machine_key()}"
     cached = _cached(key)
     if cached is not None:
         return Int8Check(**cached)
@@ -304,19 +300,22 @@ def self_check(name: str, data: bytes, metadata: dict[str, str], path: Path) -> 
     return result
 
 
-def speed_check(int8: Any, fp32: Any, repeats: int = 5) -> dict[str, float]:
-    """Seconds per call of two ``OnnxVocoder`` on 3 s of the int8 graph's probe mel (median of
-    ``repeats`` after a warm-up), at the current thread count; cached per file pair, CPU,
-    ONNX Runtime version and thread count."""
+def speed_check(int8: Any, fp32_path: Path, repeats: int = 5) -> dict[str, float]:
+    """Seconds per call of an int8 ``OnnxVocoder`` and of the fp32 graph at ``fp32_path`` on 3 s
+    of the int8 graph's probe mel (median of ``repeats`` after a warm-up), at the current thread
+    count; cached per file pair, CPU, ONNX Runtime version and thread count (a cached answer
+    loads no fp32 session)."""
     import torch
 
     threads = torch.get_num_threads()
-    key = f"speed:{_file_key(int8._bytes)}:{_file_key(fp32._bytes)}:{_machine_key()}:{threads}"
+    key = f"speed:{int8.sha256}:{sha256_file(fp32_path)}:{_machine_key()}:{threads}"
     cached = _cached(key)
     if cached is not None:
         return cached
+    from train.runtime.onnx import OnnxVocoder
     from train.runtime.timing import interleaved, timing_mel
 
+    fp32 = OnnxVocoder(fp32_path)
     probe = read_probe(int8.metadata)
     mel = torch.from_numpy(probe.mel) if probe is not None else timing_mel(24, n_mels=int8.n_mels)
     mel = mel.repeat(1, 1, -(-150 // mel.shape[-1]))[..., :150]  # 3 s: long enough to time

@@ -8,7 +8,9 @@ runs on the machine it is loaded on before it decodes anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,10 +90,9 @@ class OnnxVocoder(Vocoder):
     def is_int8(self) -> bool:
         return self.quantization != "fp32"
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        import hashlib
-
+        """The graph file's SHA-256: what its self-check and speed check are remembered by."""
         return hashlib.sha256(self._bytes).hexdigest()
 
     def check(self) -> Int8Check:
@@ -100,7 +101,7 @@ class OnnxVocoder(Vocoder):
         :class:`~train.runtime.int8_check.Int8MismatchError` when it fails. Returns the result."""
         from train.runtime.int8_check import Int8MismatchError, self_check
 
-        self.int8_check = self_check(self.path.name, self._bytes, self.metadata, self.path)
+        self.int8_check = self_check(self.path.name, self.sha256, self.metadata, self.path)
         if not self.int8_check.ok:
             raise Int8MismatchError(
                 f"{self.path}: the int8 graph is wrong on this machine, {self.int8_check.cpu}: "

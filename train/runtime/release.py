@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from train.runtime.config import MEL_SPEC, StudentConfig
+from train.runtime.config import MEL_SPEC
 from train.runtime.errors import ConfigError
 from train.runtime.hub import fetch_file
 from train.runtime.onnx import OnnxVocoder
@@ -61,7 +61,6 @@ class ReleaseFiles:
             raise VocoderUnavailableError(f"{self.config_path}: not a readable release config: {err}") from err
         if not isinstance(self.config, dict) or "backbone" not in self.config:
             raise VocoderUnavailableError(f"{self.config_path}: not a vocos config (no 'backbone' key)")
-        self.student = StudentConfig.of_vocos_yaml(self.config, str(self.config_path))
         self.errors: list[str] = []
 
     def get(self, runtime: str) -> Path | None:
@@ -176,8 +175,7 @@ def _checked_int8(release: ReleaseFiles, weights: Path, runtime: str) -> tuple[s
     fp32_path = release.get("onnx")
     if fp32_path is None:
         return "int8", int8
-    fp32 = OnnxVocoder(fp32_path).eval()
-    speed = speed_check(int8, fp32)
+    speed = speed_check(int8, fp32_path)
     if speed["int8_s"] >= speed["fp32_s"]:
         log.info(
             "runtime='auto' takes the fp32 graph: int8 is not faster on %s (%.2f ms against %.2f ms on its probe)",
@@ -185,5 +183,5 @@ def _checked_int8(release: ReleaseFiles, weights: Path, runtime: str) -> tuple[s
             1e3 * speed["int8_s"],
             1e3 * speed["fp32_s"],
         )
-        return "onnx", fp32
+        return "onnx", OnnxVocoder(fp32_path).eval()
     return "int8", int8

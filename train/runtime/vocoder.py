@@ -129,18 +129,20 @@ class StudentFileError(StudentConfigError):
     """A file does not hold a student generator this project can rebuild."""
 
 
-def read_student_file(path: str | Path) -> tuple[dict[str, Tensor], StudentConfig | None]:
-    """A student file's generator tensors and, when it records one, its config.
+def read_student_file(path: str | Path, option: str | None = None) -> tuple[dict[str, Tensor], StudentConfig | None]:
+    """A student file's generator tensors and, when it records one, its config; errors name
+    ``option=path`` when an option gave the path.
 
     Reads a Lightning ``.ckpt`` (``generator.*`` keys; config under ``student_config``) or a bare
     generator state dict in ``.safetensors`` (config in the ``config`` metadata) / ``.pt`` /
     ``.pth`` / ``.bin``. Reading never runs code from the file (``weights_only``).
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingFileError(f"student checkpoint not found: {path}")
+    where = f"{option}={path}" if option else str(path)
     if path.suffix not in STUDENT_FILES:
-        raise StudentFileError(f"{path}: expected one of {', '.join(STUDENT_FILES)}")
+        raise StudentFileError(f"{where}: expected one of {', '.join(STUDENT_FILES)}")
+    if not path.is_file():
+        raise MissingFileError(f"student checkpoint not found: {where}")
     record: Any = None
     try:
         if path.suffix == ".safetensors":
@@ -153,18 +155,18 @@ def read_student_file(path: str | Path) -> tuple[dict[str, Tensor], StudentConfi
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable or not a checkpoint at all
-        raise StudentFileError(f"{path}: cannot read a checkpoint ({type(err).__name__}: {err})") from err
+        raise StudentFileError(f"{where}: cannot read a checkpoint ({type(err).__name__}: {err})") from err
     if isinstance(state, dict) and isinstance(state.get(CONFIG_KEY), dict):
         record = state[CONFIG_KEY]
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise StudentFileError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise StudentFileError(f"{where}: expected a state dict, found {type(state).__name__}")
     generator = {k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")}
     state = generator or state
     if "backbone.embed.weight" not in state or "head.out.weight" not in state:
         raise StudentFileError(
-            f"{path}: no Vocos student inside (expected 'generator.backbone.*' keys of a training checkpoint "
+            f"{where}: no Vocos student inside (expected 'generator.backbone.*' keys of a training checkpoint "
             f"or 'backbone.*' / 'head.*' keys; found {len(state)} keys such as {sorted(state)[:3]})"
         )
     config = None if record is None else StudentConfig.from_dict(dict(record), f"{path} (its student config)")

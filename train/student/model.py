@@ -18,7 +18,6 @@ from train.runtime.errors import ConfigError, MissingFileError
 from train.runtime.hub import fetch_file
 from train.runtime.onnx import OnnxArtifactError, is_onnx
 from train.runtime.vocoder import (
-    STUDENT_FILES,
     StudentFileError,
     Vocoder,
     VocosStudent,
@@ -78,9 +77,7 @@ def student_from_file(path: str | Path, option: str = "checkpoint") -> VocosStud
             f"{option}={path} is an ONNX student: it runs (load_student, train/evaluate.py, train.bench) but "
             "cannot be trained, quantised or exported again. Start from the checkpoint it was made from (its .ckpt)."
         )
-    if Path(path).suffix not in STUDENT_FILES:
-        raise StudentFileError(f"{option}={path}: expected one of {', '.join(STUDENT_FILES)}")
-    state, config = read_student_file(path)
+    state, config = read_student_file(path, option)
     if config is None:
         log.info("%s records no student config; its shapes say how to build it", path)
     student = student_of_state(path, state, config)
