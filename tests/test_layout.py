@@ -108,7 +108,7 @@ def test_entry_scripts_run_from_the_installed_package_without_path_tricks(tmp_pa
 # safetensors and huggingface_hub, and vocos brings PyYAML). ONNX Runtime only inside the functions
 # that run a graph (numpy with it: its own dependency), so the PyTorch runtime never needs it.
 RUNTIME_IMPORTS = {"torch", "vocos", "yaml", "safetensors", "huggingface_hub"}
-RUNTIME_LAZY_IMPORTS = RUNTIME_IMPORTS | {"onnxruntime", "numpy"}
+RUNTIME_LAZY_IMPORTS = RUNTIME_IMPORTS | {"onnxruntime", "numpy", "torchaudio"}  # vocos depends on torchaudio
 TRAINING_SIDE = ("lightning", "hydra", "omegaconf", "wandb", "torchao", "torch_pruning", "onnx", "onnxscript")
 
 

@@ -49,6 +49,7 @@ def test_identical_signals_score_perfectly(metrics, speech, clean):
         assert scores[distance] == pytest.approx(0.0, abs=1e-6), distance
     assert scores["vuv_f1"] == 1.0
     assert scores["dnsmos_ovrl_drop"] == 0.0
+    assert scores["speaker_similarity"] == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.slow
@@ -62,10 +63,25 @@ def test_degraded_copies_score_worse_and_worse(metrics, speech, clean):
         better = (lambda a, b: a > b) if info.higher_is_better else (lambda a, b: a < b)
         assert better(perfect[name], mild[name]) and better(mild[name], harsh[name]), (name, mild, harsh)
     assert harsh["vuv_f1"] < 1 and harsh["f0_rmse_cents"] > 0 and harsh["periodicity_rmse"] > 0.01
-    assert (
-        metrics.no_reference(clean)["dnsmos_ovrl"]
-        > metrics.no_reference(metrics.analyse(degrade(speech, 0), 16_000))["dnsmos_ovrl"]
-    )
+    clean_scores = metrics.no_reference(clean)
+    harsh_scores = metrics.no_reference(metrics.analyse(degrade(speech, 0), 16_000))
+    assert clean_scores["dnsmos_ovrl"] > harsh_scores["dnsmos_ovrl"]
+    assert clean_scores["distillmos"] > harsh_scores["distillmos"] + 0.5
+
+
+@pytest.mark.slow
+def test_speaker_similarity_tells_one_reader_from_others(metrics):
+    def embedded(path):
+        audio, rate = sf.read(str(path), dtype="float32")
+        return metrics.analyse(torch.from_numpy(audio), rate)
+
+    reader = embedded(CORPUS_CLIP)
+    same = metrics.paired(embedded(CORPUS_CLIP.with_name("sense_and_sensibility_01_austen_64kb-0930.flac")), reader)
+    others = [
+        metrics.paired(embedded(path), reader, path.name)["speaker_similarity"]
+        for path in (CORPUS_CLIP.parents[1] / "cmu_cards" / "001.flac", CORPUS_CLIP.parents[1] / "puredata" / "voice.flac")
+    ]
+    assert same["speaker_similarity"] > max(others) + 0.05, (same["speaker_similarity"], others)
 
 
 def test_a_gain_of_two_is_six_db_of_spectral_distance_and_no_cepstral_distortion(metrics, speech, clean):
@@ -116,6 +132,10 @@ def test_bad_input_is_rejected(metrics, speech):
         metrics.analyse(torch.tensor([0.0, float("nan")] * 8000), 16_000)
     with pytest.raises(ValueError, match="pitch_model"):
         QualityMetrics(pitch_model="huge")
+    with pytest.raises(ValueError, match=r"metrics.naturalness: unknown predictors \['nisqa'\]"):
+        QualityMetrics(naturalness=["dnsmos", "nisqa"])
+    with pytest.raises(ValueError, match="metrics.speaker must be one of resemblyzer"):
+        QualityMetrics(speaker="ecapa")
 
 
 @pytest.mark.slow

@@ -122,6 +122,33 @@ def test_the_held_out_split_shares_no_speaker_with_training(tmp_path, debs):
     assert all(r["path"].startswith(f"{r['split']}/{r['source']}/{r['speaker']}/") for r in rows)
 
 
+def test_a_source_held_out_whole_is_never_trained_on(tmp_path, debs):
+    voices = "usr/share/games/hedgewars/Data/Sounds/voices"
+    make_deb(
+        debs,
+        "hedgewars-data",
+        {
+            f"{voices}/Pirate/Hello.ogg": (tone(0.6, 44_100, 170), 44_100, "OGG"),
+            f"{voices}/Singer/Hello.ogg": (tone(0.7, 44_100, 260), 44_100, "OGG"),
+            f"{voices}/Robot/Hello.ogg": (tone(0.6, 44_100, 300), 44_100, "OGG"),  # processed, left out
+        },
+    )
+    report = build(
+        tmp_path / "speech",
+        ["klettres", "hedgewars"],
+        ["it"],
+        debs=debs,
+        catalogue={name: SOURCES[name] for name in ("klettres", "hedgewars")},
+    )
+    rows = read_manifest(tmp_path / "speech")
+    whole = [r for r in rows if r["source"] == "hedgewars"]
+    assert {(r["split"], r["speaker"]) for r in whole} == {("heldout_source", "Pirate"), ("heldout_source", "Singer")}
+    assert all(r["path"].startswith("heldout_source/hedgewars/") and r["licence"] == "GFDL-1.3" for r in whole)
+    assert {r["split"] for r in rows if r["source"] == "klettres"} == {"train", "heldout"}
+    assert report.skipped["hedgewars: excluded speaker group"] == 1
+    assert "Held out whole: hedgewars." in (tmp_path / "speech" / LICENCES).read_text()
+
+
 def test_edge_silence_is_trimmed(tmp_path, debs):
     build_test_corpus(tmp_path, debs)
     row = next(r for r in read_manifest(tmp_path / "speech") if r["path"].endswith("en/alpha_a.flac"))

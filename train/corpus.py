@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from train.data.speech import HELDOUT_SPEAKERS, MANIFEST, SOURCES, build
+from train.data.speech import HELDOUT_SPEAKERS, MANIFEST, SOURCES, SPLITS, build
 from train.runtime.errors import ConfigError
 
 
@@ -32,11 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    speakers = {split: sorted({c.speaker for c in report.clips if c.split == split}) for split in ("train", "heldout")}
+    speakers = {split: sorted({c.speaker for c in report.clips if c.split == split}) for split in SPLITS}
+    sources = sorted({c.source for c in report.clips if c.split == "heldout_source"})
     print(
         f"{args.out}: {len(report.clips)} clips, {report.minutes('train'):.1f} min train "
-        f"({len(speakers['train'])} speaker groups), {report.minutes('heldout'):.1f} min held out "
-        f"({', '.join(speakers['heldout'])}); every file is listed in {args.out / MANIFEST}"
+        f"({len(speakers['train'])} speaker groups), {report.minutes('heldout'):.1f} min held out by speaker "
+        f"({', '.join(speakers['heldout'])}), {report.minutes('heldout_source'):.1f} min held out by source "
+        f"({', '.join(sources) or 'none'}); every file is listed in {args.out / MANIFEST}"
     )
     for why, n in sorted(report.skipped.items()):
         print(f"  skipped {n}: {why}")

@@ -86,7 +86,7 @@ def lookahead_rows(
     chunks and compare with the student's offline audio: the mean log-mel distance (dB) and
     PESQ-wb, the largest sample difference, and the latency (look-ahead + the median compute of
     one push, 1 thread as the caller set)."""
-    metrics = metrics or QualityMetrics(naturalness=None)
+    metrics = metrics or QualityMetrics(naturalness=None, speaker=None)
     field = student.receptive_field
     with torch.inference_mode():
         offline = [student(mel.unsqueeze(0) if mel.dim() == 2 else mel).reshape(-1) for mel in mels]

@@ -6,7 +6,10 @@ assembler downloads the package (``apt-get download``, at a pinned version), unp
 trimmed, written as 16-bit FLAC under ``<out>/<split>/<source>/<speaker>/``. A
 ``MANIFEST.tsv`` row per written file records its source package and version, its path in
 the package, the speaker, the licence and the copyright holders; ``LICENSES.md`` sums them
-up. The held-out split is chosen by speaker (never by clip), so no speaker is on both sides.
+up. Two held-out splits: ``heldout`` by speaker (never by clip), so no speaker is on both
+sides, and ``heldout_source``: every recording of a source held out whole (recorded
+elsewhere, by other people, with other microphones), to tell generalising from fitting the
+recording conditions of the training set.
 
 The audio is GPL / LGPL / CC-BY licensed: it is built on each machine from the registry and
 never committed to this MIT repository (``data/speech/`` is ignored by git).
@@ -52,7 +55,7 @@ COLUMNS = (
     "licence",
     "copyright",
 )
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "heldout_source")
 
 
 class CorpusError(ConfigError, RuntimeError):
@@ -81,6 +84,7 @@ class Source:
     speaker: Callable[[PurePosixPath], str]
     homepage: str = ""
     exclude: tuple[str, ...] = ()  # speaker groups left out (e.g. copies of another folder)
+    held_out: bool = False  # the whole source is held out (split heldout_source), never trained on
 
 
 SOURCES: dict[str, Source] = {
@@ -124,6 +128,20 @@ SOURCES: dict[str, Source] = {
                 ("liu", 3, "GPL-3.0-only OR LGPL-3.0-only", "2014 Edward Der-Hua Liu"),
                 ("chulo", 5, "CC-BY-3.0", "ChionMeilin recording team, voice of Chu Lo"),
             )
+        ),
+        # Game voice packs, each acted by another volunteer with their own microphone, 44.1 kHz:
+        # held out whole. Robot is left out (its voice is processed, not recorded speech).
+        Source(
+            name="hedgewars",
+            package="hedgewars-data",
+            version="1.0.2-6",
+            licence="GFDL-1.3",
+            copyright="2004-2006 Andrey Korotaev and the Hedgewars contributors",
+            pattern="usr/share/games/hedgewars/Data/Sounds/voices/*/*.ogg",
+            speaker=lambda m: m.parts[-2],
+            homepage="https://hedgewars.org",
+            exclude=("Robot",),
+            held_out=True,
         ),
     )
 }
@@ -321,7 +339,7 @@ def _add_source(
         if audio is None:
             report.skipped[f"{source.name}: {why}"] += 1
             continue
-        split = "heldout" if speaker in heldout else "train"
+        split = "heldout_source" if source.held_out else "heldout" if speaker in heldout else "train"
         stem = _slug("_".join(member.parts[-2:]).rsplit(".", 1)[0])
         rel = PurePosixPath(split, source.name, _slug(speaker), f"{stem}.flac")
         blob = _flac_bytes(audio)
@@ -371,13 +389,18 @@ def licence_summary(report: BuildReport) -> str:
         by_source.setdefault(clip.source, []).append(clip)
     for name, clips in by_source.items():
         c = clips[0]
-        n_train = sum(x.split == "train" for x in clips)
+        n_train = sum(x.split == "train" for x in clips)  # held out: by speaker, or the whole source
         lines.append(
             f"| {name} | {c.package} | {c.version} | {c.licence} | {c.copyright} | "
             f"{n_train} / {len(clips) - n_train} | {sum(x.seconds for x in clips) / 60:.1f} |"
         )
     held = sorted({c.speaker for c in report.clips if c.split == "heldout"})
-    lines += ["", f"Held out by speaker group: {', '.join(held) or 'none'}.", ""]
+    whole = sorted({c.source for c in report.clips if c.split == "heldout_source"})
+    lines += [
+        "",
+        f"Held out by speaker group: {', '.join(held) or 'none'}. Held out whole: {', '.join(whole) or 'none'}.",
+        "",
+    ]
     return "\n".join(lines)
 
 

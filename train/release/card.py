@@ -164,8 +164,10 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
         ],
     )
     verification = facts["verification"]
+    prior = StudentConfig.from_dict(config).amplitude_prior
+    vocos_check = "its backbone and head as `load_release` runs them" if prior else "`decode(mel)`"
     checks = [
-        f"- `vocos` (`Vocos.from_hparams` + strict `load_state_dict`): `decode(mel)` differs from the trained "
+        f"- `vocos` (`Vocos.from_hparams` + strict `load_state_dict`): {vocos_check} differs from the trained "
         f"student by at most {verification['vocos_max_abs']:.2g}.",
         f"- `model.onnx` (ONNX Runtime, fp32): max abs difference {verification['onnx_max_abs']:.2g} "
         f"(limit {verification['onnx_limit']:g}).",
@@ -197,6 +199,25 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
         "mel = ...  # (B, 80, T) S3Gen log-mel (Chatterbox: what s3gen's flow returns), 50 frames/s\n"
         "with torch.inference_mode():\n    wav = vocoder.decode(mel)  # (B, T * 480) at 24 kHz\n```"
     )
+    vocos_intro = "With the `vocos` package (its own code; nothing from vocos-distill is needed):"
+    local_copy = (
+        'From a local copy of this folder: `Vocos.from_hparams("config.yaml")`, then\n'
+        '`load_state_dict(torch.load("pytorch_model.bin"))`.'
+    )
+    if prior:  # the head needs the mel, which Vocos.decode does not pass
+        vocos_intro = (
+            "This student's head refines the mel's own least-squares magnitude (`amplitude_prior`), so it needs "
+            "the mel as well as the backbone's features, which `vocos`' `Vocos.decode` does not pass (its head "
+            "refuses the call, saying so). Load it with vocos-distill's runtime (torch, `vocos`, nothing of the "
+            "training side):"
+        )
+        usage_vocos = (
+            "```python\nimport torch\nfrom train.runtime import load_release\n\n"
+            f'runtime, vocoder = load_release("{facts["repo_hint"]}", runtime="torch")\n'
+            "mel = ...  # (B, 80, T) S3Gen log-mel (Chatterbox: what s3gen's flow returns), 50 frames/s\n"
+            "with torch.inference_mode():\n    wav = vocoder(mel)  # (B, T * 480) at 24 kHz\n```"
+        )
+        local_copy = "A local copy of this folder loads the same way: `load_release(\"path/to/folder\")`."
     usage_onnx = (
         '```python\nimport numpy as np\nimport onnxruntime as ort\n\nsession = ort.InferenceSession("'
         + ("model.int8.onnx" if facts.get("int8") else "model.onnx")
@@ -258,12 +279,11 @@ Export-time checks (`train/export.py`, on this release's files):
 
 ## Usage
 
-With the `vocos` package (its own code; nothing from vocos-distill is needed):
+{vocos_intro}
 
 {usage_vocos}
 
-From a local copy of this folder: `Vocos.from_hparams("config.yaml")`, then
-`load_state_dict(torch.load("pytorch_model.bin"))`.
+{local_copy}
 
 With ONNX Runtime only:
 

@@ -47,6 +47,7 @@ from train.runtime.errors import ConfigError
 from train.runtime.files import sha256_file, temporary_path
 from train.runtime.int8_check import cpu_info, describe_cpu
 from train.runtime.onnx import OnnxVocoder, session
+from train.runtime.vocoder import VocosStudent
 from train.student.graph import ISTFT_FORMS, export_onnx, probe_windows
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared, strip
@@ -440,10 +441,13 @@ def _verify(
     """Every exported form against the PyTorch student, on the held-out mels; raises on a miss."""
 
     vocos_diff, onnx_diff, snrs = 0.0, 0.0, []
+    # vocos' own decode, or for a head with the amplitude prior (which needs the mel too) vocos'
+    # modules as train.runtime.load_release runs them
+    decode = VocosStudent(vocos.backbone, vocos.head) if plain.config.amplitude_prior else vocos.decode
     with torch.inference_mode():
         for mel in mels:
             reference = plain(mel)
-            vocos_diff = max(vocos_diff, float((vocos.decode(mel) - reference).abs().max()))
+            vocos_diff = max(vocos_diff, float((decode(mel) - reference).abs().max()))
             onnx_diff = max(onnx_diff, float((fp32(mel) - reference).abs().max()))
             if quantized is not None:
                 snrs.append(snr_db(student(mel), quantized(mel)))

@@ -42,6 +42,28 @@ KERNEL = 7  # VocosBackbone's input embedding and depthwise convs: kernel 7, "sa
 CONFIG_KEY = "student_config"  # where a training checkpoint keeps the student's config
 
 
+def mel_filterbank(
+    n_mels: int = N_MELS,
+    n_fft: int = N_FFT,
+    sample_rate: int = SAMPLE_RATE,
+    f_min: float = MEL_SPEC["f_min"],
+    f_max: float = MEL_SPEC["f_max"],
+) -> Tensor:
+    """The S3Gen mel's filters ``(n_mels, n_fft / 2 + 1)``: Slaney scale and area norm, 0-8 kHz."""
+    import torchaudio  # here: vocos needs it, but most processes that load a student never build one
+
+    fbank = torchaudio.functional.melscale_fbanks(
+        n_freqs=n_fft // 2 + 1,
+        f_min=f_min,
+        f_max=f_max,
+        n_mels=n_mels,
+        sample_rate=sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return fbank.T.contiguous()
+
+
 class StudentConfigError(ConfigError, ValueError):
     """A file or option does not describe a student this project can build."""
 
@@ -63,7 +85,10 @@ class Field:
 class StudentConfig:
     """A Vocos student's build settings: ``VocosBackbone(input_channels, dim, intermediate_dim,
     num_layers)`` and ``ISTFTHead(dim, n_fft, hop_length, padding="same")``; ``fake_quant`` names
-    the QAT scheme of a student trained fake-quantised (``"int8"``), else None."""
+    the QAT scheme of a student trained fake-quantised (``"int8"``), else None;
+    ``amplitude_prior`` makes the head's log-magnitude a correction of the mel's least-squares
+    magnitude (:func:`train.runtime.vocoder.amplitude_prior`) rather than the whole of it: the
+    same tensors, other arithmetic."""
 
     input_channels: int = N_MELS
     dim: int = 512
@@ -72,11 +97,15 @@ class StudentConfig:
     n_fft: int = N_FFT
     hop_length: int = HOP_LENGTH
     fake_quant: str | None = None
+    amplitude_prior: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name != "fake_quant" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            if field.name == "amplitude_prior":
+                if not isinstance(value, bool):
+                    raise StudentConfigError(f"student config: amplitude_prior must be true or false; got {value!r}")
+            elif field.name != "fake_quant" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise StudentConfigError(f"student config: {field.name} must be a whole number >= 0; got {value!r}")
         if self.n_fft % 2 or self.hop_length <= 0 or self.n_fft % self.hop_length:
             raise StudentConfigError(
@@ -95,10 +124,12 @@ class StudentConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """What files record (``fake_quant`` only when set)."""
+        """What files record (``fake_quant`` and ``amplitude_prior`` only when set)."""
         values = dataclasses.asdict(self)
         if values["fake_quant"] is None:
             del values["fake_quant"]
+        if not values["amplitude_prior"]:
+            del values["amplitude_prior"]
         return values
 
     def replace(self, **changes: Any) -> StudentConfig:
@@ -153,7 +184,8 @@ class StudentConfig:
                 },
             },
             "head": {
-                "class_path": "vocos.heads.ISTFTHead",
+                # a head with the amplitude prior needs the mel too: vocos builds it, and it says how to load it
+                "class_path": "train.runtime.vocoder.AmplitudePriorHead" if self.amplitude_prior else "vocos.heads.ISTFTHead",
                 "init_args": {"dim": self.dim, "n_fft": self.n_fft, "hop_length": self.hop_length, "padding": "same"},
             },
             "mel": MEL_SPEC,

@@ -217,6 +217,7 @@ class StreamingVocoder(MelStream):
             "envelope": torch.zeros(1, self.n_fft - self.hop, device=device),
             "to_drop": self.pad,  # the "same" padding's first samples
             "ready": torch.zeros(batch, 0, device=device),  # exact audio not yet emitted
+            "mel": mel.new_zeros(batch, mel.shape[1], 0),  # mel frames whose features are not out yet (the prior's)
             "exact_end": 0,  # samples of exact audio produced so far
         }
 
@@ -240,12 +241,22 @@ class StreamingVocoder(MelStream):
             y, residual = self._conv(block.dwconv, state["context"][i], x, final, context)
             x = residual + self._block_rest(block, y)
         features = self.backbone.final_layer_norm(x.transpose(1, 2))
-        frames = self._spectral_frames(features)
+        # feature frame i comes from mel frame i: the frames of the amplitude prior, in order
+        pending = torch.cat([state["mel"], mel], dim=-1)
+        count = features.shape[1]
+        frames = self._spectral_frames(features, self.model.prior(pending[..., :count]))
         audio, ola, envelope = self._overlap_add(state, frames, final)
         drop = min(state["to_drop"], audio.shape[-1])
         if final:
             audio = audio[..., : audio.shape[-1] - self.pad]
-        new = {**state, "context": context, "ola": ola, "envelope": envelope, "to_drop": state["to_drop"] - drop}
+        new = {
+            **state,
+            "context": context,
+            "ola": ola,
+            "envelope": envelope,
+            "to_drop": state["to_drop"] - drop,
+            "mel": pending[..., count:],
+        }
         return new, audio[..., drop:]
 
     @staticmethod
@@ -276,11 +287,11 @@ class StreamingVocoder(MelStream):
             y = block.gamma * y
         return y.transpose(1, 2)
 
-    def _spectral_frames(self, features: Tensor) -> Tensor:
+    def _spectral_frames(self, features: Tensor, prior: Tensor | None) -> Tensor:
         """``vocos.heads.ISTFTHead.forward`` up to the overlap-add: windowed frames ``(B, n_fft, T)``."""
         if features.shape[1] == 0:  # the FFT refuses empty batches of frames
             return features.new_zeros(features.shape[0], self.n_fft, 0)
-        real, imag = polar(self.head.out(features).transpose(1, 2))
+        real, imag = polar(self.head.out(features).transpose(1, 2), prior)
         frames = torch.fft.irfft(torch.complex(real, imag), self.n_fft, dim=1, norm="backward")
         return frames * self.head.istft.window[None, :, None]
 

@@ -19,7 +19,7 @@ from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 from vocos.modules import ConvNeXtBlock
 
-from train.runtime.config import CONFIG_KEY, Field, StudentConfig, StudentConfigError
+from train.runtime.config import CONFIG_KEY, Field, StudentConfig, StudentConfigError, mel_filterbank
 from train.runtime.errors import MissingFileError
 
 if TYPE_CHECKING:
@@ -27,14 +27,48 @@ if TYPE_CHECKING:
 
 STUDENT_FILES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 MAX_MAGNITUDE = 1e2  # vocos' ISTFTHead clips exp(log-magnitude) here
+MIN_PRIOR = 1e-5  # the S3Gen mel's own floor: where the prior is 0 (above 8 kHz), the head starts from it
 
 
-def polar(x: Tensor) -> tuple[Tensor, Tensor]:
+def polar(x: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The head's arithmetic, as ``vocos.heads.ISTFTHead``: its projection ``(B, n_fft + 2, T)``
-    -> the spectrum's real and imaginary parts ``(B, n_fft / 2 + 1, T)``."""
+    -> the spectrum's real and imaginary parts ``(B, n_fft / 2 + 1, T)``. With an amplitude
+    ``prior`` (a log-magnitude, :func:`amplitude_prior`) the projection's log-magnitude is added to it."""
     magnitude, phase = x.chunk(2, dim=1)
+    if prior is not None:
+        magnitude = magnitude + prior
     magnitude = torch.exp(magnitude).clip(max=MAX_MAGNITUDE)
     return magnitude * torch.cos(phase), magnitude * torch.sin(phase)
+
+
+def amplitude_prior(mel: Tensor, inverse: Tensor) -> Tensor:
+    """The log of the least-squares magnitude whose mel is ``mel`` (FreeV, arXiv 2406.08196):
+    ``inverse`` is the filterbank's pseudo-inverse ``(n_fft / 2 + 1, n_mels)``; a frame's prior
+    depends on its own mel frame alone, so it adds nothing to the receptive field. It is the
+    Griffin-Lim floor's magnitude, so a student with it learns mostly phase and a correction."""
+    return (inverse @ mel.float().exp()).clamp(min=MIN_PRIOR).log()
+
+
+class AmplitudePriorHead(ISTFTHead):
+    """``vocos``' ``ISTFTHead`` whose log-magnitude is a correction of the mel's least-squares
+    magnitude (:func:`amplitude_prior`). The same tensors as the stock head; the pseudo-inverse
+    is computed, not stored. It needs the mel as well as the features, which ``vocos``'
+    ``Vocos.decode`` does not pass, so called as ``vocos`` calls a head it refuses, naming the
+    loader that applies it (:class:`VocosStudent`, ``train.runtime.load_release``)."""
+
+    def __init__(self, dim: int, n_fft: int, hop_length: int, padding: str = "same", n_mels: int = 80) -> None:
+        super().__init__(dim, n_fft, hop_length, padding=padding)
+        inverse = torch.linalg.pinv(mel_filterbank(n_mels, n_fft).double()).float()
+        self.register_buffer("inverse_mel", inverse, persistent=False)  # (n_fft / 2 + 1, n_mels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise TypeError(
+            "this student's head refines the magnitude of the mel itself (amplitude_prior) and needs the mel, "
+            "which vocos' Vocos.decode does not pass: load it with train.runtime.load_release or load_student"
+        )
+
+    def prior(self, mel: Tensor) -> Tensor:
+        return amplitude_prior(mel, self.inverse_mel)
 
 
 class Vocoder(nn.Module):
@@ -84,12 +118,17 @@ class VocosStudent(Vocoder):
 
     @classmethod
     def build(cls, config: StudentConfig) -> VocosStudent:
+        head = AmplitudePriorHead if config.amplitude_prior else ISTFTHead
         student = cls(
             VocosBackbone(config.input_channels, config.dim, config.intermediate_dim, config.num_layers),
-            ISTFTHead(config.dim, config.n_fft, config.hop_length, padding="same"),
+            head(config.dim, config.n_fft, config.hop_length, padding="same"),
         )
         student.fake_quant = config.fake_quant
         return student
+
+    def prior(self, mel: Tensor) -> Tensor | None:
+        """The amplitude prior of ``mel`` for :func:`polar`, or None for a stock head."""
+        return self.head.prior(mel) if isinstance(self.head, AmplitudePriorHead) else None
 
     @property
     def config(self) -> StudentConfig:  # read off the layers, so pruning and QAT cannot leave it stale
@@ -102,6 +141,7 @@ class VocosStudent(Vocoder):
             n_fft=self.head.istft.n_fft,
             hop_length=self.head.istft.hop_length,
             fake_quant=self.fake_quant,
+            amplitude_prior=isinstance(self.head, AmplitudePriorHead),
         )
 
     @property
@@ -117,7 +157,11 @@ class VocosStudent(Vocoder):
         features = self.backbone(mel)
         # The iSTFT runs in float32 even under bf16 autocast: complex bf16 does not exist.
         with torch.autocast(device_type=mel.device.type, enabled=False):
-            return self.head(features.float())
+            prior = self.prior(mel)
+            if prior is None:
+                return self.head(features.float())
+            real, imag = polar(self.head.out(features.float()).transpose(1, 2), prior)
+            return self.head.istft(torch.complex(real, imag))
 
     def stream(self, lookahead: int | None = None) -> MelStream:
         from train.runtime.streaming import StreamingVocoder

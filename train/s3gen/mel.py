@@ -12,7 +12,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from train.runtime.config import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE  # the settings the runtime checks
+from train.runtime.config import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, mel_filterbank  # what the runtime checks
 
 
 class S3GenMel(nn.Module):
@@ -39,16 +39,8 @@ class S3GenMel(nn.Module):
         self.n_mels = n_mels
         self.pad = (n_fft - hop_length) // 2
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
-        fbank = torchaudio.functional.melscale_fbanks(
-            n_freqs=n_fft // 2 + 1,
-            f_min=f_min,
-            f_max=f_max,
-            n_mels=n_mels,
-            sample_rate=sample_rate,
-            norm="slaney",
-            mel_scale="slaney",
-        )  # (F, n_mels)
-        self.register_buffer("fbank", fbank.T.contiguous(), persistent=False)
+        fbank = mel_filterbank(n_mels, n_fft, sample_rate, f_min, f_max)
+        self.register_buffer("fbank", fbank, persistent=False)  # (n_mels, F)
 
     def to_mono_24k(self, wav: Tensor, sample_rate: int) -> Tensor:
         """Validate audio and bring it to ``(B, L)`` float at ``self.sample_rate``."""

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from train.runtime.files import atomic_write
 from train.runtime.onnx import OnnxArtifactError, session
-from train.runtime.vocoder import polar
+from train.runtime.vocoder import AmplitudePriorHead, amplitude_prior, polar
 
 log = logging.getLogger(__name__)
 for _name in ("onnx_ir", "onnxscript"):  # the exporter's optimiser logs every pass at INFO
@@ -198,8 +198,21 @@ class RealISTFT(nn.Module):
         return signal[:, pad:-pad] / envelope[:, pad:-pad]
 
 
+class AmplitudePrior(nn.Module):
+    """:func:`~train.runtime.vocoder.amplitude_prior` with its pseudo-inverse as a graph constant
+    (named ``prior.*``, so that int8 quantisation leaves its product in fp32)."""
+
+    def __init__(self, inverse: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("inverse", inverse.detach().clone())
+
+    def forward(self, mel: Tensor) -> Tensor:
+        return amplitude_prior(mel, self.inverse)
+
+
 class WaveformGraph(nn.Module):
-    """The student with real tensors only: backbone, head projection, magnitude / phase, RealISTFT."""
+    """The student with real tensors only: backbone, head projection, magnitude / phase (with
+    the amplitude prior, if the student has one), RealISTFT."""
 
     def __init__(self, student: nn.Module, istft: str = "matmul") -> None:
         super().__init__()
@@ -208,10 +221,12 @@ class WaveformGraph(nn.Module):
             raise ValueError("only the student's iSTFT (padding 'same', win_length = n_fft) is exportable")
         self.backbone = student.backbone
         self.out = head.out
+        self.prior = AmplitudePrior(head.inverse_mel) if isinstance(head, AmplitudePriorHead) else None
         self.istft = RealISTFT(head.istft.n_fft, head.istft.hop_length, istft)
 
     def forward(self, mel: Tensor) -> Tensor:
-        return self.istft(*polar(self.out(self.backbone(mel)).transpose(1, 2)))
+        prior = None if self.prior is None else self.prior(mel)
+        return self.istft(*polar(self.out(self.backbone(mel)).transpose(1, 2), prior))
 
 
 _TRACED: OrderedDict[str, bytes] = OrderedDict()  # the last few traced fp32 graphs, by weights and iSTFT form
@@ -294,8 +309,8 @@ def export_onnx(
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             final = Path(tmp) / "int8.onnx"
-            # the iSTFT's own matrix products stay fp32 (its constants are named istft.*)
-            istft_nodes = [n.name for n in model.graph.node if any(i.startswith("istft.") for i in n.input)]
+            # the iSTFT's and the amplitude prior's matrix products stay fp32 (their constants: istft.*, prior.*)
+            fp32_nodes = [n.name for n in model.graph.node if any(i.startswith(("istft.", "prior.")) for i in n.input)]
             root = logging.getLogger()
             level = root.level
             root.setLevel(max(level, logging.WARNING))  # ONNX Runtime logs each op skipped
@@ -308,7 +323,7 @@ def export_onnx(
                     per_channel=True,
                     reduce_range=settings["reduce_range"],
                     op_types_to_quantize=list(op_types) if op_types else None,
-                    nodes_to_exclude=istft_nodes,
+                    nodes_to_exclude=fp32_nodes,
                 )
             finally:
                 root.setLevel(level)

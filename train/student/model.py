@@ -43,6 +43,7 @@ def build_student(
     init_from: str | None = None,
     local_files_only: bool = False,
     fake_quant: str | None = None,
+    amplitude_prior: bool = False,
 ) -> VocosStudent:
     """Build the student, optionally warm-started.
 
@@ -54,10 +55,18 @@ def build_student(
             stage, loaded whole, *in the parent's shape* (the shape arguments are ignored).
         fake_quant: ``"int8"`` builds the student prepared for quantization-aware training
             (:mod:`train.compress.qat`), as the checkpoints of a QAT run record.
+        amplitude_prior: the head refines the mel's least-squares magnitude
+            (:func:`train.runtime.vocoder.amplitude_prior`); its log-magnitude rows start at
+            zero unless warm-started, so the untrained student already has the floor's magnitude.
     """
     if init_from and Path(init_from).expanduser().is_file():
         return student_from_file(init_from, option="student.init_from")
-    student = VocosStudent.build(StudentConfig(input_channels, dim, intermediate_dim, num_layers, n_fft, hop_length))
+    config = StudentConfig(input_channels, dim, intermediate_dim, num_layers, n_fft, hop_length)
+    student = VocosStudent.build(config.replace(amplitude_prior=amplitude_prior))
+    if amplitude_prior:
+        with torch.no_grad():  # residual log-magnitude 0: the prior itself
+            student.head.out.weight[: n_fft // 2 + 1].zero_()
+            student.head.out.bias[: n_fft // 2 + 1].zero_()
     if init_from:
         warm_start(student, load_vocos_state_dict(init_from, local_files_only), init_from)
     if fake_quant:

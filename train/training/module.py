@@ -151,7 +151,7 @@ class VocoderDistillation(LightningModule):
         # not submodules: the floor has no weights to train or save
         self.__dict__["floor"] = floor
         self._floor_scores: dict[int, dict[str, float]] = {}
-        self._metrics = QualityMetrics(naturalness=None) if val_pesq else None
+        self._metrics = QualityMetrics(naturalness=None, speaker=None) if val_pesq else None
         # scores that may be undefined (NaN) for a clip, averaged over the finite ones at epoch end
         self._score_keys = (["pesq_wb"] if val_pesq else []) + (
             ["floor_mel_distance"] + (["floor_pesq_wb"] if val_pesq else []) if floor is not None else []

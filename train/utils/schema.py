@@ -102,6 +102,7 @@ class StudentSchema:
     init_from: str | None = None
     local_files_only: bool = False
     fake_quant: str | None = None
+    amplitude_prior: bool = False
 
 
 def register() -> None:
