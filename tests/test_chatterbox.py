@@ -311,3 +311,28 @@ def test_readme_use_in_chatterbox_runs_as_written(s3gen, release, student, monke
         assert (torch.cat(played, -1) - wav).abs().max() < 1e-5
     finally:
         s3gen.mel2wav = hift
+
+
+def test_chatterboxs_watermark_survives_on_the_students_speech(s3gen, tmp_path):
+    """As ChatterboxTTS.generate does: S3Gen speaks (through the drop-in), perth marks the
+    waveform, and the mark reads back; the unmarked speech reads as unmarked."""
+    import soundfile as sf
+    from helpers import CORPUS_CLIP
+
+    from train.evaluation.watermark import implicit_watermarker, watermark_survives
+    from train.s3gen.mel import S3GenMel
+
+    torch.manual_seed(2)  # a student with the amplitude prior: speech-shaped output before any training
+    prior = build_student(dim=32, intermediate_dim=64, num_layers=2, amplitude_prior=True).eval()
+    write_vocos_layout(prior, tmp_path)
+    audio, rate = sf.read(str(CORPUS_CLIP), dtype="float32")
+    mel = S3GenMel()(torch.from_numpy(audio[: 3 * rate]), rate)
+    previous = use_student(s3gen, tmp_path, runtime="torch", fallback=False)
+    try:
+        wav = speak(s3gen, mel)
+    finally:
+        s3gen.mel2wav = previous
+    from chatterbox.models.s3gen import S3GEN_SR  # ChatterboxTTS.sr
+
+    marked, unmarked = watermark_survives(implicit_watermarker(), wav.squeeze(0).numpy(), S3GEN_SR)
+    assert marked > 0.9 and unmarked < 0.5, (marked, unmarked)

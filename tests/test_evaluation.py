@@ -70,7 +70,10 @@ def test_evaluate_script_writes_report_summary_plots_and_logs(tmp_path, workspac
     gates = {g["name"]: g for g in report["gates"]}
     assert set(gates) == {
         "beats_floor_pesq",
-        "beats_floor_mel",
+        "beats_floor_estoi",
+        "floor_dnsmos",
+        "floor_distillmos",
+        "mel_distance",
         "pesq",
         "stoi",
         "spectral_distance",
@@ -85,9 +88,15 @@ def test_evaluate_script_writes_report_summary_plots_and_logs(tmp_path, workspac
     assert gates["beats_floor_pesq"]["status"] == "fail" and gates["beats_floor_pesq"]["threshold"] == floor_pesq
     assert f"is not above griffin_lim_vs_audio ({floor_pesq:.3g})" in gates["beats_floor_pesq"]["reason"]
     assert (
-        gates["beats_floor_mel"]["status"] == "fail"
-        and "is not below griffin_lim_vs_audio" in (gates["beats_floor_mel"]["reason"])
+        gates["beats_floor_estoi"]["status"] == "fail"
+        and "is not above griffin_lim_vs_audio" in (gates["beats_floor_estoi"]["reason"])
     )
+    # the log-mel distance has an absolute bar (Griffin-Lim's magnitude is the mel's own inverse)
+    assert gates["mel_distance"]["status"] == "fail" and gates["mel_distance"]["condition"] == "< 4"
+    # both no-reference predictors ran for every system, and the speaker encoder for every pair
+    for system in ("student", "teacher", "audio", "griffin_lim"):
+        assert {"dnsmos_ovrl", "distillmos"} <= set(report["summary"][system])
+    assert "speaker_similarity" in report["summary"]["student_vs_audio"]
     teacher_row, student_row = report["cost"]["models"]
     assert teacher_row["params"] == sum(
         p.numel() for p in HiFTGenerator(**tiny_config()).fold_weight_norm().parameters()
@@ -119,7 +128,10 @@ def test_without_hub_access_the_teacher_is_skipped_unless_required(tmp_path, wor
     # the teacher's gates cannot be checked; the floor's can, without the teacher
     assert {g["name"]: g["status"] for g in report["gates"]} == {
         "beats_floor_pesq": "fail",
-        "beats_floor_mel": "fail",
+        "beats_floor_estoi": "fail",
+        "floor_dnsmos": "skipped",  # metrics.naturalness=null
+        "floor_distillmos": "skipped",
+        "mel_distance": "fail",
         "pesq": "skipped",
         "stoi": "skipped",
         "spectral_distance": "skipped",
@@ -129,6 +141,18 @@ def test_without_hub_access_the_teacher_is_skipped_unless_required(tmp_path, wor
     assert report["cost"] is None
     with pytest.raises(WeightsUnavailableError, match="teacher.checkpoint="):
         evaluate(compose([*args, "require_teacher=true"], tmp_path, "evaluate"))
+
+
+@pytest.mark.slow
+def test_the_report_does_not_depend_on_how_many_processes_score_it(tmp_path, workspace):
+    args = [*overrides(workspace), "~logger", "cost=null", "metrics.naturalness=null", "plots.mel_examples=1",
+            f"checkpoint={workspace['ckpt']}"]  # fmt: skip
+    here = evaluate(compose([*args, "workers=0"], tmp_path / "here", "evaluate"))
+    pooled = evaluate(compose([*args, "workers=2"], tmp_path / "pooled", "evaluate"))
+    assert [u["name"] for u in pooled["utterances"]] == [u["name"] for u in here["utterances"]]
+    assert pooled["utterances"] == here["utterances"] and pooled["summary"] == here["summary"]
+    with pytest.raises(ValueError, match="workers=-1: a whole number >= 0, or 'auto'"):
+        evaluate(compose([*args, "workers=-1"], tmp_path / "bad", "evaluate"))
 
 
 def test_a_bad_local_teacher_file_is_an_error(tmp_path, workspace):

@@ -77,9 +77,10 @@ def test_speaker_similarity_tells_one_reader_from_others(metrics):
 
     reader = embedded(CORPUS_CLIP)
     same = metrics.paired(embedded(CORPUS_CLIP.with_name("sense_and_sensibility_01_austen_64kb-0930.flac")), reader)
+    corpus = CORPUS_CLIP.parents[1]
     others = [
         metrics.paired(embedded(path), reader, path.name)["speaker_similarity"]
-        for path in (CORPUS_CLIP.parents[1] / "cmu_cards" / "001.flac", CORPUS_CLIP.parents[1] / "puredata" / "voice.flac")
+        for path in (corpus / "cmu_cards" / "001.flac", corpus / "puredata" / "voice.flac")
     ]
     assert same["speaker_similarity"] > max(others) + 0.05, (same["speaker_similarity"], others)
 

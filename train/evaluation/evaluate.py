@@ -160,7 +160,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "skipped": [{"name": n, "reason": r} for n, r in datamodule.skipped],
         },
         "metrics": report.metric_definitions(),
-        "scoring": {"window_seconds": scoring.window_seconds, "max_windows": scoring.max_windows, "rule": WINDOW_RULE},
+        "scoring": {
+            "window_seconds": cfg.scoring.window_seconds,
+            "max_windows": cfg.scoring.max_windows,
+            "rule": WINDOW_RULE,
+        },
         "utterances": utterances,
         "summary": summary,
         "gates": gate_results,

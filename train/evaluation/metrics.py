@@ -336,7 +336,6 @@ class QualityMetrics:
         scores = dnsmos_model()(np.clip(wav16, -1.0, 1.0).astype(np.float32), PITCH_RATE, False)
         return {f"dnsmos_{k.removesuffix('_mos')}": float(v) for k, v in scores.items()}
 
-
     def distillmos(self, wav16: np.ndarray) -> float:
         if wav16.shape[-1] < PITCH_RATE // 4:
             raise MetricError("shorter than 0.25 s")

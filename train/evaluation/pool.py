@@ -21,12 +21,17 @@ from torch import Tensor
 
 from train.evaluation.metrics import Analysis, QualityMetrics, combine_windows, windows
 from train.runtime.config import SAMPLE_RATE
+from train.runtime.errors import ConfigError
 
 # One utterance to score: (name, {system: waveform}, keep its first window's mels and waveforms for plots)
 Job = tuple[str, dict[str, Tensor], bool]
 Examples = tuple[dict[str, Tensor], dict[str, Tensor]] | None
 
 _WORKER: dict[str, Any] = {}
+
+
+class WorkersError(ConfigError, ValueError):
+    """``workers=`` is not a worker count."""
 
 
 def available_cores() -> int:
@@ -38,7 +43,7 @@ def resolve_workers(workers: int | str) -> int:
     if workers == "auto":
         return available_cores()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers={workers!r}: a whole number >= 0, or 'auto' (one per core)")
+        raise WorkersError(f"workers={workers!r}: a whole number >= 0, or 'auto' (one per core)")
     return workers
 
 

@@ -217,7 +217,7 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
             "mel = ...  # (B, 80, T) S3Gen log-mel (Chatterbox: what s3gen's flow returns), 50 frames/s\n"
             "with torch.inference_mode():\n    wav = vocoder(mel)  # (B, T * 480) at 24 kHz\n```"
         )
-        local_copy = "A local copy of this folder loads the same way: `load_release(\"path/to/folder\")`."
+        local_copy = 'A local copy of this folder loads the same way: `load_release("path/to/folder")`.'
     usage_onnx = (
         '```python\nimport numpy as np\nimport onnxruntime as ort\n\nsession = ort.InferenceSession("'
         + ("model.int8.onnx" if facts.get("int8") else "model.onnx")

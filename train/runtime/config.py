@@ -40,6 +40,7 @@ MEL_SPEC = {
 LOG_MEL_RANGE = (-11.5, 2.0)  # S3Gen log-mel values: the floor ln(1e-5) up to loud speech (plots' colour scale)
 KERNEL = 7  # VocosBackbone's input embedding and depthwise convs: kernel 7, "same" zero padding
 CONFIG_KEY = "student_config"  # where a training checkpoint keeps the student's config
+PRIOR_HEAD = "train.runtime.vocoder.AmplitudePriorHead"  # a release's head class with the amplitude prior
 
 
 def mel_filterbank(
@@ -185,7 +186,7 @@ class StudentConfig:
             },
             "head": {
                 # a head with the amplitude prior needs the mel too: vocos builds it, and it says how to load it
-                "class_path": "train.runtime.vocoder.AmplitudePriorHead" if self.amplitude_prior else "vocos.heads.ISTFTHead",
+                "class_path": PRIOR_HEAD if self.amplitude_prior else "vocos.heads.ISTFTHead",
                 "init_args": {"dim": self.dim, "n_fft": self.n_fft, "hop_length": self.hop_length, "padding": "same"},
             },
             "mel": MEL_SPEC,
