@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -156,3 +157,28 @@ def test_reports_off_the_schema_are_rejected_with_the_place(tmp_path, change, wh
     (tmp_path / "report.json").write_text(json.dumps(report.without_nan(bad)))
     with pytest.raises(ValueError, match=f"not a schema-{report.SCHEMA_VERSION}"):
         read_report(tmp_path / "report.json")
+
+
+def test_the_schema_names_every_metric_the_code_can_report():
+    """Four places in the schema list the metric names; each must be the code's list, or a report
+    with a new metric is refused after a whole evaluation has run."""
+    import json
+
+    from train.evaluation.metrics import NO_REFERENCE, PAIRED
+
+    schema = json.loads((Path(report.__file__).parent / "report_schema.json").read_text())
+    lists = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "enum" and isinstance(value, list) and "pesq_wb" in value:
+                    lists.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert len(lists) == 4 and all(sorted(names) == sorted([*PAIRED, *NO_REFERENCE]) for names in lists)

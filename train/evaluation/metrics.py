@@ -49,6 +49,7 @@ DB_PER_NEPER = 20 / math.log(10)  # natural-log amplitude difference -> dB
 MCD_SCALE = 10 / math.log(10) * math.sqrt(2)
 PITCH_RATE = 16_000
 MIN_SAMPLE_RATE = 16_000  # PESQ-wb, STOI, CREPE and DNSMOS all need 16 kHz audio
+DNSMOS_WINDOW_S = 9.01  # DNSMOS' input length (speechmos' INPUT_LENGTH)
 
 
 class MetricError(ValueError):
@@ -333,7 +334,14 @@ class QualityMetrics:
         if wav16.shape[-1] < PITCH_RATE // 4:
             raise MetricError("shorter than 0.25 s")
         # DNSMOS takes samples in [-1, 1], as a 16-bit file would hold them.
-        scores = dnsmos_model()(np.clip(wav16, -1.0, 1.0).astype(np.float32), PITCH_RATE, False)
+        audio = np.clip(wav16, -1.0, 1.0).astype(np.float32)
+        window = round(DNSMOS_WINDOW_S * PITCH_RATE)
+        if audio.shape[-1] < window:
+            # speechmos tiles a short clip by doubling it past 9.01 s, then scores every 1 s hop of the
+            # tiles (up to 7 windows of the same content, 0.44 s each here); the first window alone:
+            # OVRL -0.011 +- 0.045 from the full figure, r = 0.994 (41 held-out clips, README "Evaluation")
+            audio = np.resize(audio, window)
+        scores = dnsmos_model()(audio, PITCH_RATE, False)
         return {f"dnsmos_{k.removesuffix('_mos')}": float(v) for k, v in scores.items()}
 
     def distillmos(self, wav16: np.ndarray) -> float:
