@@ -47,6 +47,24 @@ def overrides(ws) -> list[str]:
     ]
 
 
+def leaves(node, path=()) -> dict[tuple, object]:
+    """Every scalar of a nested report section, by its path."""
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in leaves(child, (*path, key)).items()}
+    if isinstance(node, list):
+        return {k: v for i, child in enumerate(node) for k, v in leaves(child, (*path, i)).items()}
+    return {path: node}
+
+
+def assert_same_scores(report, expected, rel: float) -> None:
+    """The two reports' per-utterance scores and summaries agree, floats to ``rel``."""
+    for section in ("utterances", "summary"):
+        ours, theirs = leaves(report[section]), leaves(expected[section])
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            assert ours[key] == (pytest.approx(value, rel=rel) if isinstance(value, float) else value), key
+
+
 @pytest.mark.slow
 def test_evaluate_script_writes_report_summary_plots_and_logs(tmp_path, workspace):
     run = tmp_path / "run"
@@ -150,22 +168,28 @@ def test_the_report_does_not_depend_on_how_many_processes_score_it(tmp_path, wor
     here = evaluate(compose([*args, "workers=0"], tmp_path / "here", "evaluate"))
     pooled = evaluate(compose([*args, "workers=2"], tmp_path / "pooled", "evaluate"))
     assert [u["name"] for u in pooled["utterances"]] == [u["name"] for u in here["utterances"]]
-
     # equal to float32 rounding: torch and numpy sum in another order with another thread count
-    def leaves(node, path=()):
-        if isinstance(node, dict):
-            return {k: v for key, child in node.items() for k, v in leaves(child, (*path, key)).items()}
-        if isinstance(node, list):
-            return {k: v for i, child in enumerate(node) for k, v in leaves(child, (*path, i)).items()}
-        return {path: node}
-
-    for section in ("utterances", "summary"):
-        ours, theirs = leaves(pooled[section]), leaves(here[section])
-        assert ours.keys() == theirs.keys()
-        for key, value in theirs.items():
-            assert ours[key] == (pytest.approx(value, rel=1e-5) if isinstance(value, float) else value), key
+    assert_same_scores(pooled, here, rel=1e-5)
     with pytest.raises(ValueError, match="workers=-1: a whole number >= 0, or 'auto'"):
         evaluate(compose([*args, "workers=-1"], tmp_path / "bad", "evaluate"))
+
+
+@pytest.mark.slow
+def test_a_second_evaluation_reuses_the_score_cache_and_reports_the_same(tmp_path, workspace):
+    args = [*overrides(workspace), "~logger", "cost=null", "plots.mel_examples=0", "workers=0",
+            f"checkpoint={workspace['ckpt']}", "metrics.naturalness=[dnsmos]"]  # fmt: skip
+    args.append(f"metrics.cache_dir={tmp_path / 'scores'}")  # shared by the runs (each has its own checkpoints/)
+    uncached = evaluate(compose([*args, "metrics.cache_dir=null"], tmp_path / "uncached", "evaluate"))
+    assert uncached["scoring"]["cache"] is None
+    first = evaluate(compose(args, tmp_path / "first", "evaluate"))
+    again = evaluate(compose(args, tmp_path / "again", "evaluate"))
+    (hits, misses), (hits_again, misses_again) = ([r["scoring"]["cache"][k] for k in ("hits", "misses")]
+                                                  for r in (first, again))  # fmt: skip
+    # the same checkpoint: every signal of the second run is one the first scored; only what
+    # failed there (NaN, e.g. too little speech in the tiny student's output) is scored again
+    assert misses_again < misses / 2 and hits_again > hits
+    for report in (first, again):  # ESTOI itself differs in the 15th digit between two calls
+        assert_same_scores(report, uncached, rel=1e-9)
 
 
 def test_a_bad_local_teacher_file_is_an_error(tmp_path, workspace):

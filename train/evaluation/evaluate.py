@@ -123,12 +123,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             mels.append(item["mel"])
             yield dataset.entries[index][0].name, wavs, index < cfg.plots.mel_examples
 
-    utterances, examples = [], []
+    utterances, examples, reused = [], [], [0, 0]
     scored = progress(iterable=pool.map(jobs()), total=count, desc="evaluate", unit="utt", disable=not cfg.progress_bar)
-    for record, kept in scored:
+    for record, kept, (hits, misses) in scored:
         utterances.append(record)
+        reused[0], reused[1] = reused[0] + hits, reused[1] + misses
         if kept is not None:
             examples.append((record["name"], *kept))
+    if settings.get("cache_dir"):
+        log.info("score cache %s: %d analyses reused, %d computed", settings["cache_dir"], *reused)
 
     summary = report.summarise_groups(utterances)
     gate_results = [gate.check(summary) for gate in gates]
@@ -164,6 +167,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "window_seconds": cfg.scoring.window_seconds,
             "max_windows": cfg.scoring.max_windows,
             "rule": WINDOW_RULE,
+            "cache": None if not settings.get("cache_dir") else {"hits": reused[0], "misses": reused[1]},
         },
         "utterances": utterances,
         "summary": summary,

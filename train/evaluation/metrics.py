@@ -41,6 +41,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
+from train.evaluation.score_cache import ScoreCache, all_finite, signal_key
 from train.runtime.config import SAMPLE_RATE
 from train.s3gen.mel import S3GenMel
 from train.utils.devices import resolve_device
@@ -145,20 +146,26 @@ class Analysis:
         return cepstra[1:].T, energy_db > energy_db.max() - 60
 
     @cached_property
+    def key(self) -> str:
+        """The signal's identity in the score cache (:mod:`train.evaluation.score_cache`)."""
+        return signal_key(self.wav)
+
+    # The costly views: from the score cache when QualityMetrics has one.
+    @cached_property
     def pitch(self) -> Pitch:
-        return self.metrics.track_pitch(self.wav16)
+        return self.metrics.remember("pitch", self, lambda: self.metrics.track_pitch(self.wav16))
 
     @cached_property
     def dnsmos(self) -> dict[str, float]:
-        return self.metrics.dnsmos(self.wav16)
+        return self.metrics.remember("dnsmos", self, lambda: self.metrics.dnsmos(self.wav16))
 
     @cached_property
     def distillmos(self) -> float:
-        return self.metrics.distillmos(self.wav16)
+        return self.metrics.remember("distillmos", self, lambda: self.metrics.distillmos(self.wav16))
 
     @cached_property
     def speaker(self) -> np.ndarray:
-        return self.metrics.speaker_embedding(self.wav16)
+        return self.metrics.remember("speaker", self, lambda: self.metrics.speaker_embedding(self.wav16))
 
 
 class QualityMetrics:
@@ -174,6 +181,10 @@ class QualityMetrics:
         max_length_mismatch_s: estimate and reference may differ in length by this much
             (the longer is cut); a larger difference is an error.
         device: where CREPE runs.
+        cache_dir: keep the costly analyses (pitch tracks, predictor scores, speaker
+            embeddings) and the paired scores of every signal here, keyed by its samples, so a
+            signal scored once (the ground truth, the floor) is never scored again
+            (:mod:`train.evaluation.score_cache`); ``None``: no cache.
     """
 
     def __init__(
@@ -189,6 +200,7 @@ class QualityMetrics:
         speaker: str | None = "resemblyzer",
         max_length_mismatch_s: float = 0.02,
         device: str = "cpu",
+        cache_dir: str | Path | None = None,
     ) -> None:
         if pitch_model not in ("tiny", "full"):
             raise ValueError(f"metrics.pitch_model must be 'tiny' or 'full', got {pitch_model!r}")
@@ -216,6 +228,25 @@ class QualityMetrics:
         # Orthonormal DCT scaled by sqrt(2 / n_mels): c_k is then the amplitude of cos(k w) in the
         # log-mel envelope, the cepstrum the MCD formula assumes.
         self.mcd_dct = torchaudio.functional.create_dct(mcd_order + 1, 80, norm="ortho") * math.sqrt(2 / 80)
+        self.mcd_order = mcd_order
+        self.cache = None if cache_dir is None else ScoreCache(cache_dir, self.fingerprint())
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Every setting a score depends on (the score cache's folder is named after it)."""
+        return {
+            "pitch": [self.pitch_model, self.pitch_fmin, self.pitch_fmax, self.voicing_threshold, self.silence_db],
+            "pitch_device": self.device.type,
+            "stft_sizes": list(self.stft_sizes),
+            "mcd_order": self.mcd_order,
+            "naturalness": list(self.naturalness),
+            "dnsmos_window_s": DNSMOS_WINDOW_S,
+            "speaker": self.speaker,
+            "max_length_mismatch_s": self.max_length_mismatch_s,
+        }
+
+    def remember(self, kind: str, signal: Analysis, compute: Callable[[], Any]) -> Any:
+        """``compute()``, or what it gave for the same samples before (with a cache)."""
+        return compute() if self.cache is None else self.cache.get_or_compute(kind, signal.key, compute)
 
     # -- inputs --------------------------------------------------------------------
     def analyse(self, wav: Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> Analysis:
@@ -254,6 +285,12 @@ class QualityMetrics:
     def paired(self, estimate: Analysis, reference: Analysis, name: str = "utterance") -> dict[str, float]:
         """All full-reference metrics of ``estimate`` against ``reference``; NaN where undefined."""
         estimate, reference = self.align(estimate, reference)
+        if self.cache is None:
+            return self._paired(estimate, reference, name)
+        key = f"{estimate.key}-{reference.key}"
+        return self.cache.get_or_compute("paired", key, lambda: self._paired(estimate, reference, name), all_finite)
+
+    def _paired(self, estimate: Analysis, reference: Analysis, name: str) -> dict[str, float]:
         fns: dict[str, Callable[[Analysis, Analysis], float]] = {
             "pesq_wb": pesq_wb,
             "stoi": lambda e, r: stoi(e, r, extended=False),

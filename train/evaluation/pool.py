@@ -26,6 +26,8 @@ from train.runtime.errors import ConfigError
 # One utterance to score: (name, {system: waveform}, keep its first window's mels and waveforms for plots)
 Job = tuple[str, dict[str, Tensor], bool]
 Examples = tuple[dict[str, Tensor], dict[str, Tensor]] | None
+# What scoring one gives back: its record, its examples, and (hits, misses) of the score cache
+Scored = tuple[dict[str, Any], Examples, tuple[int, int]]
 
 _WORKER: dict[str, Any] = {}
 
@@ -86,11 +88,13 @@ def score_utterance(
     return record, first
 
 
-def _score(metrics: QualityMetrics, job: Job, window_s: float, max_windows: int) -> tuple[dict[str, Any], Examples]:
+def _score(metrics: QualityMetrics, job: Job, window_s: float, max_windows: int) -> Scored:
     name, wavs, keep = job
+    before = (metrics.cache.hits, metrics.cache.misses) if metrics.cache else (0, 0)
     record, first = score_utterance(metrics, wavs, name, window_s, max_windows)
     examples = ({k: s.mel for k, s in first.items()}, {k: s.wav for k, s in first.items()}) if keep else None
-    return record, examples
+    after = (metrics.cache.hits, metrics.cache.misses) if metrics.cache else (0, 0)
+    return record, examples, (after[0] - before[0], after[1] - before[1])
 
 
 def _start_worker(settings: dict[str, Any]) -> None:
@@ -98,13 +102,14 @@ def _start_worker(settings: dict[str, Any]) -> None:
     _WORKER["metrics"] = QualityMetrics(**settings)
 
 
-def _score_in_worker(job: Job, window_s: float, max_windows: int) -> tuple[dict[str, Any], Examples]:
+def _score_in_worker(job: Job, window_s: float, max_windows: int) -> Scored:
     return _score(_WORKER["metrics"], job, window_s, max_windows)
 
 
 class ScoringPool:
     """``map`` scores jobs in ``workers`` processes (or here, for 0 or 1) and yields
-    ``(record, examples)`` in the jobs' order; ``settings`` are :class:`QualityMetrics`' arguments."""
+    ``(record, examples, (cache hits, misses))`` in the jobs' order; ``settings`` are
+    :class:`QualityMetrics`' arguments."""
 
     def __init__(self, settings: dict[str, Any], workers: int, window_s: float, max_windows: int) -> None:
         self.settings = dict(settings)
@@ -112,7 +117,7 @@ class ScoringPool:
         self.window_s, self.max_windows = window_s, max_windows
         self.metrics = QualityMetrics(**self.settings) if workers <= 1 else None
 
-    def map(self, jobs: Iterable[Job]) -> Iterator[tuple[dict[str, Any], Examples]]:
+    def map(self, jobs: Iterable[Job]) -> Iterator[Scored]:
         if self.metrics is not None:
             for job in jobs:
                 yield _score(self.metrics, job, self.window_s, self.max_windows)
