@@ -287,3 +287,45 @@ def test_preparing_into_a_log_writes_a_few_progress_lines_not_a_redraw_per_clip(
     err = capsys.readouterr().err  # captured: not a terminal, as a log file or a SLURM log
     lines = [line for line in err.splitlines() if line.startswith("prepare")]
     assert "\r" not in err and 1 <= len(lines) <= 3 and "40/40" in lines[-1]
+
+
+def tone(hz: float, seconds: float = 1.0) -> torch.Tensor:
+    t = torch.arange(int(seconds * 24_000)) / 24_000
+    return 0.3 * torch.sin(2 * np.pi * hz * t)
+
+
+def test_speed_perturbation_scales_pitch_and_pairs_the_audio_with_its_own_mel():
+    from train.data.datamodule import speed_perturbed
+    from train.s3gen.mel import S3GenMel
+
+    mel, audio = S3GenMel(), tone(200.0)
+    unchanged = speed_perturbed(audio, 10 * 480, 24, 1.0, mel)  # the cached segment, frame for frame
+    torch.testing.assert_close(unchanged["audio"], audio[10 * 480 : 34 * 480], rtol=0, atol=0)
+    torch.testing.assert_close(unchanged["mel"], mel(audio[None])[0, :, 10:34], rtol=0, atol=1e-5)
+    for factor in (0.9, 1.1):
+        played = speed_perturbed(audio, 10 * 480, 24, factor, mel)
+        assert played["audio"].shape == (24 * 480,) and played["mel"].shape == (80, 24)
+        spectrum = torch.fft.rfft(played["audio"] * torch.hann_window(24 * 480)).abs()
+        peak_hz = spectrum.argmax().item() * 24_000 / (24 * 480)
+        assert peak_hz == pytest.approx(200 * factor, abs=2.5)  # one FFT bin
+        # the mel is the perturbed audio's own (inner frames: a segment's own edges are reflected)
+        torch.testing.assert_close(played["mel"][:, 2:-2], mel(played["audio"][None])[0, :, 2:-2], rtol=0, atol=1e-4)
+
+
+def test_speed_perturbed_training_segments_are_seeded_and_checked(tmp_path, teacher):
+    write_clips(tmp_path / "clips", seconds=1.0)
+    plain = make(tmp_path, segment_frames=24)
+    plain.prepare_data()
+    plain.setup("fit")
+    dm = make(tmp_path, segment_frames=24, speed_perturb=[0.9, 1.1])
+    dm.setup("fit")
+    items = [dm.train_set[i] for i in range(8)]
+    assert all(item["mel"].shape == (80, 24) and item["audio"].shape == (24 * 480,) for item in items)
+    assert all(not torch.equal(item["audio"], plain.train_set[i]["audio"]) for i, item in enumerate(items))
+    torch.testing.assert_close(dm.train_set[3], items[3])  # the same draw for the same index (resume)
+    assert torch.equal(dm.val_set[0]["audio"], plain.val_set[0]["audio"])  # validation is never perturbed
+
+    with pytest.raises(ValueError, match=r"data.speed_perturb: \[0.93\] are not multiples of 0.05"):
+        make(tmp_path, speed_perturb=[0.93, 1.0])
+    with pytest.raises(ValueError, match="data.speed_perturb needs audio targets alone"):
+        make(tmp_path, speed_perturb=[0.9, 1.0], teacher=teacher)

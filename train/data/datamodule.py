@@ -20,6 +20,7 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
+import torchaudio
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -130,12 +131,39 @@ class SegmentSampler(Sampler[int]):
         return iter([base + i for i in order])
 
 
+SPEED_STEPS = 20  # speed factors are multiples of 1/20: resampling by k/20 is one short polyphase filter
+
+
+def speed_perturbed(audio: Tensor, start: int, frames: int, factor: float, mel: S3GenMel) -> dict[str, Tensor]:
+    """``frames`` frames of ``audio`` played ``factor`` times faster (pitch and tempo both scaled),
+    from sample ``start`` (moved earlier if the faster segment would run past the end), and their
+    S3Gen mel computed from the perturbed audio itself.
+
+    The mel is taken from a longer span (two frames more on each side), so that none of its frames
+    sees the reflection padding a segment's own edges would bring; beyond the utterance the span
+    is padded with silence (the corpus trims its clips' edge silence).
+    """
+    steps = round(factor * SPEED_STEPS)
+    margin = 2 * HOP_LENGTH
+    wanted = frames * HOP_LENGTH + 2 * margin  # at 24 kHz, after resampling
+    span = -(-wanted * steps // SPEED_STEPS) + steps  # source samples that give at least `wanted`
+    segment = frames * HOP_LENGTH * steps // SPEED_STEPS  # the segment's own source samples
+    first = min(start, max(0, audio.shape[-1] - segment)) - margin * steps // SPEED_STEPS
+    source = audio[max(first, 0) : first + span]
+    before = max(-first, 0)
+    source = torch.nn.functional.pad(source, (before, span - before - source.shape[-1]))
+    played = torchaudio.functional.resample(source, steps, SPEED_STEPS)[:wanted]
+    log_mel = mel(played.unsqueeze(0))[0, :, 2 : 2 + frames]
+    return {"mel": log_mel, "audio": played[margin : margin + frames * HOP_LENGTH]}
+
+
 class UtteranceDataset(Dataset):
     """Cached utterances as dicts of ``mel (80, T)``, ``audio (T * 480,)`` and/or ``teacher (T * 480,)``.
 
     With ``segment_frames`` set, returns a random frame-aligned segment seeded by the index
     (see :class:`SegmentSampler`); every entry must then be at least that long. Otherwise the
-    first ``max_frames`` frames.
+    first ``max_frames`` frames. With ``speed_factors`` too, each segment is played at one of
+    them, drawn with the same seed (:func:`speed_perturbed`; audio targets only).
     """
 
     def __init__(
@@ -145,12 +173,15 @@ class UtteranceDataset(Dataset):
         segment_frames: int | None = None,
         max_frames: int | None = None,
         seed: int = 0,
+        speed_factors: Sequence[float] | None = None,
     ) -> None:
         self.cache = cache
         self.entries = entries
         self.segment_frames = segment_frames
         self.max_frames = max_frames
         self.seed = seed
+        self.speed_factors = list(speed_factors or [])
+        self.mel = S3GenMel() if self.speed_factors else None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -162,8 +193,13 @@ class UtteranceDataset(Dataset):
             item["teacher"] = self.cache.load("teacher", teacher_key)["wav"]
         frames = item["mel"].shape[-1]
         if self.segment_frames is not None:
-            start = random.Random(f"{self.seed}:{index}").randint(0, frames - self.segment_frames)
+            draw = random.Random(f"{self.seed}:{index}")
+            start = draw.randint(0, frames - self.segment_frames)
             length = self.segment_frames
+            if self.speed_factors:
+                factor = draw.choice(self.speed_factors)
+                if factor != 1.0:
+                    return speed_perturbed(item["audio"], start * HOP_LENGTH, length, factor, self.mel)
         else:
             start, length = 0, min(frames, self.max_frames or frames)
         out = {"mel": item["mel"][:, start : start + length]}
@@ -171,6 +207,20 @@ class UtteranceDataset(Dataset):
             if name in item:
                 out[name] = item[name][start * HOP_LENGTH : (start + length) * HOP_LENGTH]
         return out
+
+
+def check_speed_factors(factors: Sequence[float] | None, teacher: HiFTGenerator | None) -> list[float]:
+    """``data.speed_perturb`` as a list, or a :class:`DataError` naming what is wrong with it."""
+    factors = [float(f) for f in factors or []]
+    wrong = [f for f in factors if not 0.5 <= f <= 2.0 or abs(f * SPEED_STEPS - round(f * SPEED_STEPS)) > 1e-6]
+    if wrong:
+        raise DataError(f"data.speed_perturb: {wrong} are not multiples of 0.05 between 0.5 and 2")
+    if factors and teacher is not None:
+        raise DataError(
+            "data.speed_perturb needs audio targets alone: the teacher's waveforms are cached for the "
+            "unperturbed mels (drop the teacher, e.g. `~teacher`, or set data.speed_perturb=null)"
+        )
+    return factors
 
 
 class VocoderDataModule(LightningDataModule):
@@ -185,6 +235,9 @@ class VocoderDataModule(LightningDataModule):
         teacher: a loaded HiFT; when given, its waveform for every mel is a target.
         segment_frames: training segment length in mel frames (480 samples each); shorter
             utterances are left out of training (not of validation or evaluation).
+        speed_perturb: speed factors (multiples of 0.05, e.g. ``[0.9, 1.0, 1.1]``): each training
+            segment is played at one of them, pitch and tempo together, and its mel computed
+            from the result; for audio targets (a teacher's cached waveforms cannot follow).
         val_dirs: audio folders held out as a whole (e.g. other speakers): when set, they are the
             validation set and nothing else is; ``val_fraction`` is then unused.
         val_fraction, val_max_utterances: without ``val_dirs``, the held-out set is the utterances whose name hash
@@ -204,6 +257,7 @@ class VocoderDataModule(LightningDataModule):
         teacher: HiFTGenerator | None = None,
         teacher_seed: int = 0,
         segment_frames: int = 32,
+        speed_perturb: Sequence[float] | None = None,
         batch_size: int = 4,
         val_dirs: Sequence[str] = (),
         val_fraction: float = 0.2,
@@ -246,6 +300,7 @@ class VocoderDataModule(LightningDataModule):
         self.teacher = teacher
         self.teacher_seed = teacher_seed
         self.segment_frames = segment_frames
+        self.speed_perturb = check_speed_factors(speed_perturb, teacher)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.val_max_utterances = val_max_utterances
@@ -483,7 +538,9 @@ class VocoderDataModule(LightningDataModule):
             self.trainer.strategy.barrier("prepared")
         train, val = self.split()
         train = self._long_enough(train)
-        self.train_set = UtteranceDataset(self.cache, train, segment_frames=self.segment_frames, seed=self.seed)
+        self.train_set = UtteranceDataset(
+            self.cache, train, segment_frames=self.segment_frames, seed=self.seed, speed_factors=self.speed_perturb
+        )
         self.val_set = UtteranceDataset(self.cache, val or train[:1], max_frames=self.val_max_frames)
 
     def _long_enough(self, entries: list[Entry]) -> list[Entry]:
