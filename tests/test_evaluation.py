@@ -188,6 +188,8 @@ def test_a_second_evaluation_reuses_the_score_cache_and_reports_the_same(tmp_pat
     # the same checkpoint: every signal of the second run is one the first scored; only what
     # failed there (NaN, e.g. too little speech in the tiny student's output) is scored again
     assert misses_again < misses / 2 and hits_again > hits
+    # the floor's waveforms too, one per utterance, in their own folder (the floor's settings)
+    assert len(list((tmp_path / "scores").rglob("*.waveform.npz"))) == len(first["utterances"])
     for report in (first, again):  # ESTOI itself differs in the 15th digit between two calls
         assert_same_scores(report, uncached, rel=1e-9)
 

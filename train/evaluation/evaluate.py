@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from train.evaluation import cost, plots, report
 from train.evaluation.metrics import WINDOW_RULE, QualityMetrics
 from train.evaluation.pool import ScoringPool, resolve_workers
+from train.evaluation.score_cache import ScoreCache, signal_key
 from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
 from train.runtime.errors import ConfigError, MissingFileError
 from train.runtime.files import atomic_write_text, sha256_file
@@ -68,6 +69,22 @@ def cost_mel(mels: list[Tensor], seconds: float) -> Tensor:
     return joined[:, :frames].unsqueeze(0).contiguous()
 
 
+class CachedFloor:
+    """``mel (80, T) -> the floor's waveform``, kept in the score cache (by the mel's values and
+    the floor's settings) when there is one: a data set's floor is computed once."""
+
+    def __init__(self, floor: nn.Module, cache_dir: str | None) -> None:
+        self.floor = floor
+        identity = {"floor": dict(getattr(floor, "config", {})), "class": type(floor).__qualname__}
+        self.cache = ScoreCache(cache_dir, identity) if cache_dir else None
+
+    def __call__(self, mel: Tensor) -> Tensor:
+        def vocode() -> Tensor:
+            return self.floor(mel.unsqueeze(0))[0]
+
+        return vocode() if self.cache is None else self.cache.get_or_compute("waveform", signal_key(mel), vocode)
+
+
 def measure_cost(
     student: nn.Module, teacher: HiFTGenerator | None, mel: Tensor, settings: DictConfig
 ) -> dict[str, Any]:
@@ -103,6 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     workers = resolve_workers(cfg.get("workers", "auto"))
     pool = ScoringPool(settings, min(workers, count), cfg.scoring.window_seconds, cfg.scoring.max_windows)
     floor = hydra.utils.instantiate(cfg.floor) if cfg.get("floor") else None
+    floor = CachedFloor(floor, settings.get("cache_dir")) if floor is not None else None
     gates = report.build_gates(cfg.get("gates"))
     log.info("scoring %d utterances in %s", count, f"{pool.workers} processes" if pool.workers > 1 else "this process")
 
@@ -119,7 +137,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 with torch.inference_mode():
                     wavs["parent"] = parent(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
             if floor is not None and "audio" in item:
-                wavs["griffin_lim"] = floor(item["mel"].unsqueeze(0))[0]
+                wavs["griffin_lim"] = floor(item["mel"])
             mels.append(item["mel"])
             yield dataset.entries[index][0].name, wavs, index < cfg.plots.mel_examples
 
@@ -130,6 +148,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         reused[0], reused[1] = reused[0] + hits, reused[1] + misses
         if kept is not None:
             examples.append((record["name"], *kept))
+    if floor is not None and floor.cache is not None:
+        reused[0], reused[1] = reused[0] + floor.cache.hits, reused[1] + floor.cache.misses
     if settings.get("cache_dir"):
         log.info("score cache %s: %d analyses reused, %d computed", settings["cache_dir"], *reused)
 
@@ -154,7 +174,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if parent is None
         else {"path": str(parent_path), "sha256": sha256_file(parent_path), "config": parent.config.to_dict()},
         "teacher": {**teacher_info, "seed": cfg.data.teacher_seed},
-        "floor": None if floor is None else dict(floor.config),
+        "floor": None if floor is None else dict(floor.floor.config),
         "data": {
             "sources": datamodule.sources,
             "split": cfg.split,

@@ -5,7 +5,9 @@ again; only the student's output is new. Their CREPE tracks, DNSMOS and DistillM
 speaker embeddings and the floor's paired scores are the most expensive part of a run, so
 :class:`~train.evaluation.metrics.QualityMetrics` keeps them here, keyed by the SHA-256 of
 the waveform's float32 samples. A student's output gets a new key, so it is always scored; an
-identical signal is never scored twice, whichever checkpoint, run or process asks.
+identical signal is never scored twice, whichever checkpoint, run or process asks. The floor's
+waveforms themselves (64 Griffin-Lim iterations, about as dear as scoring a signal) are kept
+the same way, keyed by the mel they come from (``train/evaluate.py``).
 
 Entries live in a folder named after a fingerprint of everything that could change a value:
 the metric settings, the versions of the packages that compute them and :data:`VERSION`. A
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from train.runtime.files import atomic_write, atomic_write_text
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 VERSION = 1  # raise when what an entry means changes
 PACKAGES = ("torch", "torchaudio", "torchcrepe", "speechmos", "onnxruntime", "distillmos", "resemblyzer", "pesq",
             "pystoi")  # fmt: skip
-ARRAY_KINDS = ("pitch", "speaker")  # stored as .npz; the others as JSON
+ARRAY_KINDS = ("pitch", "speaker", "waveform")  # stored as .npz; the others as JSON
 
 
 class ScoreCacheWarning(UserWarning):
@@ -143,6 +146,8 @@ def all_finite(scores: dict[str, float]) -> bool:
 def _to_arrays(kind: str, value: Any) -> dict[str, np.ndarray]:
     if kind == "pitch":
         return {"f0": value.f0, "periodicity": value.periodicity, "voiced": value.voiced}
+    if kind == "waveform":
+        return {"wav": value.detach().cpu().numpy()}
     return {"embedding": np.asarray(value)}
 
 
@@ -154,4 +159,6 @@ def _from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> Any:
         if not (f0.shape == periodicity.shape == voiced.shape and voiced.dtype == np.bool_):
             raise ValueError("pitch arrays of different lengths or types")
         return Pitch(f0, periodicity, voiced)
+    if kind == "waveform":
+        return torch.from_numpy(arrays["wav"])
     return arrays["embedding"]
