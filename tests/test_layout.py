@@ -45,7 +45,8 @@ def test_the_library_is_grouped_by_job_with_only_entry_points_at_the_top():
     assert set(SUBPACKAGES) >= {
         "runtime", "s3gen", "student", "data", "training", "evaluation", "compress", "release", "utils"
     }  # fmt: skip
-    scripts = {"fit", "prepare", "evaluate", "quantize", "bench", "export", "publish", "corpus", "curve", "diagnose"}
+    scripts = {"fit", "prepare", "evaluate", "quantize", "bench", "export", "publish", "corpus", "curve", "diagnose",
+               "tradeoff"}  # fmt: skip
     assert set(ENTRY_POINTS) == scripts
     for name in SUBPACKAGES:
         init = (PACKAGE / name / "__init__.py").read_text()

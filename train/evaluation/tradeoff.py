@@ -1,0 +1,97 @@
+"""Size against quality across evaluation reports: ``python -m train.tradeoff NAME=REPORT ...``.
+
+One row per report (a parent and its compressed children, evaluated on the same clips), then
+the Griffin-Lim floor and the ground truth from the first report: size and how many times
+smaller than HiFT's fp32 weights, the scores against the ground truth with their 95 %
+intervals, the no-reference predictors, and the scores against the parent where the report
+has them (``parent=`` in ``train/evaluate.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from train.evaluation.report import read_report
+from train.runtime.errors import ConfigError
+
+HIFT_PARAMS = 20_821_295  # Chatterbox's HiFT (shared/conformance manifest; tests/test_tradeoff.py counts it)
+HIFT_BYTES = 4 * HIFT_PARAMS
+
+
+def student_bytes(report: dict[str, Any]) -> tuple[int, str]:
+    """What the student weighs: an int8 file's own size; otherwise its parameters in fp32."""
+    path = Path(report["checkpoint"]["path"])
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ConfigError(f"{path}: the evaluated int8 file is gone; its size is part of the table")
+        return path.stat().st_size, "int8"
+    return 4 * report["checkpoint"]["params"], "fp32"
+
+
+def _stat(stats: dict[str, Any] | None, metric: str, spec: str, interval: bool = False) -> str:
+    stat = (stats or {}).get(metric)
+    if not stat or stat.get("mean") is None or not math.isfinite(stat["mean"]):
+        return "–"
+    text = format(stat["mean"], spec)
+    low, high = stat.get("ci95") or (None, None)
+    if interval and low is not None and high is not None:
+        text += f" [{format(low, spec)}, {format(high, spec)}]"
+    return text
+
+
+HEADER = (
+    "| student | params | size | × HiFT | PESQ-wb | ESTOI | log-mel dB | speaker sim. | DNSMOS OVRL | DistillMOS "
+    "| vs parent: PESQ-wb | log-mel dB |"
+)
+
+
+def row(name: str, report: dict[str, Any]) -> str:
+    size, kind = student_bytes(report)
+    summary = report["summary"]
+    truth, alone, parent = summary.get("student_vs_audio"), summary.get("student"), summary.get("student_vs_parent")
+    return (
+        f"| {name} | {report['checkpoint']['params'] / 1e6:.2f} M | {size / 1e6:.1f} MB {kind} | "
+        f"{HIFT_BYTES / size:.0f} | {_stat(truth, 'pesq_wb', '.2f', True)} | {_stat(truth, 'estoi', '.3f', True)} | "
+        f"{_stat(truth, 'mel_distance_db', '.2f')} | {_stat(truth, 'speaker_similarity', '.3f')} | "
+        f"{_stat(alone, 'dnsmos_ovrl', '.2f')} | {_stat(alone, 'distillmos', '.2f')} | "
+        f"{_stat(parent, 'pesq_wb', '.2f')} | {_stat(parent, 'mel_distance_db', '.2f')} |"
+    )
+
+
+def reference_rows(report: dict[str, Any]) -> list[str]:
+    """The floor and the ground truth, as the first report scored them."""
+    summary = report["summary"]
+    rows = []
+    if "griffin_lim_vs_audio" in summary:
+        floor, alone = summary["griffin_lim_vs_audio"], summary.get("griffin_lim")
+        rows.append(
+            f"| Griffin-Lim floor | – | – | – | {_stat(floor, 'pesq_wb', '.2f', True)} | "
+            f"{_stat(floor, 'estoi', '.3f', True)} | {_stat(floor, 'mel_distance_db', '.2f')} | "
+            f"{_stat(floor, 'speaker_similarity', '.3f')} | {_stat(alone, 'dnsmos_ovrl', '.2f')} | "
+            f"{_stat(alone, 'distillmos', '.2f')} | – | – |"
+        )
+    if "audio" in summary:
+        audio = summary["audio"]
+        rows.append(
+            f"| ground truth | – | – | – | – | – | – | – | {_stat(audio, 'dnsmos_ovrl', '.2f')} | "
+            f"{_stat(audio, 'distillmos', '.2f')} | – | – |"
+        )
+    return rows
+
+
+def table(named: list[tuple[str, Path]]) -> str:
+    """The Markdown table of ``(name, report.json)`` pairs; the reports must score the same clips."""
+    if not named:
+        raise ConfigError("give at least one NAME=REPORT pair")
+    reports = [(name, read_report(path)) for name, path in named]
+    first_name, first = reports[0]
+    clips = [u["name"] for u in first["utterances"]]
+    for name, report in reports[1:]:
+        if [u["name"] for u in report["utterances"]] != clips:
+            raise ConfigError(f"{name}: its report scores other clips than {first_name}'s; compare like with like")
+    lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+    lines += [row(name, report) for name, report in reports]
+    lines += reference_rows(first)
+    return "\n".join(lines)

@@ -1,0 +1,38 @@
+"""Size against quality: ``python -m train.tradeoff NAME=REPORT [NAME=REPORT ...]``.
+
+Prints a Markdown table of evaluation reports (``report.json`` of ``train/evaluate.py``) of
+the same clips: a parent and its compressed children, with the floor and the ground truth
+(:mod:`train.evaluation.tradeoff`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from train.evaluation.tradeoff import table
+from train.runtime.errors import ConfigError
+
+
+def pair(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=path/to/report.json")
+    return name, Path(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=pair, help="NAME=path/to/report.json, the parent first")
+    args = parser.parse_args(argv)
+    try:
+        print(table(args.reports))
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
