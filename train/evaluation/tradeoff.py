@@ -42,7 +42,7 @@ def _stat(stats: dict[str, Any] | None, metric: str, spec: str, interval: bool =
 
 
 HEADER = (
-    "| student | params | size | × HiFT | PESQ-wb | ESTOI | log-mel dB | speaker sim. | DNSMOS OVRL | DistillMOS "
+    "| student | params | size | times smaller than HiFT | PESQ-wb | ESTOI | log-mel dB | speaker sim. | DNSMOS OVRL | DistillMOS "
     "| vs parent: PESQ-wb | log-mel dB |"
 )
 
