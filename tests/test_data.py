@@ -312,6 +312,7 @@ def test_speed_perturbation_scales_pitch_and_pairs_the_audio_with_its_own_mel():
         torch.testing.assert_close(played["mel"][:, 2:-2], mel(played["audio"][None])[0, :, 2:-2], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_speed_perturbed_training_segments_are_seeded_and_checked(tmp_path, teacher):
     write_clips(tmp_path / "clips", seconds=1.0)
     plain = make(tmp_path, segment_frames=24)

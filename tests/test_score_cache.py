@@ -38,6 +38,7 @@ def metrics_with_cache(folder, **settings) -> QualityMetrics:
     return QualityMetrics(naturalness=None, speaker=None, cache_dir=folder, **settings)
 
 
+@pytest.mark.slow
 def test_a_reference_is_analysed_once_across_runs_and_every_score_is_unchanged(tmp_path):
     # unchanged to the last digits: ESTOI itself differs in the 15th between two calls on the same input
     reference, estimate, other = voice(0), voice(1), voice(2)
