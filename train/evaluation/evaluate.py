@@ -120,7 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     workers = resolve_workers(cfg.get("workers", "auto"))
     pool = ScoringPool(settings, min(workers, count), cfg.scoring.window_seconds, cfg.scoring.max_windows)
     floor = hydra.utils.instantiate(cfg.floor) if cfg.get("floor") else None
-    floor = CachedFloor(floor, settings.get("cache_dir")) if floor is not None else None
+    vocode_floor = CachedFloor(floor, settings.get("cache_dir")) if floor is not None else None
     gates = report.build_gates(cfg.get("gates"))
     log.info("scoring %d utterances in %s", count, f"{pool.workers} processes" if pool.workers > 1 else "this process")
 
@@ -137,21 +137,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 with torch.inference_mode():
                     wavs["parent"] = parent(item["mel"].unsqueeze(0).to(device))[0].float().cpu()
             if floor is not None and "audio" in item:
-                wavs["griffin_lim"] = floor(item["mel"])
+                wavs["griffin_lim"] = vocode_floor(item["mel"])
             mels.append(item["mel"])
             yield dataset.entries[index][0].name, wavs, index < cfg.plots.mel_examples
 
-    utterances, examples, reused = [], [], [0, 0]
+    utterances, examples, hits, misses = [], [], 0, 0
     scored = progress(iterable=pool.map(jobs()), total=count, desc="evaluate", unit="utt", disable=not cfg.progress_bar)
-    for record, kept, (hits, misses) in scored:
+    for record, kept, (reused, computed) in scored:
         utterances.append(record)
-        reused[0], reused[1] = reused[0] + hits, reused[1] + misses
+        hits, misses = hits + reused, misses + computed
         if kept is not None:
             examples.append((record["name"], *kept))
-    if floor is not None and floor.cache is not None:
-        reused[0], reused[1] = reused[0] + floor.cache.hits, reused[1] + floor.cache.misses
+    if vocode_floor is not None and vocode_floor.cache is not None:
+        hits, misses = hits + vocode_floor.cache.hits, misses + vocode_floor.cache.misses
     if settings.get("cache_dir"):
-        log.info("score cache %s: %d analyses reused, %d computed", settings["cache_dir"], *reused)
+        log.info("score cache %s: %d analyses reused, %d computed", settings["cache_dir"], hits, misses)
 
     summary = report.summarise_groups(utterances)
     gate_results = [gate.check(summary) for gate in gates]
@@ -174,7 +174,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if parent is None
         else {"path": str(parent_path), "sha256": sha256_file(parent_path), "config": parent.config.to_dict()},
         "teacher": {**teacher_info, "seed": cfg.data.teacher_seed},
-        "floor": None if floor is None else dict(floor.floor.config),
+        "floor": None if floor is None else dict(floor.config),
         "data": {
             "sources": datamodule.sources,
             "split": cfg.split,
@@ -187,7 +187,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "window_seconds": cfg.scoring.window_seconds,
             "max_windows": cfg.scoring.max_windows,
             "rule": WINDOW_RULE,
-            "cache": None if not settings.get("cache_dir") else {"hits": reused[0], "misses": reused[1]},
+            "cache": {"hits": hits, "misses": misses} if settings.get("cache_dir") else None,
         },
         "utterances": utterances,
         "summary": summary,

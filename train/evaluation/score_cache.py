@@ -18,11 +18,11 @@ entry is computed again (with a warning) and replaced.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import io
 import json
-import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -34,8 +34,6 @@ import torch
 from torch import Tensor
 
 from train.runtime.files import atomic_write, atomic_write_text
-
-log = logging.getLogger(__name__)
 
 VERSION = 1  # raise when what an entry means changes
 PACKAGES = ("torch", "torchaudio", "torchcrepe", "speechmos", "onnxruntime", "distillmos", "resemblyzer", "pesq",
@@ -53,6 +51,7 @@ def signal_key(wav: Tensor) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@functools.cache
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)

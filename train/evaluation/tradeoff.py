@@ -42,8 +42,8 @@ def _stat(stats: dict[str, Any] | None, metric: str, spec: str, interval: bool =
 
 
 HEADER = (
-    "| student | params | size | times smaller than HiFT | PESQ-wb | ESTOI | log-mel dB | speaker sim. | DNSMOS OVRL | DistillMOS "
-    "| vs parent: PESQ-wb | log-mel dB |"
+    "| student | params | size | times smaller than HiFT | PESQ-wb | ESTOI | log-mel dB | speaker sim. "
+    "| DNSMOS OVRL | DistillMOS | vs parent: PESQ-wb | log-mel dB |"
 )
 
 
