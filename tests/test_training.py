@@ -244,6 +244,38 @@ def test_fp16_is_refused_before_anything_runs(tmp_path, clips, precision):
         build(cfg)
 
 
+# -- defect: a non-finite gradient was applied, and the NaN weights overwrote last.ckpt ----------
+def test_a_non_finite_gradient_stops_training_before_it_reaches_the_weights(tmp_path, clips, monkeypatch):
+    """A pilot's phase loss gave NaN gradients at step ~3,400 while its loss stayed finite: it
+    trained on for 600 steps, saved NaN weights as last.ckpt and died in validation with an error
+    about the waveform. The step must stop, naming the step and the loss terms, and last.ckpt
+    must keep the last finite weights."""
+    from train.training.module import VocoderDistillation
+
+    original = VocoderDistillation.reconstruction_loss
+
+    def poisoned(self, y_hat, targets):
+        total, parts = original(self, y_hat, targets)
+        if self.global_step >= 2:  # finite value (0), NaN gradient (inf * 0)
+            total = total + (0 * y_hat).square().sum().sqrt()
+        return total, parts
+
+    monkeypatch.setattr(VocoderDistillation, "reconstruction_loss", poisoned)
+    cfg = tiny_run(
+        tmp_path,
+        clips,
+        "nan",
+        "trainer.max_steps=5",
+        "callbacks.checkpoints.every_n_train_steps=1",
+        "trainer.val_check_interval=5",
+    )
+    with pytest.raises(FloatingPointError, match=r"step 2: the generator's gradient is not finite.*mel_audio"):
+        fit(cfg)
+    saved = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
 # -- defect: the generator step computed the discriminators' weight gradients ---------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(("freeze", "per_step"), [(True, 1), (False, 2)])

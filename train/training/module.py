@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -232,6 +232,18 @@ class VocoderDistillation(LightningModule):
             parts[f"fm_{name}"] = matching.detach().squeeze()
         return total, parts
 
+    def clip_finite(self, parameters: Iterable[nn.Parameter], whose: str, terms: Mapping[str, Tensor]) -> None:
+        """Clip the gradient's norm to ``grad_clip``; a non-finite norm stops training before the
+        step applies it, so no checkpoint ever holds NaN weights (the last one saved is kept)."""
+        norm = torch.nn.utils.clip_grad_norm_(parameters, self.hparams.grad_clip)
+        if not torch.isfinite(norm):
+            values = ", ".join(f"{name} {float(value):.4g}" for name, value in terms.items())
+            raise FloatingPointError(
+                f"step {self.global_step}: the {whose} gradient is not finite ({values}); nothing was applied, "
+                "and the last checkpoint holds the weights before it. A loss term whose weight was just raised "
+                "(module.*_loss_weight), or a learning rate too high (module.optimizer_g.lr), is the usual cause"
+            )
+
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -248,7 +260,7 @@ class VocoderDistillation(LightningModule):
             loss_d = self.discriminator_loss(real, y_hat.detach())
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(loss_d)
-            torch.nn.utils.clip_grad_norm_(self.discriminators.parameters(), self.hparams.grad_clip)
+            self.clip_finite(self.discriminators.parameters(), "discriminators'", {"loss_d": loss_d})
             opt_d.optimizer.step()  # raw step: global_step counts generator updates only
             if len(schedulers) > 1:
                 schedulers[1].step()
@@ -266,7 +278,7 @@ class VocoderDistillation(LightningModule):
         self.manual_backward(loss_g)
         if freeze:
             self.discriminators.requires_grad_(True)
-        self.clip_gradients(opt_g, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        self.clip_finite(self.generator.parameters(), "generator's", {"loss_g": loss_g, **parts})
         logs["train/lr"] = torch.tensor(opt_g.param_groups[0]["lr"])  # the rate this update used
         opt_g.step()
         if schedulers:
