@@ -143,11 +143,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     utterances, examples, hits, misses = [], [], 0, 0
     scored = progress(iterable=pool.map(jobs()), total=count, desc="evaluate", unit="utt", disable=not cfg.progress_bar)
-    for record, kept, (reused, computed) in scored:
-        utterances.append(record)
-        hits, misses = hits + reused, misses + computed
-        if kept is not None:
-            examples.append((record["name"], *kept))
+    # While workers hold every core, this process only vocodes ahead of them: one thread, so that its
+    # thread pool does not compete with theirs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if pool.workers > 1 and device.type == "cpu" else threads)
+    try:
+        for record, kept, (reused, computed) in scored:
+            utterances.append(record)
+            hits, misses = hits + reused, misses + computed
+            if kept is not None:
+                examples.append((record["name"], *kept))
+    finally:
+        torch.set_num_threads(threads)
     if vocode_floor is not None and vocode_floor.cache is not None:
         hits, misses = hits + vocode_floor.cache.hits, misses + vocode_floor.cache.misses
     if settings.get("cache_dir"):
