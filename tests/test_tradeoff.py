@@ -57,6 +57,10 @@ def test_the_table_sizes_each_student_and_sets_it_beside_the_floor(tmp_path):
     assert lines[3].endswith("| 4.25 | 0.30 |")
     assert lines[4].startswith("| Griffin-Lim floor | – | – | – | 2.25 [") and "| 1.80 | 2.60 |" in lines[4]
     assert lines[5].startswith("| ground truth |") and "| 2.40 | 3.20 |" in lines[5]
+    # clip by clip against the floor: the parent is 0.1 ahead on each clip, the child level
+    assert lines[6] == "" and lines[7].startswith("| student minus floor, clip by clip |")
+    assert lines[9] == "| parent | +0.10 [+0.10, +0.10] | +0.000 [+0.000, +0.000] | 100 % of 2 |"
+    assert lines[10] == "| int8 child | +0.00 [+0.00, +0.00] | +0.000 [+0.000, +0.000] | 0 % of 2 |"
 
 
 def test_reports_of_other_clips_or_a_vanished_int8_file_are_refused(tmp_path, capsys):

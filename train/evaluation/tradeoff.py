@@ -4,7 +4,9 @@ One row per report (a parent and its compressed children, evaluated on the same 
 the Griffin-Lim floor and the ground truth from the first report: size and how many times
 smaller than HiFT's fp32 weights, the scores against the ground truth with their 95 %
 intervals, the no-reference predictors, and the scores against the parent where the report
-has them (``parent=`` in ``train/evaluate.py``).
+has them (``parent=`` in ``train/evaluate.py``). A second table pairs each student with the
+floor clip by clip: the mean difference of PESQ-wb and ESTOI with its 95 % interval, a firmer
+test than whether the two means' intervals overlap, since both systems score the same clips.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from train.evaluation.report import read_report
+from train.evaluation.report import read_report, summarise
 from train.runtime.errors import ConfigError
 
 HIFT_PARAMS = 20_821_295  # Chatterbox's HiFT (shared/conformance manifest; tests/test_tradeoff.py counts it)
@@ -81,6 +83,30 @@ def reference_rows(report: dict[str, Any]) -> list[str]:
     return rows
 
 
+PAIRED_HEADER = "| student minus floor, clip by clip | PESQ-wb | ESTOI | clips where the student's PESQ-wb is higher |"
+
+
+def floor_differences(report: dict[str, Any], metric: str) -> list[float]:
+    """Per clip, the student's score against the ground truth minus the floor's, where both exist."""
+    differences = []
+    for utterance in report["utterances"]:
+        scores = utterance["scores"]
+        student = scores.get("student_vs_audio", {}).get(metric)
+        floor = scores.get("griffin_lim_vs_audio", {}).get(metric)
+        if student is not None and floor is not None and math.isfinite(student) and math.isfinite(floor):
+            differences.append(student - floor)
+    return differences
+
+
+def paired_row(name: str, report: dict[str, Any]) -> str:
+    pesq = floor_differences(report, "pesq_wb")
+    ahead = f"{100 * sum(d > 0 for d in pesq) / len(pesq):.0f} % of {len(pesq)}" if pesq else "–"
+    return (
+        f"| {name} | {_stat({'d': summarise(pesq)}, 'd', '+.2f', True)} | "
+        f"{_stat({'d': summarise(floor_differences(report, 'estoi'))}, 'd', '+.3f', True)} | {ahead} |"
+    )
+
+
 def table(named: list[tuple[str, Path]]) -> str:
     """The Markdown table of ``(name, report.json)`` pairs; the reports must score the same clips."""
     if not named:
@@ -94,4 +120,7 @@ def table(named: list[tuple[str, Path]]) -> str:
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     lines += [row(name, report) for name, report in reports]
     lines += reference_rows(first)
+    if any("griffin_lim_vs_audio" in r["summary"] for _, r in reports):
+        lines += ["", PAIRED_HEADER, "|" + "---|" * (PAIRED_HEADER.count("|") - 1)]
+        lines += [paired_row(name, report) for name, report in reports]
     return "\n".join(lines)
