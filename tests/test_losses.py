@@ -11,7 +11,6 @@ from train.training.losses import (
     MultiResolutionSTFTLoss,
     PhaseDerivativeLoss,
     S3GenMelDistance,
-    anti_wrap,
 )
 from train.training.module import VocoderDistillation
 
@@ -26,11 +25,6 @@ def tone(freq: float, phase: float = 0.0, seconds: float = 0.5) -> torch.Tensor:
     bands without the tone compare equal)."""
     t = torch.arange(int(seconds * RATE)) / RATE
     return (0.3 * torch.sin(2 * math.pi * freq * t + phase) * torch.hann_window(t.numel())).unsqueeze(0) + FLOOR
-
-
-def test_anti_wrap_is_the_distance_between_angles():
-    x = torch.tensor([0.0, 2 * math.pi, 3 * math.pi / 2, -3 * math.pi / 2, math.pi / 3 + 4 * math.pi])
-    assert torch.allclose(anti_wrap(x), torch.tensor([0.0, 0.0, math.pi / 2, math.pi / 2, math.pi / 3]), atol=1e-5)
 
 
 def test_the_phase_loss_ignores_absolute_phase_but_sees_frequency_and_timing():

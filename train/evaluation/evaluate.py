@@ -146,7 +146,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # While workers hold every core, this process only vocodes ahead of them: one thread, so that its
     # thread pool does not compete with theirs
     threads = torch.get_num_threads()
-    torch.set_num_threads(1 if pool.workers > 1 and device.type == "cpu" else threads)
+    if pool.workers > 1 and device.type == "cpu":
+        torch.set_num_threads(1)
     try:
         for record, kept, (reused, computed) in scored:
             utterances.append(record)

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from train.evaluation.report import read_report, summarise
+from train.evaluation.report import format_stat, read_report, summarise
 from train.runtime.errors import ConfigError
 
 HIFT_PARAMS = 20_821_295  # Chatterbox's HiFT (shared/conformance manifest; tests/test_tradeoff.py counts it)
@@ -101,10 +101,8 @@ def floor_differences(report: dict[str, Any], metric: str) -> list[float]:
 def paired_row(name: str, report: dict[str, Any]) -> str:
     pesq = floor_differences(report, "pesq_wb")
     ahead = f"{100 * sum(d > 0 for d in pesq) / len(pesq):.0f} % of {len(pesq)}" if pesq else "–"
-    return (
-        f"| {name} | {_stat({'d': summarise(pesq)}, 'd', '+.2f', True)} | "
-        f"{_stat({'d': summarise(floor_differences(report, 'estoi'))}, 'd', '+.3f', True)} | {ahead} |"
-    )
+    estoi = floor_differences(report, "estoi")
+    return f"| {name} | {format_stat(summarise(pesq), '+.2f')} | {format_stat(summarise(estoi), '+.3f')} | {ahead} |"
 
 
 def table(named: list[tuple[str, Path]]) -> str:

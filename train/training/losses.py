@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torchaudio
 from torch import Tensor, nn
@@ -57,11 +55,6 @@ class MultiResolutionSTFTLoss(nn.Module):
             convergence = torch.linalg.norm(m - m_hat, dim=(-2, -1)) / torch.linalg.norm(m, dim=(-2, -1))
             loss = loss + convergence.mean() + (m.log() - m_hat.log()).abs().mean()
         return loss / len(self.n_ffts)
-
-
-def anti_wrap(x: Tensor) -> Tensor:
-    """|x| with x wrapped to [-pi, pi]: the distance between two angles whose difference is x."""
-    return (x - 2 * math.pi * torch.round(x / (2 * math.pi))).abs()
 
 
 def phasors(spectrum: Tensor, floor: float) -> Tensor:
