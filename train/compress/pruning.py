@@ -201,6 +201,12 @@ def prune(
 ) -> VocosStudent:
     """Depth first (by measured loss), then widths: a new plain student of the target shape."""
     if target["num_layers"] < len(student.backbone.convnext):
+        if student.config.lookahead is not None:  # its blocks carry the look-ahead in a set order
+            raise CompressionError(
+                f"compress.num_layers={target['num_layers']}: this student looks {student.config.lookahead} frames "
+                "ahead (student.lookahead), and dropping its blocks would change that; prune the blocks of the "
+                "parent first, then shorten the look-ahead (compress=lookahead), or keep compress.num_layers=null"
+            )
         if loss_fn is None:
             raise CompressionError("dropping blocks needs a loss to measure each block's effect")
         student = drop_blocks(student, target["num_layers"], loss_fn)

@@ -1,4 +1,4 @@
-"""What every compression stage (``compress=prune``, ``compress=qat``) is to the training run."""
+"""What every compression stage (``compress=prune|qat|lookahead``) is to the training run."""
 
 from __future__ import annotations
 

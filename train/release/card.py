@@ -204,6 +204,15 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
         'From a local copy of this folder: `Vocos.from_hparams("config.yaml")`, then\n'
         '`load_state_dict(torch.load("pytorch_model.bin"))`.'
     )
+    shape = StudentConfig.from_dict(config)
+    if shape.lookahead is not None and not prior:  # vocos builds it by class path, from vocos-distill's runtime
+        vocos_intro = (
+            f"This student needs only {shape.lookahead} frames of future mel (`lookahead`): its `config.yaml` names "
+            "vocos-distill's `train.runtime.vocoder.LookaheadBackbone` (convolutions padded left-heavy"
+            + (", and `ShiftedISTFTHead`" if shape.lookahead_plan()[1] else "")
+            + "), which `vocos` builds by class path once vocos-distill's runtime is installed (torch, `vocos`, "
+            "nothing of the training side); `decode` is then `vocos`' own:"
+        )
     if prior:  # the head needs the mel, which Vocos.decode does not pass
         vocos_intro = (
             "This student's head refines the mel's own least-squares magnitude (`amplitude_prior`), so it needs "

@@ -41,6 +41,8 @@ LOG_MEL_RANGE = (-11.5, 2.0)  # S3Gen log-mel values: the floor ln(1e-5) up to l
 KERNEL = 7  # VocosBackbone's input embedding and depthwise convs: kernel 7, "same" zero padding
 CONFIG_KEY = "student_config"  # where a training checkpoint keeps the student's config
 PRIOR_HEAD = "train.runtime.vocoder.AmplitudePriorHead"  # a release's head class with the amplitude prior
+SHIFTED_HEAD = "train.runtime.vocoder.ShiftedISTFTHead"  # the stock head whose overlap-add looks fewer frames ahead
+LOOKAHEAD_BACKBONE = "train.runtime.vocoder.LookaheadBackbone"  # convs padded left-heavy: a look-ahead budget
 
 
 def mel_filterbank(
@@ -89,7 +91,10 @@ class StudentConfig:
     the QAT scheme of a student trained fake-quantised (``"int8"``), else None;
     ``amplitude_prior`` makes the head's log-magnitude a correction of the mel's least-squares
     magnitude (:func:`train.runtime.vocoder.amplitude_prior`) rather than the whole of it: the
-    same tensors, other arithmetic."""
+    same tensors, other arithmetic. ``lookahead`` (mel frames, ``None``: the stock student's
+    receptive field, 3 frames a convolution plus the overlap-add's 2) bounds how far ahead the
+    whole student looks: :meth:`lookahead_plan` says how each convolution and the overlap-add
+    share it. The same tensors again; only the padding and the overlap-add's alignment change."""
 
     input_channels: int = N_MELS
     dim: int = 512
@@ -99,6 +104,7 @@ class StudentConfig:
     hop_length: int = HOP_LENGTH
     fake_quant: str | None = None
     amplitude_prior: bool = False
+    lookahead: int | None = None
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -106,12 +112,22 @@ class StudentConfig:
             if field.name == "amplitude_prior":
                 if not isinstance(value, bool):
                     raise StudentConfigError(f"student config: amplitude_prior must be true or false; got {value!r}")
+            elif field.name == "lookahead" and value is None:
+                continue
             elif field.name != "fake_quant" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise StudentConfigError(f"student config: {field.name} must be a whole number >= 0; got {value!r}")
         if self.n_fft % 2 or self.hop_length <= 0 or self.n_fft % self.hop_length:
             raise StudentConfigError(
                 f"student config: n_fft {self.n_fft} must be even and a whole number of hops ({self.hop_length})"
             )
+        stock = self.stock_field.right
+        if self.lookahead is not None and self.lookahead > stock:
+            raise StudentConfigError(
+                f"student config: lookahead {self.lookahead} is more than this shape's own receptive field looks "
+                f"ahead ({stock} frames for {self.num_layers} blocks); use 0..{stock}, or null for the stock student"
+            )
+        if self.lookahead == stock:  # the stock student itself: plain vocos builds it
+            object.__setattr__(self, "lookahead", None)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "student config") -> StudentConfig:
@@ -131,23 +147,57 @@ class StudentConfig:
             del values["fake_quant"]
         if not values["amplitude_prior"]:
             del values["amplitude_prior"]
+        if values["lookahead"] is None:
+            del values["lookahead"]
         return values
 
     def replace(self, **changes: Any) -> StudentConfig:
         return dataclasses.replace(self, **changes)
 
     @property
-    def receptive_field(self) -> Field:
-        """Mel frames either side of a frame that its audio depends on: each kernel-7 conv (the
-        embedding and one per block) adds 3 frames, the iSTFT's overlap-add the frames whose
-        windows cover a frame's samples (2 either side for n_fft 1920, hop 480). 29 frames
-        (580 ms) for 8 blocks, 23 for 6."""
+    def istft_right(self) -> int:
+        """Frames ahead of a frame whose windows cover its samples in the "same" overlap-add (2 for
+        n_fft 1920, hop 480): a frame's samples sit at padded positions ``f * hop + pad`` to
+        ``+ hop - 1``; frame ``g`` covers ``g * hop`` to ``+ n_fft - 1``."""
+        pad = (self.n_fft - self.hop_length) // 2
+        return (pad + self.hop_length - 1) // self.hop_length
+
+    @property
+    def stock_field(self) -> Field:
+        """The receptive field of the stock shape: each kernel-7 conv (the embedding and one per
+        block) adds 3 frames either side, the overlap-add ``istft_right`` frames ahead and as many
+        behind. 29 frames (580 ms) for 8 blocks, 23 for 6."""
         backbone = (KERNEL // 2) * (self.num_layers + 1)
         pad = (self.n_fft - self.hop_length) // 2
-        # a frame's samples sit at padded positions f * hop + pad .. + hop - 1; frame g covers g * hop .. + n_fft - 1
-        right = (pad + self.hop_length - 1) // self.hop_length
         left = -((pad - self.n_fft) // self.hop_length + 1)
-        return Field(backbone + left, backbone + right, 1000.0 * self.hop_length / SAMPLE_RATE)
+        return Field(backbone + left, backbone + self.istft_right, 1000.0 * self.hop_length / SAMPLE_RATE)
+
+    def lookahead_plan(self) -> tuple[tuple[int, ...], int]:
+        """How the look-ahead is shared: each conv's frames of right padding (embedding first; its
+        left padding is the rest of ``kernel - 1``) and the overlap-add's shift in frames.
+
+        The overlap-add keeps its own ``istft_right`` frames while the budget allows; the rest
+        goes to the convolutions, the earliest first, so the input embedding sees the most of the
+        future and later layers carry it. Below ``istft_right`` the overlap-add is shifted: each
+        spectral frame then describes the audio ``shift`` frames after its own mel frame."""
+        convs = self.num_layers + 1
+        if self.lookahead is None:
+            return (KERNEL // 2,) * convs, 0
+        head = min(self.lookahead, self.istft_right)
+        budget, pads = self.lookahead - head, []
+        for _ in range(convs):
+            pads.append(min(KERNEL // 2, budget))
+            budget -= pads[-1]
+        return tuple(pads), self.istft_right - head
+
+    @property
+    def receptive_field(self) -> Field:
+        """Mel frames either side of a frame that its audio depends on: the stock field
+        (:attr:`stock_field`), or with a ``lookahead`` that many ahead and the rest of the span behind."""
+        stock = self.stock_field
+        if self.lookahead is None:
+            return stock
+        return Field(stock.left + stock.right - self.lookahead, self.lookahead, stock.frame_ms)
 
     @classmethod
     def of_state(cls, state: dict[str, Tensor]) -> StudentConfig:
@@ -163,7 +213,11 @@ class StudentConfig:
 
     def vocos_yaml(self) -> dict[str, Any]:
         """A release's ``config.yaml``: vocos' own layout (``Vocos.from_hparams`` builds it), plus
-        the ``mel:`` block that says which mels ``decode`` must be given."""
+        the ``mel:`` block that says which mels ``decode`` must be given. A student with a
+        ``lookahead`` names this project's backbone (and, below 2 frames, head) classes, which
+        ``vocos`` builds when ``train.runtime`` is importable."""
+        pads, shift = self.lookahead_plan()
+        head = PRIOR_HEAD if self.amplitude_prior else SHIFTED_HEAD if shift else "vocos.heads.ISTFTHead"
         return {
             "feature_extractor": {
                 "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
@@ -176,18 +230,25 @@ class StudentConfig:
                 },
             },
             "backbone": {
-                "class_path": "vocos.models.VocosBackbone",
+                "class_path": "vocos.models.VocosBackbone" if self.lookahead is None else LOOKAHEAD_BACKBONE,
                 "init_args": {
                     "input_channels": self.input_channels,
                     "dim": self.dim,
                     "intermediate_dim": self.intermediate_dim,
                     "num_layers": self.num_layers,
+                    **({} if self.lookahead is None else {"lookahead": list(pads)}),
                 },
             },
             "head": {
                 # a head with the amplitude prior needs the mel too: vocos builds it, and it says how to load it
-                "class_path": PRIOR_HEAD if self.amplitude_prior else "vocos.heads.ISTFTHead",
-                "init_args": {"dim": self.dim, "n_fft": self.n_fft, "hop_length": self.hop_length, "padding": "same"},
+                "class_path": head,
+                "init_args": {
+                    "dim": self.dim,
+                    "n_fft": self.n_fft,
+                    "hop_length": self.hop_length,
+                    "padding": "same",
+                    **({"shift": shift} if shift else {}),
+                },
             },
             "mel": MEL_SPEC,
         }

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train.runtime.config import KERNEL, Field
-from train.runtime.vocoder import Vocoder, VocosStudent, polar
+from train.runtime.vocoder import LookaheadConv1d, Vocoder, VocosStudent, normalise, polar
 
 
 def _parts(model: Vocoder) -> tuple[nn.Module, nn.Module]:
@@ -48,10 +48,17 @@ def _parts(model: Vocoder) -> tuple[nn.Module, nn.Module]:
     if head.istft.padding != "same":
         raise TypeError(f"streaming needs the iSTFT head's 'same' padding; this one pads {head.istft.padding!r}")
     for conv in _convs(backbone):
-        (k,), (p,), (d,), (s,) = conv.kernel_size, conv.padding, conv.dilation, conv.stride
-        if (k, p, d, s) != (KERNEL, KERNEL // 2, 1, 1):
-            raise TypeError(f"streaming needs VocosBackbone's kernel-{KERNEL} 'same' convs; found {conv}")
+        (k,), (d,), (s,) = conv.kernel_size, conv.dilation, conv.stride
+        if k != KERNEL or (d, s) != (1, 1) or sum(_pads(conv)) != KERNEL - 1:
+            raise TypeError(
+                f"streaming needs VocosBackbone's kernel-{KERNEL} convs, padded to keep the length; found {conv}"
+            )
     return backbone, head
+
+
+def _pads(conv: nn.Conv1d) -> tuple[int, int]:
+    """A conv's zero padding (before, after): a stock "same" conv's, or a LookaheadConv1d's."""
+    return conv.pads if isinstance(conv, LookaheadConv1d) else (conv.padding[0], conv.padding[0])
 
 
 def _convs(backbone: nn.Module) -> list[nn.Conv1d]:
@@ -177,7 +184,8 @@ class StreamingVocoder(MelStream):
         self.backbone, self.head = _parts(model)
         istft = self.head.istft
         self.n_fft = istft.win_length
-        self.pad = (self.n_fft - istft.hop_length) // 2
+        # output sample n is overlap-add sample n + trim: "same" padding, less a shifted head's hops
+        self.trim = (self.n_fft - istft.hop_length) // 2 - getattr(istft, "shift", 0) * istft.hop_length
         super().__init__(model.n_mels, model.hop_length, model.receptive_field, lookahead)
 
     def _reset(self) -> None:
@@ -205,17 +213,18 @@ class StreamingVocoder(MelStream):
         state, self._state = self._state, None
         empty = torch.zeros(self._batch, self.n_mels, 0, device=self._device())
         _, out = self._exact(state, empty, final=True)
-        return out
+        return out[..., : self._frames * self.hop - self._emitted]  # a shifted head has made a little more
 
     def _initial_state(self, mel: Tensor) -> dict:
         batch, device = mel.shape[0], mel.device
         convs = _convs(self.backbone)
         return {
             # each conv's left zero padding, as its own padding would supply
-            "context": [torch.zeros(batch, c.in_channels, c.padding[0], device=device) for c in convs],
+            "context": [torch.zeros(batch, c.in_channels, _pads(c)[0], device=device) for c in convs],
             "ola": torch.zeros(batch, self.n_fft - self.hop, device=device),
             "envelope": torch.zeros(1, self.n_fft - self.hop, device=device),
-            "to_drop": self.pad,  # the "same" padding's first samples
+            "to_drop": self.trim,  # the "same" padding's first samples (< 0: samples before the first window)
+            "frames": 0,  # mel frames run through the layers
             "ready": torch.zeros(batch, 0, device=device),  # exact audio not yet emitted
             "mel": mel.new_zeros(batch, mel.shape[1], 0),  # mel frames whose features are not out yet (the prior's)
             "exact_end": 0,  # samples of exact audio produced so far
@@ -246,35 +255,40 @@ class StreamingVocoder(MelStream):
         count = features.shape[1]
         frames = self._spectral_frames(features, self.model.prior(pending[..., :count]))
         audio, ola, envelope = self._overlap_add(state, frames, final)
-        drop = min(state["to_drop"], audio.shape[-1])
-        if final:
-            audio = audio[..., : audio.shape[-1] - self.pad]
+        if state["to_drop"] < 0:  # a shifted head: no window covers the first samples
+            audio = torch.cat([audio.new_zeros(audio.shape[0], -state["to_drop"]), audio], dim=-1)
+        drop = max(0, min(state["to_drop"], audio.shape[-1]))
+        audio = audio[..., drop:]
+        total = state["frames"] + mel.shape[-1]
+        if final:  # the utterance's samples end at its frames' end
+            audio = audio[..., : max(0, total * self.hop - state["exact_end"])]
         new = {
             **state,
             "context": context,
             "ola": ola,
             "envelope": envelope,
-            "to_drop": state["to_drop"] - drop,
+            "to_drop": max(0, state["to_drop"] - drop),
             "mel": pending[..., count:],
+            "frames": total,
         }
-        return new, audio[..., drop:]
+        return new, audio
 
     @staticmethod
     def _conv(conv: nn.Conv1d, held: Tensor, x: Tensor, final: bool, keep: list) -> tuple[Tensor, Tensor]:
         """``conv`` over the held frames and ``x`` (plus the right zero padding when ``final``)
         without padding: the outputs whose whole window is known, and the inputs at their centres."""
-        half = conv.padding[0]
+        left, right = _pads(conv)
         parts = [held, x]
         if final:
-            parts.append(held.new_zeros(held.shape[0], held.shape[1], half))
+            parts.append(held.new_zeros(held.shape[0], held.shape[1], right))
         data = torch.cat(parts, dim=-1)
-        count = data.shape[-1] - 2 * half
+        count = data.shape[-1] - left - right
         keep.append(data[..., max(count, 0) :])
         if count <= 0:
             empty = data[..., :0]
             return data.new_zeros(data.shape[0], conv.out_channels, 0), empty
         y = F.conv1d(data, conv.weight, conv.bias, dilation=conv.dilation, groups=conv.groups)
-        return y, data[..., half : half + count]
+        return y, data[..., left : left + count]
 
     @staticmethod
     def _block_rest(block: nn.Module, y: Tensor) -> Tensor:
@@ -305,7 +319,7 @@ class StreamingVocoder(MelStream):
         signal[..., :hold] += state["ola"]
         envelope[..., :hold] += state["envelope"]
         done = signal.shape[-1] if final else count * self.hop
-        audio = signal[..., :done] / envelope[..., :done]
+        audio = normalise(signal[..., :done], envelope[..., :done])
         return audio, signal[..., done:], envelope[..., done:]
 
     def _fold(self, frames: Tensor, count: int) -> Tensor:

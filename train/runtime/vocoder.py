@@ -10,16 +10,19 @@ receptive field, device and dtype, and how it streams. Two forms implement it:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 from vocos.modules import ConvNeXtBlock
+from vocos.spectral_ops import ISTFT
 
-from train.runtime.config import CONFIG_KEY, Field, StudentConfig, StudentConfigError, mel_filterbank
+from train.runtime.config import CONFIG_KEY, KERNEL, Field, StudentConfig, StudentConfigError, mel_filterbank
 from train.runtime.errors import MissingFileError
 
 if TYPE_CHECKING:
@@ -27,6 +30,10 @@ if TYPE_CHECKING:
 
 STUDENT_FILES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 MAX_MAGNITUDE = 1e2  # vocos' ISTFTHead clips exp(log-magnitude) here
+# The window envelope is divided out where it is at least this: everywhere in "same" padding (0.75
+# at its lowest, both ends), but a shifted head's first samples lie under its first window's edge
+# alone, where the envelope falls to 0; below the floor the audio fades in instead of blowing up.
+MIN_ENVELOPE = 0.1
 MIN_PRIOR = 1e-5  # the S3Gen mel's own floor: where the prior is 0 (above 8 kHz), the head starts from it
 
 
@@ -49,17 +56,123 @@ def amplitude_prior(mel: Tensor, inverse: Tensor) -> Tensor:
     return (inverse @ mel.float().exp()).clamp(min=MIN_PRIOR).log()
 
 
+class LookaheadConv1d(nn.Conv1d):
+    """A stride-1 ``nn.Conv1d`` zero-padded ``kernel - 1 - lookahead`` frames before its input
+    and ``lookahead`` after, so output frame ``t`` sees input frames up to ``t + lookahead``
+    (the stock "same" conv when ``lookahead`` is half the kernel). Its tensors are a Conv1d's."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, lookahead: int, groups: int = 1) -> None:
+        if not 0 <= lookahead < kernel_size:
+            raise ValueError(f"a kernel-{kernel_size} conv can look 0..{kernel_size - 1} frames ahead; got {lookahead}")
+        super().__init__(in_channels, out_channels, kernel_size, groups=groups)
+        self.lookahead = lookahead
+
+    @property
+    def pads(self) -> tuple[int, int]:
+        return self.kernel_size[0] - 1 - self.lookahead, self.lookahead
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, self.pads))
+
+
+class LookaheadBackbone(VocosBackbone):
+    """``vocos``' ``VocosBackbone`` whose convolutions (the input embedding, then each block's
+    depthwise conv) look ``lookahead[i]`` frames ahead instead of 3 (:class:`LookaheadConv1d`):
+    the same tensors, so a stock backbone's weights load into it. ``StudentConfig.lookahead_plan``
+    gives the list; a release's ``config.yaml`` names this class with it."""
+
+    def __init__(
+        self,
+        input_channels: int,
+        dim: int,
+        intermediate_dim: int,
+        num_layers: int,
+        lookahead: Sequence[int],
+        layer_scale_init_value: float | None = None,
+    ) -> None:
+        super().__init__(input_channels, dim, intermediate_dim, num_layers, layer_scale_init_value)
+        lookahead = [int(r) for r in lookahead]
+        if len(lookahead) != num_layers + 1:
+            raise StudentConfigError(
+                f"LookaheadBackbone: lookahead needs one value per conv (the embedding and {num_layers} blocks: "
+                f"{num_layers + 1}); got {len(lookahead)}"
+            )
+        self.embed = _lookahead_conv(self.embed, lookahead[0])
+        for block, r in zip(self.convnext, lookahead[1:], strict=True):
+            block.dwconv = _lookahead_conv(block.dwconv, r)
+
+
+def _lookahead_conv(conv: nn.Conv1d, lookahead: int) -> LookaheadConv1d:
+    (kernel,) = conv.kernel_size
+    new = LookaheadConv1d(conv.in_channels, conv.out_channels, kernel, lookahead, groups=conv.groups)
+    new.load_state_dict(conv.state_dict())  # the initialisation vocos gave the conv it replaces
+    return new
+
+
+def normalise(signal: Tensor, envelope: Tensor) -> Tensor:
+    """The overlap-add divided by its window envelope, which is floored at :data:`MIN_ENVELOPE`
+    (only a shifted head's first samples are under it)."""
+    return signal / envelope.clamp(min=MIN_ENVELOPE)
+
+
+class ShiftedISTFT(ISTFT):
+    """``vocos``' ISTFT with ``padding="same"`` whose output starts ``shift`` hops earlier in the
+    overlap-add: spectral frame ``t`` then describes the audio of frame ``t + shift``, and the
+    overlap-add looks ``shift`` frames less ahead. T frames still give T * hop samples; the first
+    ``shift * hop - pad`` samples (if any), which no window covers, are zero."""
+
+    def __init__(self, n_fft: int, hop_length: int, win_length: int, shift: int) -> None:
+        super().__init__(n_fft, hop_length, win_length, padding="same")
+        if shift < 0 or shift * hop_length > n_fft:
+            raise ValueError(f"ShiftedISTFT: shift must be 0..{n_fft // hop_length} hops; got {shift}")
+        self.shift = shift
+
+    def forward(self, spec: Tensor) -> Tensor:
+        frames = torch.fft.irfft(spec, self.n_fft, dim=1, norm="backward") * self.window[None, :, None]
+        count = frames.shape[-1]
+        size = (count - 1) * self.hop_length + self.win_length
+        fold = {"output_size": (1, size), "kernel_size": (1, self.win_length), "stride": (1, self.hop_length)}
+        signal = F.fold(frames, **fold)[:, 0, 0]
+        envelope = F.fold(self.window.square()[None, :, None].expand(1, -1, count), **fold)[:, 0, 0]
+        start = (self.win_length - self.hop_length) // 2 - self.shift * self.hop_length
+        if start < 0:  # before the first window: nothing covers these samples
+            signal, envelope = F.pad(signal, (-start, 0)), F.pad(envelope, (-start, 0), value=1.0)
+            start = 0
+        end = start + count * self.hop_length
+        return normalise(signal[:, start:end], envelope[:, start:end])
+
+
+def shift_istft(head: ISTFTHead, shift: int) -> None:
+    """Give ``head`` a :class:`ShiftedISTFT` of ``shift`` frames (none for 0)."""
+    if shift:
+        istft = head.istft
+        head.istft = ShiftedISTFT(istft.n_fft, istft.hop_length, istft.win_length, shift)
+
+
+class ShiftedISTFTHead(ISTFTHead):
+    """``vocos``' ``ISTFTHead`` with a :class:`ShiftedISTFT` (``shift`` frames): the stock head of
+    a student that looks fewer frames ahead than the overlap-add's own 2. The same tensors."""
+
+    def __init__(self, dim: int, n_fft: int, hop_length: int, padding: str = "same", shift: int = 0) -> None:
+        super().__init__(dim, n_fft, hop_length, padding=padding)
+        shift_istft(self, shift)
+
+
 class AmplitudePriorHead(ISTFTHead):
     """``vocos``' ``ISTFTHead`` whose log-magnitude is a correction of the mel's least-squares
     magnitude (:func:`amplitude_prior`). The same tensors as the stock head; the pseudo-inverse
     is computed, not stored. It needs the mel as well as the features, which ``vocos``'
     ``Vocos.decode`` does not pass, so called as ``vocos`` calls a head it refuses, naming the
-    loader that applies it (:class:`VocosStudent`, ``train.runtime.load_release``)."""
+    loader that applies it (:class:`VocosStudent`, ``train.runtime.load_release``). ``shift``:
+    as :class:`ShiftedISTFTHead`."""
 
-    def __init__(self, dim: int, n_fft: int, hop_length: int, padding: str = "same", n_mels: int = 80) -> None:
+    def __init__(
+        self, dim: int, n_fft: int, hop_length: int, padding: str = "same", n_mels: int = 80, shift: int = 0
+    ) -> None:
         super().__init__(dim, n_fft, hop_length, padding=padding)
         inverse = torch.linalg.pinv(mel_filterbank(n_mels, n_fft).double()).float()
         self.register_buffer("inverse_mel", inverse, persistent=False)  # (n_fft / 2 + 1, n_mels)
+        shift_istft(self, shift)
 
     def forward(self, x: Tensor) -> Tensor:
         raise TypeError(
@@ -118,10 +231,12 @@ class VocosStudent(Vocoder):
 
     @classmethod
     def build(cls, config: StudentConfig) -> VocosStudent:
-        head = AmplitudePriorHead if config.amplitude_prior else ISTFTHead
+        head = AmplitudePriorHead if config.amplitude_prior else ShiftedISTFTHead
+        pads, shift = config.lookahead_plan()
+        shape = (config.input_channels, config.dim, config.intermediate_dim, config.num_layers)
         student = cls(
-            VocosBackbone(config.input_channels, config.dim, config.intermediate_dim, config.num_layers),
-            head(config.dim, config.n_fft, config.hop_length, padding="same"),
+            VocosBackbone(*shape) if config.lookahead is None else LookaheadBackbone(*shape, lookahead=pads),
+            head(config.dim, config.n_fft, config.hop_length, padding="same", shift=shift),
         )
         student.fake_quant = config.fake_quant
         return student
@@ -142,7 +257,29 @@ class VocosStudent(Vocoder):
             hop_length=self.head.istft.hop_length,
             fake_quant=self.fake_quant,
             amplitude_prior=isinstance(self.head, AmplitudePriorHead),
+            lookahead=self.lookahead(),
         )
+
+    def lookahead(self) -> int | None:
+        """Frames of future mel the whole student needs, read off its layers (None: the stock
+        symmetric padding); an arrangement :meth:`StudentConfig.lookahead_plan` would not make is refused."""
+        blocks = [block for block in self.backbone.convnext if isinstance(block, ConvNeXtBlock)]
+        convs = [self.backbone.embed] + [block.dwconv for block in blocks]
+        pads = tuple(getattr(conv, "lookahead", KERNEL // 2) for conv in convs)
+        shift = getattr(self.head.istft, "shift", 0)
+        if not shift and not any(isinstance(conv, LookaheadConv1d) for conv in convs):
+            return None
+        istft = self.head.istft
+        plan = StudentConfig(n_fft=istft.n_fft, hop_length=istft.hop_length, num_layers=len(convs) - 1)
+        total = sum(pads) + plan.istft_right - shift
+        if len(blocks) < len(self.backbone.convnext):  # a block stood in for while pruning measures its cost
+            return total
+        if plan.replace(lookahead=total).lookahead_plan() != (pads, shift) and total != plan.stock_field.right:
+            raise StudentConfigError(
+                f"this student's convs look {list(pads)} frames ahead with an overlap-add shift of {shift}: not "
+                f"the arrangement StudentConfig(lookahead={total}) builds, so no config describes it"
+            )
+        return total
 
     @property
     def device(self) -> torch.device:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from train.runtime.files import atomic_write
 from train.runtime.onnx import OnnxArtifactError, session
-from train.runtime.vocoder import AmplitudePriorHead, amplitude_prior, polar
+from train.runtime.vocoder import AmplitudePriorHead, amplitude_prior, normalise, polar
 
 log = logging.getLogger(__name__)
 for _name in ("onnx_ir", "onnxscript"):  # the exporter's optimiser logs every pass at INFO
@@ -138,15 +138,16 @@ def _overlap_add(frames: Tensor, hop: int) -> Tensor:
 
 
 class RealISTFT(nn.Module):
-    """``vocos``' ISTFT (``padding="same"``) on ``(real, imag)`` spectra ``(B, n_fft/2 + 1, T)``."""
+    """``vocos``' ISTFT (``padding="same"``) on ``(real, imag)`` spectra ``(B, n_fft/2 + 1, T)``;
+    with ``shift``, :class:`~train.runtime.vocoder.ShiftedISTFT`."""
 
-    def __init__(self, n_fft: int, hop_length: int, form: str = "matmul") -> None:
+    def __init__(self, n_fft: int, hop_length: int, form: str = "matmul", shift: int = 0) -> None:
         super().__init__()
         if form not in ISTFT_FORMS:
             raise ValueError(f"istft={form!r}: expected one of {', '.join(ISTFT_FORMS)}")
         if n_fft % 2 or n_fft % hop_length:
             raise ValueError(f"n_fft={n_fft} must be even and a whole number of hops (hop_length={hop_length})")
-        self.n_fft, self.hop_length, self.form = n_fft, hop_length, form
+        self.n_fft, self.hop_length, self.form, self.shift = n_fft, hop_length, form, shift
         window = torch.hann_window(n_fft)
         self.register_buffer("window", window, persistent=False)
         self.register_buffer("window_sq", window.square(), persistent=False)
@@ -194,8 +195,13 @@ class RealISTFT(nn.Module):
         count = frames.shape[-1]
         signal = _overlap_add(frames, self.hop_length)
         envelope = _overlap_add(self.window_sq[None, :, None].expand(1, self.n_fft, count), self.hop_length)
-        pad = (self.n_fft - self.hop_length) // 2
-        return signal[:, pad:-pad] / envelope[:, pad:-pad]
+        start = (self.n_fft - self.hop_length) // 2 - self.shift * self.hop_length
+        if start < 0:  # a shifted head: no window covers the first samples
+            signal = nn.functional.pad(signal, (-start, 0))
+            envelope = nn.functional.pad(envelope, (-start, 0), value=1.0)
+            start = 0
+        end = start + count * self.hop_length
+        return normalise(signal[:, start:end], envelope[:, start:end])
 
 
 class AmplitudePrior(nn.Module):
@@ -219,10 +225,11 @@ class WaveformGraph(nn.Module):
         head = student.head
         if getattr(head.istft, "padding", "same") != "same" or head.istft.win_length != head.istft.n_fft:
             raise ValueError("only the student's iSTFT (padding 'same', win_length = n_fft) is exportable")
+        shift = getattr(head.istft, "shift", 0)
         self.backbone = student.backbone
         self.out = head.out
         self.prior = AmplitudePrior(head.inverse_mel) if isinstance(head, AmplitudePriorHead) else None
-        self.istft = RealISTFT(head.istft.n_fft, head.istft.hop_length, istft)
+        self.istft = RealISTFT(head.istft.n_fft, head.istft.hop_length, istft, shift)
 
     def forward(self, mel: Tensor) -> Tensor:
         prior = None if self.prior is None else self.prior(mel)

@@ -44,6 +44,7 @@ def build_student(
     local_files_only: bool = False,
     fake_quant: str | None = None,
     amplitude_prior: bool = False,
+    lookahead: int | None = None,
 ) -> VocosStudent:
     """Build the student, optionally warm-started.
 
@@ -58,11 +59,14 @@ def build_student(
         amplitude_prior: the head refines the mel's least-squares magnitude
             (:func:`train.runtime.vocoder.amplitude_prior`); its log-magnitude rows start at
             zero unless warm-started, so the untrained student already has the floor's magnitude.
+        lookahead: frames of future mel the student may need (``StudentConfig.lookahead``; None:
+            the stock receptive field). From a student file it is the stage ``compress=lookahead``
+            that applies it (:mod:`train.compress.lookahead`), after the parent is copied.
     """
     if init_from and Path(init_from).expanduser().is_file():
         return student_from_file(init_from, option="student.init_from")
     config = StudentConfig(input_channels, dim, intermediate_dim, num_layers, n_fft, hop_length)
-    student = VocosStudent.build(config.replace(amplitude_prior=amplitude_prior))
+    student = VocosStudent.build(config.replace(amplitude_prior=amplitude_prior, lookahead=lookahead))
     if amplitude_prior:
         with torch.no_grad():  # residual log-magnitude 0: the prior itself
             student.head.out.weight[: n_fft // 2 + 1].zero_()

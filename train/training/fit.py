@@ -61,7 +61,7 @@ def check_framing(generator: Any, source: str | None) -> None:
 
 
 def check_parent(cfg: DictConfig) -> None:
-    """A compression stage (``compress=prune|qat``) starts from a trained student file."""
+    """A compression stage (``compress=prune|qat|lookahead``) starts from a trained student file."""
     if not cfg.get("compress"):
         return
     parent = cfg.student.get("init_from")

@@ -132,7 +132,7 @@ class VocoderDistillation(LightningModule):
         if "parent" in self.target_weights and parent is None:
             raise ConfigError(
                 "module.target_weights.parent needs the parent student: a compression stage "
-                "(compress=prune|qat) with student.init_from=<a student file> provides it"
+                "(compress=prune|qat|lookahead) with student.init_from=<a student file> provides it"
             )
         # not a submodule: frozen, never saved in checkpoints, never wrapped by DDP
         self.__dict__["parent"] = None if parent is None else parent.eval().requires_grad_(False)

@@ -104,6 +104,7 @@ class StudentSchema:
     local_files_only: bool = False
     fake_quant: str | None = None
     amplitude_prior: bool = False
+    lookahead: int | None = None
 
 
 def register() -> None:
