@@ -336,3 +336,34 @@ def test_chatterboxs_watermark_survives_on_the_students_speech(s3gen, tmp_path):
 
     marked, unmarked = watermark_survives(implicit_watermarker(), wav.squeeze(0).numpy(), S3GEN_SR)
     assert marked > 0.9 and unmarked < 0.5, (marked, unmarked)
+
+
+def test_bench_chatterbox_prints_what_the_swap_buys_end_to_end(tmp_path, capsys, release):
+    """``python -m train.bench --chatterbox`` on a tiny setting: Chatterbox's own S3Gen, both CFM
+    step counts, HiFT and a student release side by side, T3 for one token."""
+    import json
+
+    from train import bench
+
+    out_json = tmp_path / "chatterbox.json"
+    bench.main(["--chatterbox", "--students", str(release), "--seconds", "0.4", "--cfm-steps", "2", "1",
+                "--repeats", "1", "--t3-seconds", "0.04", "--json", str(out_json)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| CFM steps | vocoder | flow s/s | vocoder s/s | S3Gen s/s | vs HiFT |" in out
+    assert "| 2 | HiFT (Chatterbox's own) |" in out and f"| 1 | {release.name} |" in out
+    assert "T3 (532 M parameters" in out
+    figures = json.loads(out_json.read_text())
+    rows = figures["cpu, float32"]
+    assert [(r["cfm_steps"], r["vocoder"]) for r in rows] == [
+        (2, "HiFT (Chatterbox's own)"), (2, release.name), (1, "HiFT (Chatterbox's own)"), (1, release.name)
+    ]  # fmt: skip
+    for hift, student in (rows[:2], rows[2:]):
+        assert hift["flow_s_per_s"] == student["flow_s_per_s"]  # one flow, both vocoders on its mel
+        for row in (hift, student):
+            assert row["s3gen_s_per_s"] == pytest.approx(row["flow_s_per_s"] + row["vocoder_s_per_s"])
+        assert hift["s3gen_change"] == 0.0
+        assert student["s3gen_change"] == pytest.approx(student["s3gen_s_per_s"] / hift["s3gen_s_per_s"] - 1)
+        assert student["vocoder_mb"] < 1 < 79 < hift["vocoder_mb"]  # HiFT's 83 MB of fp32 weights
+    # memory at the first step count only, each vocoder alone in a fresh process
+    assert rows[0]["peak_mb"] > rows[1]["peak_mb"] > 0 and rows[2]["peak_mb"] is None
+    assert figures["t3"]["tokens"] == 1 and figures["t3"]["t3_s_per_s"] > 0

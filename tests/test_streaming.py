@@ -233,7 +233,8 @@ def test_lookahead_rows_exact_at_the_field_and_worse_below_it():
 
     (mel,) = corpus_mels(CORPUS_CLIP.parent, 1, 2.0)
     student = _student(2)
-    rows = lookahead_rows(student, [mel], lookaheads=(0, None), chunk_frames=10, repeats=1)
+    rows = lookahead_rows(student, [mel], lookaheads=(0, None, 30), chunk_frames=10, repeats=1)
+    assert [r["lookahead_frames"] for r in rows] == [0, 11]  # 30 is past the field (11): the field's row, once
     short, full = rows
     assert full["exact"] and full["lookahead_frames"] == student.receptive_field.right
     assert full["max_abs_diff"] < 1e-5 and full["log_mel_db"] < 1e-3 and full["pesq_wb"] > 4.5

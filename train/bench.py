@@ -2,7 +2,9 @@
 
 Teacher and student side by side in one run, on the same mel (inference cost), then the
 training step with the real data pipeline and with the same batches in memory. See
-:mod:`train.benchmarks.side_by_side`.
+:mod:`train.benchmarks.side_by_side`. ``--streaming``: first audio, look-ahead and seams
+(:mod:`train.benchmarks.streaming`); ``--chatterbox``: what the swap buys inside Chatterbox's
+own S3Gen (:mod:`train.benchmarks.chatterbox`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ def main(argv: list[str] | None = None) -> None:
         help="streaming figures instead of the cost table: first-audio latency (HiFT and --students), and per "
         "student the look-ahead table and the seam comparison on --corpus",
     )
+    parser.add_argument(
+        "--chatterbox",
+        action="store_true",
+        help="the end-to-end table instead: Chatterbox's own S3Gen (random weights) at each --cfm-steps, its flow "
+        "and its vocoder (HiFT, then each of --students: files or release folders) per second of audio",
+    )
+    parser.add_argument("--cfm-steps", type=int, nargs="+", default=[10, 2], help="S3Gen flow steps (--chatterbox)")
+    parser.add_argument(
+        "--t3-seconds", type=float, default=0.0, help="--chatterbox: also time T3 making this much speech (0: skip)"
+    )
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="audio for the streaming tables")
     parser.add_argument("--clips", type=int, default=6, help="clips of --corpus used (sorted by path)")
     parser.add_argument("--clip-seconds", type=float, default=6.0, help="each clip cut to this length")
@@ -71,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.streaming:
         streaming(args)
+        return
+    if args.chatterbox:
+        chatterbox(args)
         return
     if not args.no_inference:
         with tempfile.TemporaryDirectory() as tmp:
@@ -253,6 +268,73 @@ def streaming(args: argparse.Namespace) -> None:
         from train.runtime.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({**result, "cpu": describe_cpu()}, indent=2))
+        print(f"\nfigures written to {args.json}")
+
+
+def chatterbox(args: argparse.Namespace) -> None:
+    from train.benchmarks.chatterbox import s3gen, s3gen_rows, t3_row
+    from train.benchmarks.side_by_side import short_names
+    from train.evaluation.report import table
+    from train.runtime.timing import threads
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"Chatterbox's S3Gen (chatterbox-tts, random weights) on {args.seconds:g} s of speech tokens; CPU 1 thread")
+    gpu = f"; CUDA: {torch.cuda.get_device_name()}" if len(devices) > 1 else ""
+    print(f"CPU: {describe_cpu()}; {os.cpu_count()} cores{gpu}")
+    print("s/s = seconds of compute per second of audio (median of --repeats); S3Gen = flow + vocoder")
+    print("peak MB: a fresh process that loads only the vocoder and vocodes the flow's mel once (CUDA: allocated)")
+    results = {}
+    for device in devices:
+        for dtype in [torch.float32] + ([torch.bfloat16] if device == "cuda" else []):
+            label = f"{device}, {str(dtype).removeprefix('torch.')}"
+            model = s3gen(device).to(dtype=dtype)
+            students = dict(zip(short_names(args.students), args.students, strict=True))
+            with threads(1 if device == "cpu" else None):
+                rows = s3gen_rows(model, students, args.seconds, tuple(args.cfm_steps), args.repeats)
+            results[label] = rows
+            print(f"\n{label}")
+            print(
+                table(
+                    [
+                        "CFM steps",
+                        "vocoder",
+                        "flow s/s",
+                        "vocoder s/s",
+                        "S3Gen s/s",
+                        "vs HiFT",
+                        "vocoder share",
+                        "vocoder MB",
+                        "peak MB",
+                        "of which the call",
+                    ],  # fmt: skip
+                    [
+                        [
+                            str(r["cfm_steps"]),
+                            r["vocoder"],
+                            f"{r['flow_s_per_s']:.3f}",
+                            f"{r['vocoder_s_per_s']:.4f}",
+                            f"{r['s3gen_s_per_s']:.3f}",
+                            f"{100 * r['s3gen_change']:+.1f} %",
+                            f"{100 * r['vocoder_share']:.1f} %",
+                            f"{r['vocoder_mb']:.1f}",
+                            "-" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}",
+                            "-" if r["call_mb"] is None else f"{r['call_mb']:.0f}",
+                        ]  # fmt: skip
+                        for r in rows
+                    ],
+                )
+            )
+            del model
+    if args.t3_seconds:
+        with threads(1):
+            row = t3_row(args.t3_seconds)
+        results["t3"] = row
+        print(f"\nT3 ({row['params_m']:.0f} M parameters, random weights, CFG as Chatterbox runs it), CPU 1 thread: "
+              f"{row['t3_s_per_s']:.2f} s per second of speech ({row['tokens']} tokens)")  # fmt: skip
+    if args.json:
+        from train.runtime.files import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({**results, "cpu": describe_cpu()}, indent=2))
         print(f"\nfigures written to {args.json}")
 
 

@@ -77,8 +77,8 @@ def streaming_run(
     short_lookahead: int | None = 8,
 ) -> dict:
     """The streaming figures, in one run: first-audio latency of HiFT (its measured look-ahead,
-    run on a window) and of each student (streamed at its full field, and at ``short_lookahead``
-    frames; a QAT checkpoint on torchao's int8 kernels, an ONNX graph through windows); then, per
+    run on a window) and of each student (streamed at its exact look-ahead, and at ``short_lookahead``
+    frames where that is shorter; a QAT checkpoint on torchao's int8 kernels, an ONNX graph through windows); then, per
     student, the look-ahead table and the seam comparison on ``clips`` (S3Gen mels ``(80, T)``)."""
     from train.benchmarks.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
     from train.runtime.onnx import OnnxVocoder
@@ -96,7 +96,7 @@ def streaming_run(
             model = int8_kernels(model).eval()
             name = f"{name} (torchao int8)"
         models.append((name, model, "stream", model.receptive_field.right))
-        if short_lookahead is not None:
+        if short_lookahead is not None and short_lookahead < model.receptive_field.right:
             models.append((name, model, "stream", short_lookahead))
         streamable.append((name, model))
     return {
