@@ -41,3 +41,37 @@ def test_the_script_prints_the_four_figures(tmp_path, speech):
     assert all(f"  {key}" in done.stdout for key in SWAPS)
     missing = subprocess.run([*cmd[:4], str(tmp_path / "*.flac")], cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and "no file matches" in missing.stderr
+
+
+@pytest.mark.slow
+def test_scores_put_the_students_phase_under_the_priors_magnitude_beside_the_floor(tmp_path, speech):
+    from train.evaluation.diagnose import VARIANTS, prior_variants
+    from train.evaluation.griffin_lim import GriffinLim
+    from train.s3gen.mel import S3GenMel
+    from train.student.model import build_student
+
+    torch.manual_seed(0)
+    prior = build_student(dim=32, intermediate_dim=64, num_layers=1, amplitude_prior=True).eval()
+    torch.nn.init.normal_(prior.head.out.weight, std=0.05)  # a correction that is not zero, as if trained
+    mel = S3GenMel()(speech[None])
+    variants = prior_variants(prior, mel, GriffinLim())
+    assert list(variants) == list(VARIANTS) and all(v.shape == speech.shape for v in variants.values())
+    # the second is the first with its log-magnitude rows (the correction) set to zero
+    prior.head.out.weight.data[:961] = 0
+    prior.head.out.bias.data[:961] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(prior(mel)[0], variants["prior magnitude + vocoder phase"])
+    with pytest.raises(ValueError, match="need a student with the amplitude prior"):
+        prior_variants(student(), mel, GriffinLim())
+
+    sf.write(str(tmp_path / "a.wav"), speech.numpy(), SAMPLE_RATE)
+    save_ckpt(prior, tmp_path / "prior.ckpt")
+    save_ckpt(student(), tmp_path / "stock.ckpt")
+    cmd = [sys.executable, "-m", "train.diagnose", str(tmp_path / "prior.ckpt"), str(tmp_path / "*.wav"), "--step", "1"]
+    done = subprocess.run([*cmd, "--scores"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in VARIANTS:
+        assert f"  {name}" in done.stdout and "PESQ-wb" in done.stdout and "DistillMOS" in done.stdout
+    stock = [*cmd[:3], str(tmp_path / "stock.ckpt"), *cmd[4:], "--scores"]
+    refused = subprocess.run(stock, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--scores needs a student with the amplitude prior" in refused.stderr

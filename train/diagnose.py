@@ -1,8 +1,10 @@
-"""Magnitude or phase? ``python -m train.diagnose CHECKPOINT 'AUDIO_GLOB' [--count 20]``.
+"""Magnitude or phase? ``python -m train.diagnose CHECKPOINT 'AUDIO_GLOB' [--count 20] [--scores]``.
 
 Vocodes the S3Gen mel of every ``--step``-th file matching the glob (sorted), then prints the
 mean S3Gen log-mel distance to the audio of the output and of its magnitude/phase swaps
-(:mod:`train.evaluation.diagnose`).
+(:mod:`train.evaluation.diagnose`). ``--scores`` (a student with the amplitude prior): also
+PESQ-wb, ESTOI and DistillMOS of its output, of its phase under the prior's magnitude alone,
+and of the Griffin-Lim floor, each the mean over the clips.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ import argparse
 import glob
 import sys
 
+import numpy as np
 import torch
 
 from train.data.audio import read_audio
-from train.evaluation.diagnose import SWAPS, swap_distances
+from train.evaluation.diagnose import SWAPS, VARIANTS, prior_variants, swap_distances
+from train.evaluation.griffin_lim import GriffinLim
+from train.evaluation.metrics import QualityMetrics, pesq_wb, stoi
 from train.runtime.config import SAMPLE_RATE
 from train.runtime.errors import ConfigError
 from train.s3gen.mel import S3GenMel
 from train.student.model import load_student
+
+PAIRED = (("PESQ-wb", pesq_wb), ("ESTOI", lambda e, r: stoi(e, r, extended=True)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("audio", help="a glob of audio files, quoted, e.g. 'data/speech/heldout/*/*/*.flac'")
     parser.add_argument("--count", type=int, default=20, help="clips to use")
     parser.add_argument("--step", type=int, default=12, help="use every N-th file (sorted by path)")
+    parser.add_argument(
+        "--scores", action="store_true", help="PESQ-wb, ESTOI, DistillMOS: output, no correction, floor (prior only)"
+    )
     args = parser.parse_args(argv)
     files = sorted(glob.glob(args.audio))[:: args.step][: args.count]
     if not files:
@@ -37,8 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.scores and student.prior(torch.zeros(1, student.n_mels, 1)) is None:
+        print("error: --scores needs a student with the amplitude prior", file=sys.stderr)
+        return 2
     mel = S3GenMel()
     totals = dict.fromkeys(SWAPS, 0.0)
+    scores: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
+    metrics, floor = (
+        (QualityMetrics(naturalness=("distillmos",), speaker=None), GriffinLim()) if args.scores else (None, None)
+    )
     for path in files:
         audio, rate = read_audio(path)
         truth = mel.to_mono_24k(audio, rate)[0]
@@ -46,9 +63,20 @@ def main(argv: list[str] | None = None) -> int:
             wav = student(mel(truth))[0]
         for key, value in swap_distances(wav, truth, mel=mel).items():
             totals[key] += value / len(files)
+        if metrics is not None:
+            reference = metrics.analyse(truth)
+            for name, signal in prior_variants(student, mel(truth), floor).items():
+                estimate, ref = metrics.align(metrics.analyse(signal), reference)
+                paired = [metrics.safely(m, path, lambda f=f, e=estimate, r=ref: f(e, r)) for m, f in PAIRED]
+                scores[name].append((*paired, metrics.safely("DistillMOS", path, lambda e=estimate: e.distillmos)))
     print(f"{len(files)} clips of {args.audio}, S3Gen log-mel distance to the audio ({SAMPLE_RATE} Hz):")
     for key, value in totals.items():
         print(f"  {key:32s} {value:5.2f} dB")
+    if metrics is not None:
+        print("\nBy ear (mean over the clips each metric scores):")
+        for name, rows in scores.items():
+            pesq, estoi, distillmos = (float(np.nanmean(column)) for column in zip(*rows, strict=True))
+            print(f"  {name:45s} PESQ-wb {pesq:.2f}  ESTOI {estoi:.3f}  DistillMOS {distillmos:.2f}")
     return 0
 
 

@@ -5,17 +5,24 @@ Each clip is rebuilt from the STFT magnitude of one signal and the STFT phase of
 measured: the vocoder's own output; the true magnitude with the vocoder's phase (what its
 phase alone costs); the vocoder's magnitude with the true phase (what its magnitudes alone
 cost); the true magnitude with random phase (for scale).
+
+:func:`prior_variants` asks the same of a student with the amplitude prior by ear rather than
+by log-mel distance: its output, the same phase under the prior's magnitude (the correction
+left out), and the Griffin-Lim floor (the prior's magnitude with Griffin-Lim's phase), for
+PESQ-wb, ESTOI and DistillMOS to score.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from train.evaluation.metrics import DB_PER_NEPER
 from train.runtime.config import HOP_LENGTH, N_FFT
+from train.runtime.vocoder import polar
 from train.s3gen.mel import S3GenMel
 
+VARIANTS = ("vocoder", "prior magnitude + vocoder phase", "floor (prior magnitude + Griffin-Lim phase)")
 SWAPS = ("vocoder", "true magnitude + vocoder phase", "vocoder magnitude + true phase", "true magnitude + random phase")
 
 
@@ -43,3 +50,20 @@ def swap_distances(estimate: Tensor, truth: Tensor, seed: int = 0, mel: S3GenMel
     mel = mel or S3GenMel()
     reference = mel(truth)
     return {k: DB_PER_NEPER * float((mel(v) - reference).abs().mean()) for k, v in signals.items()}
+
+
+def prior_variants(student: nn.Module, mel: Tensor, floor: nn.Module) -> dict[str, Tensor]:
+    """:data:`VARIANTS` of ``mel`` (1, 80, T) for a student with the amplitude prior: each ``(T * hop,)``."""
+    if student.prior(mel) is None:
+        raise ValueError("prior variants need a student with the amplitude prior (student.amplitude_prior=true)")
+    with torch.inference_mode():
+        projection = student.head.out(student.backbone(mel)).transpose(1, 2)
+        log_magnitude, phase = projection.chunk(2, dim=1)
+        prior = student.prior(mel)
+        plain = torch.cat([torch.zeros_like(log_magnitude), phase], dim=1)  # the correction left out
+        outputs = (
+            student.head.istft(torch.complex(*polar(projection, prior))),
+            student.head.istft(torch.complex(*polar(plain, prior))),
+            floor(mel),
+        )
+    return {name: wav[0] for name, wav in zip(VARIANTS, outputs, strict=True)}
