@@ -83,7 +83,10 @@ def main(graphs: list[Path]) -> None:
     rows = {g.name: {"this CPU": probe_snr(g)} for g in graphs}
     for name, cpu in X86.items():
         for g in graphs:
-            rows[g.name][name] = probe_snr(g, ["qemu-x86_64", "-cpu", cpu])
+            # numpy's OpenBLAS picks kernels by itself and, on an AVX-512 host, took AVX ones under the
+            # emulated Nehalem (SIGILL on import): name its core type (tests/test_int8.py, OPENBLAS_CORE)
+            core = f"OPENBLAS_CORETYPE={cpu.upper()}"
+            rows[g.name][name] = probe_snr(g, ["env", core, "qemu-x86_64", "-cpu", cpu])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         site = arm64_sysroot(root)

@@ -39,6 +39,11 @@ QEMU = shutil.which("qemu-x86_64")
 # x86 kernel families qemu 7.2 can emulate: SSE4.1 widens u8 x s8 to int16 before pmaddwd (exact);
 # Haswell (AVX2, no AVX-512, no VNNI) adds pairs with vpmaddubsw, saturating at 32,767
 EMULATED = {"sse4.1": "Nehalem", "avx2": "Haswell"}
+# numpy's OpenBLAS picks its kernels by itself: under qemu-user on an AVX-512 host (AMD EPYC, Zen 4)
+# it took an AVX kernel on the emulated Nehalem, and `import numpy` died of SIGILL before ONNX
+# Runtime ran. Naming its core type keeps numpy on the emulated CPU's own instructions; ONNX
+# Runtime still picks its int8 kernels from the emulated CPUID, which is what this test is about.
+OPENBLAS_CORE = {"Nehalem": "NEHALEM", "Haswell": "HASWELL"}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +93,7 @@ def test_the_writer_refuses_a_graph_that_could_overflow(fake, tmp_path, monkeypa
 
 def run_graphs(files, mel, cpu=None):
     """Each graph's output on ``mel`` in a fresh process: natively, or under qemu-user as ``cpu``."""
-    prefix = [QEMU, "-cpu", cpu] if cpu else None
+    prefix = ["env", f"OPENBLAS_CORETYPE={OPENBLAS_CORE[cpu]}", QEMU, "-cpu", cpu] if cpu else None
     return {f.name: run_in_child(f, mel.numpy(), prefix) for f in files}
 
 

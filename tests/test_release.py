@@ -352,3 +352,34 @@ def test_the_cards_history_and_data_come_from_the_run_configs_up_the_chain(tmp_p
     assert bases == [] and len(runs) == 2
     data = training_data(runs, tmp_path)
     assert data.startswith("`data/corpus` (ATTRIBUTION.md)") and "BSD-2-Clause packaging" in data
+
+
+@pytest.mark.parametrize(
+    ("shape", "classes", "loader"),
+    [
+        ({}, [], "Vocos.from_pretrained"),
+        ({"lookahead": 4}, ["LookaheadBackbone"], "Vocos.from_pretrained"),
+        ({"lookahead": 1}, ["LookaheadBackbone", "ShiftedISTFTHead"], "Vocos.from_pretrained"),
+        ({"lookahead": 4, "amplitude_prior": True}, [], "load_release"),
+    ],
+)
+def test_the_card_says_how_a_short_lookahead_student_loads(shape, classes, loader):
+    """A student with ``lookahead`` names this project's classes, which vocos builds by class path."""
+    from train.release.card import model_card
+    from train.release.export import FILE_NOTES
+    from train.runtime.config import StudentConfig
+
+    config = StudentConfig(dim=32, intermediate_dim=64, num_layers=2, **shape)
+    verification = {"vocos_max_abs": 0.0, "onnx_max_abs": 0.0, "onnx_limit": 1e-4, "utterances": 1, "max_frames": 9}
+    facts = {
+        "name": "tiny", "config": config.to_dict(), "parameters": 1, "report": None, "cost": None, "int8": False,
+        "lookahead_frames": config.receptive_field.right, "license": "mit", "base_models": [], "history": [],
+        "licences": [], "training_data": [], "limitations": [], "feature_residual": None, "repo_hint": "acme/tiny",
+        "verification": {**verification, "cpu": "x"}, "git": {"commit": "0" * 40}, "files": [],
+        "file_notes": FILE_NOTES,
+    }  # fmt: skip
+    text = model_card(facts).text
+    for name in ("LookaheadBackbone", "ShiftedISTFTHead"):
+        assert (name in text) == (name in classes)
+    assert loader in text
+    assert f"look-ahead of {config.receptive_field.right} frames" in text
