@@ -218,7 +218,13 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
             "This student's head refines the mel's own least-squares magnitude (`amplitude_prior`), so it needs "
             "the mel as well as the backbone's features, which `vocos`' `Vocos.decode` does not pass (its head "
             "refuses the call, saying so). Load it with vocos-distill's runtime (torch, `vocos`, nothing of the "
-            "training side):"
+            "training side)"
+            + (
+                f"; it also needs only {shape.lookahead} frames of future mel (`lookahead`: vocos-distill's "
+                "`LookaheadBackbone`), which the same loader builds:"
+                if shape.lookahead is not None
+                else ":"
+            )
         )
         usage_vocos = (
             "```python\nimport torch\nfrom train.runtime import load_release\n\n"
