@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.scores and student.prior(torch.zeros(1, student.n_mels, 1)) is None:
+    if args.scores and not student.config.amplitude_prior:
         print("error: --scores needs a student with the amplitude prior", file=sys.stderr)
         return 2
     mel = S3GenMel()

@@ -21,10 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from train.evaluation.cost import cuda_peak_mb, peak_rss_mb, stand_in_teacher, weights_bytes
+from train.evaluation.cost import cuda_peak_mb, peak_rss_mb, runtime_bytes, stand_in_teacher
 from train.runtime.chatterbox import ChatterboxVocoder, load_vocoder
 from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
-from train.runtime.onnx import OnnxVocoder
 from train.runtime.timing import interleaved, time_call
 
 TOKENS_PER_SECOND = 25  # S3 speech tokens (S3Gen makes 2 mel frames of each)
@@ -83,8 +82,7 @@ class Inference(nn.Module):
 
 def _bytes(vocoder: nn.Module) -> int:
     """The weights as they run: fp32 tensors, or an ONNX student's file."""
-    inner = vocoder.vocoder if isinstance(vocoder, ChatterboxVocoder) else vocoder
-    return inner.file_bytes if isinstance(inner, OnnxVocoder) else weights_bytes(inner)
+    return runtime_bytes(vocoder.vocoder if isinstance(vocoder, ChatterboxVocoder) else vocoder)
 
 
 def s3gen_rows(

@@ -38,6 +38,11 @@ def weights_bytes(model: nn.Module) -> int:
         return path.stat().st_size
 
 
+def runtime_bytes(model: nn.Module) -> int:
+    """The bytes a vocoder runs from: an ONNX student's file, else its state dict (:func:`weights_bytes`)."""
+    return model.file_bytes if isinstance(model, OnnxVocoder) else weights_bytes(model)
+
+
 def _device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)  # the int8 runtime holds none: it runs on the CPU
     return parameter.device if parameter is not None else torch.device("cpu")
@@ -139,7 +144,7 @@ def profile(
     model.to("cpu")
     row = {
         "params": count_parameters(model),
-        "weights_bytes": model.file_bytes if isinstance(model, OnnxVocoder) else weights_bytes(model),
+        "weights_bytes": runtime_bytes(model),
         "cpu_threads": torch.get_num_threads(),
     }
     with threads(1):

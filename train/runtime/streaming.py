@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train.runtime.config import KERNEL, Field
-from train.runtime.vocoder import LookaheadConv1d, Vocoder, VocosStudent, normalise, polar
+from train.runtime.vocoder import LookaheadConv1d, Vocoder, VocosStudent, normalise, output_start, polar
 
 
 def _parts(model: Vocoder) -> tuple[nn.Module, nn.Module]:
@@ -185,7 +185,7 @@ class StreamingVocoder(MelStream):
         istft = self.head.istft
         self.n_fft = istft.win_length
         # output sample n is overlap-add sample n + trim: "same" padding, less a shifted head's hops
-        self.trim = (self.n_fft - istft.hop_length) // 2 - getattr(istft, "shift", 0) * istft.hop_length
+        self.trim = output_start(self.n_fft, istft.hop_length, getattr(istft, "shift", 0))
         super().__init__(model.n_mels, model.hop_length, model.receptive_field, lookahead)
 
     def _reset(self) -> None:
@@ -213,7 +213,7 @@ class StreamingVocoder(MelStream):
         state, self._state = self._state, None
         empty = torch.zeros(self._batch, self.n_mels, 0, device=self._device())
         _, out = self._exact(state, empty, final=True)
-        return out[..., : self._frames * self.hop - self._emitted]  # a shifted head has made a little more
+        return out[..., : self._frames * self.hop - self._emitted]  # the utterance ends at its frames' end
 
     def _initial_state(self, mel: Tensor) -> dict:
         batch, device = mel.shape[0], mel.device
@@ -224,7 +224,6 @@ class StreamingVocoder(MelStream):
             "ola": torch.zeros(batch, self.n_fft - self.hop, device=device),
             "envelope": torch.zeros(1, self.n_fft - self.hop, device=device),
             "to_drop": self.trim,  # the "same" padding's first samples (< 0: samples before the first window)
-            "frames": 0,  # mel frames run through the layers
             "ready": torch.zeros(batch, 0, device=device),  # exact audio not yet emitted
             "mel": mel.new_zeros(batch, mel.shape[1], 0),  # mel frames whose features are not out yet (the prior's)
             "exact_end": 0,  # samples of exact audio produced so far
@@ -258,10 +257,7 @@ class StreamingVocoder(MelStream):
         if state["to_drop"] < 0:  # a shifted head: no window covers the first samples
             audio = torch.cat([audio.new_zeros(audio.shape[0], -state["to_drop"]), audio], dim=-1)
         drop = max(0, min(state["to_drop"], audio.shape[-1]))
-        audio = audio[..., drop:]
-        total = state["frames"] + mel.shape[-1]
-        if final:  # the utterance's samples end at its frames' end
-            audio = audio[..., : max(0, total * self.hop - state["exact_end"])]
+        audio = audio[..., drop:]  # final: the overlap-add's tail too, which the caller cuts off
         new = {
             **state,
             "context": context,
@@ -269,7 +265,6 @@ class StreamingVocoder(MelStream):
             "envelope": envelope,
             "to_drop": max(0, state["to_drop"] - drop),
             "mel": pending[..., count:],
-            "frames": total,
         }
         return new, audio
 

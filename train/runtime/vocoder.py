@@ -109,6 +109,24 @@ def _lookahead_conv(conv: nn.Conv1d, lookahead: int) -> LookaheadConv1d:
     return new
 
 
+def output_start(n_fft: int, hop: int, shift: int = 0) -> int:
+    """Where output sample 0 lies in an overlap-add of frames: "same" padding's ``(n_fft - hop) / 2``,
+    less a shifted head's ``shift`` hops (below 0: before the first window)."""
+    return (n_fft - hop) // 2 - shift * hop
+
+
+def same_output(signal: Tensor, envelope: Tensor, count: int, n_fft: int, hop: int, shift: int = 0) -> Tensor:
+    """The ``count * hop`` output samples of the overlap-add ``signal`` ``(B, L)`` of ``count``
+    frames (window envelope ``(1, L)``), divided by the envelope (:func:`normalise`); samples
+    before the first window (a shifted head's) are 0."""
+    start = output_start(n_fft, hop, shift)
+    if start < 0:
+        signal, envelope = F.pad(signal, (-start, 0)), F.pad(envelope, (-start, 0), value=1.0)
+        start = 0
+    end = start + count * hop
+    return normalise(signal[:, start:end], envelope[:, start:end])
+
+
 def normalise(signal: Tensor, envelope: Tensor) -> Tensor:
     """The overlap-add divided by its window envelope, which is floored at :data:`MIN_ENVELOPE`
     (only a shifted head's first samples are under it)."""
@@ -134,12 +152,7 @@ class ShiftedISTFT(ISTFT):
         fold = {"output_size": (1, size), "kernel_size": (1, self.win_length), "stride": (1, self.hop_length)}
         signal = F.fold(frames, **fold)[:, 0, 0]
         envelope = F.fold(self.window.square()[None, :, None].expand(1, -1, count), **fold)[:, 0, 0]
-        start = (self.win_length - self.hop_length) // 2 - self.shift * self.hop_length
-        if start < 0:  # before the first window: nothing covers these samples
-            signal, envelope = F.pad(signal, (-start, 0)), F.pad(envelope, (-start, 0), value=1.0)
-            start = 0
-        end = start + count * self.hop_length
-        return normalise(signal[:, start:end], envelope[:, start:end])
+        return same_output(signal, envelope, count, self.win_length, self.hop_length, self.shift)
 
 
 def shift_istft(head: ISTFTHead, shift: int) -> None:

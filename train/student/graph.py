@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from train.runtime.files import atomic_write
 from train.runtime.onnx import OnnxArtifactError, session
-from train.runtime.vocoder import AmplitudePriorHead, amplitude_prior, normalise, polar
+from train.runtime.vocoder import AmplitudePriorHead, amplitude_prior, polar, same_output
 
 log = logging.getLogger(__name__)
 for _name in ("onnx_ir", "onnxscript"):  # the exporter's optimiser logs every pass at INFO
@@ -195,13 +195,7 @@ class RealISTFT(nn.Module):
         count = frames.shape[-1]
         signal = _overlap_add(frames, self.hop_length)
         envelope = _overlap_add(self.window_sq[None, :, None].expand(1, self.n_fft, count), self.hop_length)
-        start = (self.n_fft - self.hop_length) // 2 - self.shift * self.hop_length
-        if start < 0:  # a shifted head: no window covers the first samples
-            signal = nn.functional.pad(signal, (-start, 0))
-            envelope = nn.functional.pad(envelope, (-start, 0), value=1.0)
-            start = 0
-        end = start + count * self.hop_length
-        return normalise(signal[:, start:end], envelope[:, start:end])
+        return same_output(signal, envelope, count, self.n_fft, self.hop_length, self.shift)
 
 
 class AmplitudePrior(nn.Module):
