@@ -312,6 +312,47 @@ def test_speed_perturbation_scales_pitch_and_pairs_the_audio_with_its_own_mel():
         torch.testing.assert_close(played["mel"][:, 2:-2], mel(played["audio"][None])[0, :, 2:-2], rtol=0, atol=1e-4)
 
 
+def test_a_tilted_segment_keeps_its_level_and_pitch_and_moves_energy_across_1_khz():
+    from train.data.datamodule import speed_perturbed, tilted
+    from train.s3gen.mel import S3GenMel
+
+    mel, audio = S3GenMel(), tone(200.0) + tone(4000.0)
+
+    def band_ratio_db(x: torch.Tensor) -> float:  # energy at 4 kHz over energy at 200 Hz
+        spectrum = torch.fft.rfft(x * torch.hann_window(x.shape[-1])).abs().pow(2)
+        hz = torch.fft.rfftfreq(x.shape[-1], 1 / 24_000)
+        return 10 * torch.log10(spectrum[(hz - 4000).abs() < 20].sum() / spectrum[(hz - 200).abs() < 20].sum()).item()
+
+    for gain in (-6.0, 12.0):
+        shelved = tilted(audio, gain)
+        torch.testing.assert_close(shelved.pow(2).mean(), audio.pow(2).mean(), rtol=1e-4, atol=0)
+        # a shelf of `gain` dB: 4 kHz is well above its corner, 200 Hz well below
+        assert band_ratio_db(shelved) - band_ratio_db(audio) == pytest.approx(gain, abs=1.0)
+    played = speed_perturbed(audio, 10 * 480, 24, 1.0, mel, tilt_db=12.0)
+    assert band_ratio_db(played["audio"]) - band_ratio_db(audio[10 * 480 : 34 * 480]) == pytest.approx(12.0, abs=1.0)
+    torch.testing.assert_close(played["mel"][:, 2:-2], mel(played["audio"][None])[0, :, 2:-2], rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_tilted_training_segments_are_seeded_and_checked(tmp_path, teacher):
+    write_clips(tmp_path / "clips", seconds=1.0)
+    plain = make(tmp_path, segment_frames=24)
+    plain.prepare_data()
+    plain.setup("fit")
+    dm = make(tmp_path, segment_frames=24, tilt_db=[6.0, 12.0])
+    dm.setup("fit")
+    items = [dm.train_set[i] for i in range(8)]
+    assert all(item["mel"].shape == (80, 24) and item["audio"].shape == (24 * 480,) for item in items)
+    assert all(not torch.equal(item["audio"], plain.train_set[i]["audio"]) for i, item in enumerate(items))
+    torch.testing.assert_close(dm.train_set[3], items[3])  # the same draw for the same index (resume)
+    assert torch.equal(dm.val_set[0]["audio"], plain.val_set[0]["audio"])  # validation is never tilted
+    for wrong in ([12.0, 6.0], [0.0, 30.0], [3.0]):
+        with pytest.raises(ValueError, match=r"data.tilt_db: .* is not \[low, high\] in dB"):
+            make(tmp_path, tilt_db=wrong)
+    with pytest.raises(ValueError, match="data.tilt_db needs audio targets alone"):
+        make(tmp_path, tilt_db=[-6.0, 12.0], teacher=teacher)
+
+
 @pytest.mark.slow
 def test_speed_perturbed_training_segments_are_seeded_and_checked(tmp_path, teacher):
     write_clips(tmp_path / "clips", seconds=1.0)

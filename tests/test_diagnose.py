@@ -9,7 +9,7 @@ import torch
 import torchaudio
 from helpers import CORPUS_CLIP, REPO, save_ckpt, student
 
-from train.evaluation.diagnose import SWAPS, swap_distances
+from train.evaluation.diagnose import BAND_CUTS, SWAPS, band_swaps, swap_distances
 from train.runtime.config import SAMPLE_RATE
 
 
@@ -28,6 +28,23 @@ def test_each_swap_isolates_what_it_names(speech):
     assert quiet["vocoder"] == pytest.approx(6.02, abs=0.2)
     assert quiet["vocoder magnitude + true phase"] == pytest.approx(6.02, abs=0.2)
     assert quiet["true magnitude + vocoder phase"] < 0.1
+
+
+def test_a_band_swap_takes_the_floors_phase_only_on_its_side_of_the_cut(speech):
+    window = torch.hann_window(1920)
+    spectrum = torch.stft(speech, 1920, 480, window=window, return_complex=True)
+    shifted = torch.istft(spectrum * 1j, 1920, 480, window=window, length=speech.shape[-1])  # every phase + pi/2
+    swaps = band_swaps(speech, shifted)
+    assert len(swaps) == 2 * len(BAND_CUTS) and all(v.shape == speech.shape for v in swaps.values())
+    hz = torch.fft.rfftfreq(1920, 1 / SAMPLE_RATE).unsqueeze(-1)
+    for cut in BAND_CUTS:
+        for name, turned in ((f"floor phase below {cut} Hz", hz < cut), (f"vocoder phase below {cut} Hz", hz >= cut)):
+            rebuilt = torch.stft(swaps[name], 1920, 480, window=window, return_complex=True)[..., 2:-2]
+            # the phase turned by pi/2 exactly where the floor's was taken, the magnitude kept
+            ratio = rebuilt / spectrum[..., 2:-2]
+            loud = spectrum[..., 2:-2].abs() > 0.1 * spectrum.abs().max()
+            expected = torch.where(turned, torch.tensor(1j), torch.tensor(1 + 0j)).expand_as(ratio)
+            assert (ratio[loud] - expected[loud]).abs().median() < 0.05, name
 
 
 @pytest.mark.slow
@@ -75,3 +92,7 @@ def test_scores_put_the_students_phase_under_the_priors_magnitude_beside_the_flo
     stock = [*cmd[:3], str(tmp_path / "stock.ckpt"), *cmd[4:], "--scores"]
     refused = subprocess.run(stock, cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2 and "--scores needs a student with the amplitude prior" in refused.stderr
+    bands = subprocess.run([*stock[:-1], "--bands", "--count", "1"], cwd=REPO, capture_output=True, text=True)
+    assert bands.returncode == 0, bands.stderr  # any student: the floor's phase is the Griffin-Lim floor's
+    for cut in BAND_CUTS:
+        assert f"  floor phase below {cut} Hz" in bands.stdout and f"  vocoder phase below {cut} Hz" in bands.stdout

@@ -1,10 +1,12 @@
-"""Magnitude or phase? ``python -m train.diagnose CHECKPOINT 'AUDIO_GLOB' [--count 20] [--scores]``.
+"""Magnitude or phase? ``python -m train.diagnose CHECKPOINT 'AUDIO_GLOB' [--count 20] [--scores] [--bands]``.
 
 Vocodes the S3Gen mel of every ``--step``-th file matching the glob (sorted), then prints the
 mean S3Gen log-mel distance to the audio of the output and of its magnitude/phase swaps
 (:mod:`train.evaluation.diagnose`). ``--scores`` (a student with the amplitude prior): also
 PESQ-wb, ESTOI and DistillMOS of its output, of its phase under the prior's magnitude alone,
-and of the Griffin-Lim floor, each the mean over the clips.
+and of the Griffin-Lim floor, each the mean over the clips. ``--bands``: PESQ-wb of the output
+with the floor's phase below each of 0.5, 1, 2 and 4 kHz and its own above, and the other way
+round (:func:`~train.evaluation.diagnose.band_swaps`): where its phase fails.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from train.data.audio import read_audio
-from train.evaluation.diagnose import SWAPS, VARIANTS, prior_variants, swap_distances
+from train.evaluation.diagnose import SWAPS, VARIANTS, band_swaps, prior_variants, swap_distances
 from train.evaluation.griffin_lim import GriffinLim
 from train.evaluation.metrics import QualityMetrics, pesq_wb, stoi
 from train.runtime.config import SAMPLE_RATE
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scores", action="store_true", help="PESQ-wb, ESTOI, DistillMOS: output, no correction, floor (prior only)"
     )
+    parser.add_argument("--bands", action="store_true", help="PESQ-wb with the floor's phase below / above each cut")
     args = parser.parse_args(argv)
     files = sorted(glob.glob(args.audio))[:: args.step][: args.count]
     if not files:
@@ -54,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     totals = dict.fromkeys(SWAPS, 0.0)
     scores: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
     metrics, floor = (
-        (QualityMetrics(naturalness=("distillmos",), speaker=None), GriffinLim()) if args.scores else (None, None)
+        (QualityMetrics(naturalness=("distillmos",) if args.scores else (), speaker=None), GriffinLim())
+        if args.scores or args.bands
+        else (None, None)
     )
+    bands: dict[str, list[float]] = {}
     for path in files:
         audio, rate = read_audio(path)
         truth = mel.to_mono_24k(audio, rate)[0]
@@ -63,7 +69,16 @@ def main(argv: list[str] | None = None) -> int:
             wav = student(mel(truth))[0]
         for key, value in swap_distances(wav, truth, mel=mel).items():
             totals[key] += value / len(files)
-        if metrics is not None:
+        if args.bands:
+            reference = metrics.analyse(truth)
+            with torch.inference_mode():
+                signals = {"vocoder": wav, "floor": floor(mel(truth))[0]}
+            for name, signal in {**signals, **band_swaps(wav, signals["floor"])}.items():
+                estimate, ref = metrics.align(metrics.analyse(signal), reference)
+                bands.setdefault(name, []).append(
+                    metrics.safely("PESQ-wb", path, lambda e=estimate, r=ref: pesq_wb(e, r))
+                )
+        if args.scores:
             reference = metrics.analyse(truth)
             for name, signal in prior_variants(student, mel(truth), floor).items():
                 estimate, ref = metrics.align(metrics.analyse(signal), reference)
@@ -72,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(files)} clips of {args.audio}, S3Gen log-mel distance to the audio ({SAMPLE_RATE} Hz):")
     for key, value in totals.items():
         print(f"  {key:32s} {value:5.2f} dB")
-    if metrics is not None:
+    if bands:
+        print("\nWhere the phase fails: PESQ-wb, the vocoder's magnitude under a mix of phases:")
+        for name, values in bands.items():
+            print(f"  {name:45s} PESQ-wb {float(np.nanmean(values)):.2f}")
+    if args.scores:
         print("\nBy ear (mean over the clips each metric scores):")
         for name, rows in scores.items():
             pesq, estoi, distillmos = (float(np.nanmean(column)) for column in zip(*rows, strict=True))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -134,10 +135,14 @@ class SegmentSampler(Sampler[int]):
 SPEED_STEPS = 20  # speed factors are multiples of 1/20: resampling by k/20 is one short polyphase filter
 
 
-def speed_perturbed(audio: Tensor, start: int, frames: int, factor: float, mel: S3GenMel) -> dict[str, Tensor]:
+def speed_perturbed(
+    audio: Tensor, start: int, frames: int, factor: float, mel: S3GenMel, tilt_db: float = 0.0
+) -> dict[str, Tensor]:
     """``frames`` frames of ``audio`` played ``factor`` times faster (pitch and tempo both scaled),
     from sample ``start`` (moved earlier if the faster segment would run past the end), and their
     S3Gen mel computed from the perturbed audio itself.
+
+    ``tilt_db`` also tilts its spectrum (:func:`tilted`) before the mel is taken.
 
     The mel is taken from a longer span (two frames more on each side), so that none of its frames
     sees the reflection padding a segment's own edges would bring; beyond the utterance the span
@@ -153,8 +158,29 @@ def speed_perturbed(audio: Tensor, start: int, frames: int, factor: float, mel: 
     before = max(-first, 0)
     source = torch.nn.functional.pad(source, (before, span - before - source.shape[-1]))
     played = torchaudio.functional.resample(source, steps, SPEED_STEPS)[:wanted]
+    if tilt_db:
+        played = tilted(played, tilt_db)
     log_mel = mel(played.unsqueeze(0))[0, :, 2 : 2 + frames]
     return {"mel": log_mel, "audio": played[margin : margin + frames * HOP_LENGTH]}
+
+
+TILT_HZ = 1000.0  # the shelf's corner: below it the voice's fundamental and first formant, above it the rest
+
+
+def tilted(audio: Tensor, gain_db: float) -> Tensor:
+    """``audio`` through a high shelf at :data:`TILT_HZ` of ``gain_db`` (a brighter or duller
+    microphone), rescaled to its own RMS level, so only the spectrum's tilt changes."""
+    # the RBJ cookbook's high shelf (slope 1); torchaudio's own biquads clamp their output to +-1
+    a, w0 = 10 ** (gain_db / 40), 2 * math.pi * TILT_HZ / SAMPLE_RATE
+    cos, alpha = math.cos(w0), math.sin(w0) / math.sqrt(2)
+    root = 2 * math.sqrt(a) * alpha
+    b = [a * (a + 1 + (a - 1) * cos + root), -2 * a * (a - 1 + (a + 1) * cos), a * (a + 1 + (a - 1) * cos - root)]
+    den = [a + 1 - (a - 1) * cos + root, 2 * (a - 1 - (a + 1) * cos), a + 1 - (a - 1) * cos - root]
+    shelved = torchaudio.functional.lfilter(
+        audio, audio.new_tensor(den), audio.new_tensor(b), clamp=False, batching=False
+    )
+    level = audio.pow(2).mean().sqrt() / shelved.pow(2).mean().sqrt().clamp_min(1e-8)
+    return shelved * level
 
 
 class UtteranceDataset(Dataset):
@@ -163,7 +189,9 @@ class UtteranceDataset(Dataset):
     With ``segment_frames`` set, returns a random frame-aligned segment seeded by the index
     (see :class:`SegmentSampler`); every entry must then be at least that long. Otherwise the
     first ``max_frames`` frames. With ``speed_factors`` too, each segment is played at one of
-    them, drawn with the same seed (:func:`speed_perturbed`; audio targets only).
+    them, drawn with the same seed (:func:`speed_perturbed`; audio targets only); with
+    ``tilt_db`` (low, high), its spectrum is tilted by a gain drawn uniformly from that range
+    (:func:`tilted`).
     """
 
     def __init__(
@@ -174,6 +202,7 @@ class UtteranceDataset(Dataset):
         max_frames: int | None = None,
         seed: int = 0,
         speed_factors: Sequence[float] | None = None,
+        tilt_db: Sequence[float] | None = None,
     ) -> None:
         self.cache = cache
         self.entries = entries
@@ -181,7 +210,8 @@ class UtteranceDataset(Dataset):
         self.max_frames = max_frames
         self.seed = seed
         self.speed_factors = list(speed_factors or [])
-        self.mel = S3GenMel() if self.speed_factors else None
+        self.tilt_db = tuple(tilt_db) if tilt_db else None
+        self.mel = S3GenMel() if self.speed_factors or self.tilt_db else None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -196,10 +226,10 @@ class UtteranceDataset(Dataset):
             draw = random.Random(f"{self.seed}:{index}")
             start = draw.randint(0, frames - self.segment_frames)
             length = self.segment_frames
-            if self.speed_factors:
-                factor = draw.choice(self.speed_factors)
-                if factor != 1.0:
-                    return speed_perturbed(item["audio"], start * HOP_LENGTH, length, factor, self.mel)
+            factor = draw.choice(self.speed_factors) if self.speed_factors else 1.0
+            tilt = draw.uniform(*self.tilt_db) if self.tilt_db else 0.0
+            if factor != 1.0 or tilt:
+                return speed_perturbed(item["audio"], start * HOP_LENGTH, length, factor, self.mel, tilt)
         else:
             start, length = 0, min(frames, self.max_frames or frames)
         out = {"mel": item["mel"][:, start : start + length]}
@@ -207,6 +237,21 @@ class UtteranceDataset(Dataset):
             if name in item:
                 out[name] = item[name][start * HOP_LENGTH : (start + length) * HOP_LENGTH]
         return out
+
+
+def check_tilt(tilt_db: Sequence[float] | None, teacher: HiFTGenerator | None) -> tuple[float, float] | None:
+    """``data.tilt_db`` as ``(low, high)``, or a :class:`DataError` naming what is wrong with it."""
+    if not tilt_db:
+        return None
+    values = [float(v) for v in tilt_db]
+    if len(values) != 2 or not -24.0 <= values[0] <= values[1] <= 24.0:
+        raise DataError(f"data.tilt_db: {list(tilt_db)} is not [low, high] in dB with -24 <= low <= high <= 24")
+    if teacher is not None:
+        raise DataError(
+            "data.tilt_db needs audio targets alone: the teacher's waveforms are cached for the "
+            "untilted mels (drop the teacher, e.g. `~teacher`, or set data.tilt_db=null)"
+        )
+    return values[0], values[1]
 
 
 def check_speed_factors(factors: Sequence[float] | None, teacher: HiFTGenerator | None) -> list[float]:
@@ -238,6 +283,9 @@ class VocoderDataModule(LightningDataModule):
         speed_perturb: speed factors (multiples of 0.05, e.g. ``[0.9, 1.0, 1.1]``): each training
             segment is played at one of them, pitch and tempo together, and its mel computed
             from the result; for audio targets (a teacher's cached waveforms cannot follow).
+        tilt_db: ``[low, high]`` in dB: each training segment passes a high shelf at 1 kHz whose
+            gain is drawn uniformly from that range, at its own level, and its mel is computed
+            from the result (other microphones, brighter or duller); audio targets only.
         val_dirs: audio folders held out as a whole (e.g. other speakers): when set, they are the
             validation set and nothing else is; ``val_fraction`` is then unused.
         val_fraction, val_max_utterances: without ``val_dirs``, the held-out set is the utterances whose name hash
@@ -258,6 +306,7 @@ class VocoderDataModule(LightningDataModule):
         teacher_seed: int = 0,
         segment_frames: int = 32,
         speed_perturb: Sequence[float] | None = None,
+        tilt_db: Sequence[float] | None = None,
         batch_size: int = 4,
         val_dirs: Sequence[str] = (),
         val_fraction: float = 0.2,
@@ -301,6 +350,7 @@ class VocoderDataModule(LightningDataModule):
         self.teacher_seed = teacher_seed
         self.segment_frames = segment_frames
         self.speed_perturb = check_speed_factors(speed_perturb, teacher)
+        self.tilt_db = check_tilt(tilt_db, teacher)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.val_max_utterances = val_max_utterances
@@ -539,7 +589,12 @@ class VocoderDataModule(LightningDataModule):
         train, val = self.split()
         train = self._long_enough(train)
         self.train_set = UtteranceDataset(
-            self.cache, train, segment_frames=self.segment_frames, seed=self.seed, speed_factors=self.speed_perturb
+            self.cache,
+            train,
+            segment_frames=self.segment_frames,
+            seed=self.seed,
+            speed_factors=self.speed_perturb,
+            tilt_db=self.tilt_db,
         )
         self.val_set = UtteranceDataset(self.cache, val or train[:1], max_frames=self.val_max_frames)
 

@@ -6,6 +6,9 @@ measured: the vocoder's own output; the true magnitude with the vocoder's phase 
 phase alone costs); the vocoder's magnitude with the true phase (what its magnitudes alone
 cost); the true magnitude with random phase (for scale).
 
+:func:`band_swaps` asks in which band a vocoder's phase fails: its magnitude under the
+Griffin-Lim floor's phase below a cut and its own above, and the other way round.
+
 :func:`prior_variants` asks the same of a student with the amplitude prior by ear rather than
 by log-mel distance: its output, the same phase under the prior's magnitude (the correction
 left out), and the Griffin-Lim floor (the prior's magnitude with Griffin-Lim's phase), for
@@ -18,12 +21,36 @@ import torch
 from torch import Tensor, nn
 
 from train.evaluation.metrics import DB_PER_NEPER
-from train.runtime.config import HOP_LENGTH, N_FFT
+from train.runtime.config import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from train.runtime.vocoder import polar
 from train.s3gen.mel import S3GenMel
 
 VARIANTS = ("vocoder", "prior magnitude + vocoder phase", "floor (prior magnitude + Griffin-Lim phase)")
 SWAPS = ("vocoder", "true magnitude + vocoder phase", "vocoder magnitude + true phase", "true magnitude + random phase")
+
+
+BAND_CUTS = (500, 1000, 2000, 4000)
+
+
+def band_swaps(estimate: Tensor, floor: Tensor, cuts: tuple[int, ...] = BAND_CUTS) -> dict[str, Tensor]:
+    """``estimate`` (L,) rebuilt with the phase of ``floor`` (L,) below each cut (Hz) and its own
+    above, then with its own below and the floor's above; every signal keeps ``estimate``'s
+    magnitude (n_fft 1920, hop 480, as :func:`swap_distances`)."""
+    n = min(estimate.shape[-1], floor.shape[-1])
+    window = torch.hann_window(N_FFT)
+    e, f = (
+        torch.stft(x[..., :n].float(), N_FFT, HOP_LENGTH, window=window, return_complex=True) for x in (estimate, floor)
+    )
+    hz = torch.fft.rfftfreq(N_FFT, 1 / SAMPLE_RATE).unsqueeze(-1)
+    signals = {}
+    for cut in cuts:
+        below = hz < cut
+        for name, phase in (
+            (f"floor phase below {cut} Hz", torch.where(below, f.angle(), e.angle())),
+            (f"vocoder phase below {cut} Hz", torch.where(below, e.angle(), f.angle())),
+        ):
+            signals[name] = torch.istft(torch.polar(e.abs(), phase), N_FFT, HOP_LENGTH, window=window, length=n)
+    return signals
 
 
 def swap_distances(estimate: Tensor, truth: Tensor, seed: int = 0, mel: S3GenMel | None = None) -> dict[str, float]:

@@ -54,6 +54,7 @@ class DataSchema:
     teacher_seed: int = 0
     segment_frames: int = 32
     speed_perturb: list[float] | None = None
+    tilt_db: list[float] | None = None
     batch_size: int = 4
     val_dirs: list[str] = field(default_factory=list)
     val_fraction: float = 0.2
