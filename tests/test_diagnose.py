@@ -9,7 +9,7 @@ import torch
 import torchaudio
 from helpers import CORPUS_CLIP, REPO, save_ckpt, student
 
-from train.evaluation.diagnose import BAND_CUTS, SWAPS, band_swaps, swap_distances
+from train.evaluation.diagnose import BAND_CUTS, SWAPS, band_swaps, swap_distances, voicing_swaps
 from train.runtime.config import SAMPLE_RATE
 
 
@@ -45,6 +45,26 @@ def test_a_band_swap_takes_the_floors_phase_only_on_its_side_of_the_cut(speech):
             loud = spectrum[..., 2:-2].abs() > 0.1 * spectrum.abs().max()
             expected = torch.where(turned, torch.tensor(1j), torch.tensor(1 + 0j)).expand_as(ratio)
             assert (ratio[loud] - expected[loud]).abs().median() < 0.05, name
+
+
+def test_a_voicing_swap_takes_the_floors_phase_only_in_the_frames_it_names(speech):
+    window = torch.hann_window(1920)
+    spectrum = torch.stft(speech, 1920, 480, window=window, return_complex=True)
+    shifted = torch.istft(spectrum * 1j, 1920, 480, window=window, length=speech.shape[-1])
+    frames = spectrum.shape[-1]
+    voiced = torch.arange(frames) < frames // 2  # the first half "voiced"
+    swaps = voicing_swaps(speech, shifted, voiced)
+    for name, turned in (("floor phase in unvoiced frames", ~voiced), ("floor phase in voiced frames", voiced)):
+        rebuilt = torch.stft(swaps[name], 1920, 480, window=window, return_complex=True)
+        ratio = rebuilt / spectrum
+        loud = spectrum.abs() > 0.1 * spectrum.abs().max()
+        # frames away from the switch (an overlap-add mixes 2 frames each side of it)
+        inner = (torch.arange(frames) - frames // 2).abs() > 3
+        for frame_flags, expected in ((turned & inner, 1j), (~turned & inner, 1)):
+            keep = loud & frame_flags
+            assert keep.any() and (ratio[keep] - expected).abs().median() < 0.05, name
+    with pytest.raises(ValueError, match="one flag per STFT frame"):
+        voicing_swaps(speech, shifted, voiced[1:])
 
 
 @pytest.mark.slow
@@ -92,7 +112,10 @@ def test_scores_put_the_students_phase_under_the_priors_magnitude_beside_the_flo
     stock = [*cmd[:3], str(tmp_path / "stock.ckpt"), *cmd[4:], "--scores"]
     refused = subprocess.run(stock, cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2 and "--scores needs a student with the amplitude prior" in refused.stderr
-    bands = subprocess.run([*stock[:-1], "--bands", "--count", "1"], cwd=REPO, capture_output=True, text=True)
+    bands = subprocess.run(
+        [*stock[:-1], "--bands", "--voicing", "--count", "1"], cwd=REPO, capture_output=True, text=True
+    )
     assert bands.returncode == 0, bands.stderr  # any student: the floor's phase is the Griffin-Lim floor's
     for cut in BAND_CUTS:
         assert f"  floor phase below {cut} Hz" in bands.stdout and f"  vocoder phase below {cut} Hz" in bands.stdout
+    assert "  floor phase in unvoiced frames" in bands.stdout and "  floor phase in voiced frames" in bands.stdout

@@ -1,4 +1,4 @@
-"""Magnitude or phase? ``python -m train.diagnose CHECKPOINT 'AUDIO_GLOB' [--count 20] [--scores] [--bands]``.
+"""Magnitude or phase? ``python -m train.diagnose CKPT 'AUDIO_GLOB' [--count 20] [--scores] [--bands] [--voicing]``.
 
 Vocodes the S3Gen mel of every ``--step``-th file matching the glob (sorted), then prints the
 mean S3Gen log-mel distance to the audio of the output and of its magnitude/phase swaps
@@ -6,7 +6,9 @@ mean S3Gen log-mel distance to the audio of the output and of its magnitude/phas
 PESQ-wb, ESTOI and DistillMOS of its output, of its phase under the prior's magnitude alone,
 and of the Griffin-Lim floor, each the mean over the clips. ``--bands``: PESQ-wb of the output
 with the floor's phase below each of 0.5, 1, 2 and 4 kHz and its own above, and the other way
-round (:func:`~train.evaluation.diagnose.band_swaps`): where its phase fails.
+round (:func:`~train.evaluation.diagnose.band_swaps`): where its phase fails; ``--voicing``: the
+same with the floor's phase in the frames the ground truth's CREPE track calls unvoiced, then
+voiced (:func:`~train.evaluation.diagnose.voicing_swaps`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,23 @@ import numpy as np
 import torch
 
 from train.data.audio import read_audio
-from train.evaluation.diagnose import SWAPS, VARIANTS, band_swaps, prior_variants, swap_distances
+from train.evaluation.diagnose import SWAPS, VARIANTS, band_swaps, prior_variants, swap_distances, voicing_swaps
 from train.evaluation.griffin_lim import GriffinLim
-from train.evaluation.metrics import QualityMetrics, pesq_wb, stoi
-from train.runtime.config import SAMPLE_RATE
+from train.evaluation.metrics import Analysis, QualityMetrics, pesq_wb, stoi
+from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
 from train.runtime.errors import ConfigError
 from train.s3gen.mel import S3GenMel
 from train.student.model import load_student
 
 PAIRED = (("PESQ-wb", pesq_wb), ("ESTOI", lambda e, r: stoi(e, r, extended=True)))
+
+
+def frame_voicing(reference: Analysis, samples: int) -> torch.Tensor:
+    """The ground truth's CREPE voicing (10 ms) at the diagnosis' STFT frames (one per 480 samples,
+    centred), each frame taking the 10 ms frame at its centre; past the track's end, unvoiced."""
+    voiced = torch.from_numpy(reference.pitch.voiced)
+    centres = torch.arange(samples // HOP_LENGTH + 1) * HOP_LENGTH * 100 // SAMPLE_RATE
+    return torch.where(centres < len(voiced), voiced[centres.clamp(max=len(voiced) - 1)], False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         "--scores", action="store_true", help="PESQ-wb, ESTOI, DistillMOS: output, no correction, floor (prior only)"
     )
     parser.add_argument("--bands", action="store_true", help="PESQ-wb with the floor's phase below / above each cut")
+    parser.add_argument("--voicing", action="store_true", help="PESQ-wb with the floor's phase in (un)voiced frames")
     args = parser.parse_args(argv)
     files = sorted(glob.glob(args.audio))[:: args.step][: args.count]
     if not files:
@@ -58,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
     metrics, floor = (
         (QualityMetrics(naturalness=("distillmos",) if args.scores else (), speaker=None), GriffinLim())
-        if args.scores or args.bands
+        if args.scores or args.bands or args.voicing
         else (None, None)
     )
     bands: dict[str, list[float]] = {}
@@ -69,11 +80,15 @@ def main(argv: list[str] | None = None) -> int:
             wav = student(mel(truth))[0]
         for key, value in swap_distances(wav, truth, mel=mel).items():
             totals[key] += value / len(files)
-        if args.bands:
+        if args.bands or args.voicing:
             reference = metrics.analyse(truth)
             with torch.inference_mode():
                 signals = {"vocoder": wav, "floor": floor(mel(truth))[0]}
-            for name, signal in {**signals, **band_swaps(wav, signals["floor"])}.items():
+            if args.bands:
+                signals.update(band_swaps(wav, signals["floor"]))
+            if args.voicing:
+                signals.update(voicing_swaps(wav, signals["floor"], frame_voicing(reference, wav.shape[-1])))
+            for name, signal in signals.items():
                 estimate, ref = metrics.align(metrics.analyse(signal), reference)
                 bands.setdefault(name, []).append(
                     metrics.safely("PESQ-wb", path, lambda e=estimate, r=ref: pesq_wb(e, r))

@@ -7,7 +7,8 @@ phase alone costs); the vocoder's magnitude with the true phase (what its magnit
 cost); the true magnitude with random phase (for scale).
 
 :func:`band_swaps` asks in which band a vocoder's phase fails: its magnitude under the
-Griffin-Lim floor's phase below a cut and its own above, and the other way round.
+Griffin-Lim floor's phase below a cut and its own above, and the other way round;
+:func:`voicing_swaps` the same split by frames, voiced or not.
 
 :func:`prior_variants` asks the same of a student with the amplitude prior by ear rather than
 by log-mel distance: its output, the same phase under the prior's magnitude (the correction
@@ -51,6 +52,26 @@ def band_swaps(estimate: Tensor, floor: Tensor, cuts: tuple[int, ...] = BAND_CUT
         ):
             signals[name] = torch.istft(torch.polar(e.abs(), phase), N_FFT, HOP_LENGTH, window=window, length=n)
     return signals
+
+
+def voicing_swaps(estimate: Tensor, floor: Tensor, voiced: Tensor) -> dict[str, Tensor]:
+    """``estimate`` (L,) with the phase of ``floor`` (L,) in the unvoiced frames and its own in the
+    voiced ones, then the other way round; ``voiced`` says which of the STFT frames (n_fft 1920,
+    hop 480, centred: frame ``t`` at sample ``t * 480``) are. Both keep ``estimate``'s magnitude."""
+    n = min(estimate.shape[-1], floor.shape[-1])
+    window = torch.hann_window(N_FFT)
+    e, f = (
+        torch.stft(x[..., :n].float(), N_FFT, HOP_LENGTH, window=window, return_complex=True) for x in (estimate, floor)
+    )
+    if voiced.shape != e.shape[-1:]:
+        raise ValueError(f"voiced: one flag per STFT frame, {e.shape[-1]}; got {tuple(voiced.shape)}")
+    return {
+        name: torch.istft(torch.polar(e.abs(), phase), N_FFT, HOP_LENGTH, window=window, length=n)
+        for name, phase in (
+            ("floor phase in unvoiced frames", torch.where(voiced, e.angle(), f.angle())),
+            ("floor phase in voiced frames", torch.where(voiced, f.angle(), e.angle())),
+        )
+    }
 
 
 def swap_distances(estimate: Tensor, truth: Tensor, seed: int = 0, mel: S3GenMel | None = None) -> dict[str, float]:
