@@ -10,11 +10,14 @@ from helpers import (
     TINY_STUDENT,
     compose,
     read_wandb_history,
+    save_ckpt,
     small_config,
+    student,
     write_clips,
     write_s3gen_checkpoint,
 )
 
+from train.runtime.errors import ConfigError
 from train.runtime.hub import WeightsUnavailableError
 from train.s3gen.hift import HiFTGenerator
 from train.training.fit import build, fit
@@ -59,7 +62,16 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path, clips,
     ]
     cfg = compose(overrides, tmp_path)
     if cfg.get("teacher"):
-        cfg = compose([*overrides, f"teacher.checkpoint={teacher_ckpt}", "teacher.device=cpu"], tmp_path)
+        overrides += [f"teacher.checkpoint={teacher_ckpt}", "teacher.device=cpu"]
+        cfg = compose(overrides, tmp_path)
+    if cfg.get("continues_student"):  # a stage on a trained student: refused without one
+        with pytest.raises(
+            ConfigError,
+            match=r"goes on from a trained student \(continues_student: true\), and student.init_from=None is not",
+        ):
+            build(cfg)
+        save_ckpt(student(), tmp_path / "trained.ckpt")
+        cfg = compose([*overrides, f"student.init_from={tmp_path / 'trained.ckpt'}"], tmp_path)
     datamodule, module, trainer = build(cfg)
     assert (datamodule.teacher is None) == (cfg.get("teacher") is None)
     assert trainer.max_steps == cfg.trainer.max_steps

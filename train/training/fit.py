@@ -61,10 +61,19 @@ def check_framing(generator: Any, source: str | None) -> None:
 
 
 def check_parent(cfg: DictConfig) -> None:
-    """A compression stage (``compress=prune|qat|lookahead``) starts from a trained student file."""
+    """A compression stage (``compress=prune|qat|lookahead``), or an experiment that goes on
+    from a trained student (``continues_student``), starts from a trained student file."""
+    parent = cfg.student.get("init_from")
+    if cfg.get("continues_student") and not cfg.get("compress"):
+        if not parent or not Path(str(parent)).expanduser().is_file():
+            raise ConfigError(
+                "this experiment goes on from a trained student (continues_student: true), and "
+                f"student.init_from={parent!r} is not a file. Point it at the last.ckpt of the run it continues "
+                "(e.g. checkpoints/runs/cpu/<run>/checkpoints/last.ckpt)."
+            )
+        return
     if not cfg.get("compress"):
         return
-    parent = cfg.student.get("init_from")
     if not parent or not Path(str(parent)).expanduser().is_file():
         raise CompressionError(
             f"compress: a compression stage starts from a trained student; student.init_from={parent!r} is not a "
