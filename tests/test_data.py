@@ -334,32 +334,19 @@ def test_a_tilted_segment_keeps_its_level_and_pitch_and_moves_energy_across_1_kh
 
 
 @pytest.mark.slow
-def test_tilted_training_segments_are_seeded_and_checked(tmp_path, teacher):
+@pytest.mark.parametrize(
+    ("option", "value", "wrong", "refusal"),
+    [
+        ("speed_perturb", [0.9, 1.1], [[0.93, 1.0]], r"data.speed_perturb: \[0.93\] are not multiples of 0.05"),
+        ("tilt_db", [6.0, 12.0], [[12.0, 6.0], [0.0, 30.0], [3.0]], r"data.tilt_db: .* is not \[low, high\] in dB"),
+    ],
+)
+def test_perturbed_training_segments_are_seeded_and_checked(tmp_path, teacher, option, value, wrong, refusal):
     write_clips(tmp_path / "clips", seconds=1.0)
     plain = make(tmp_path, segment_frames=24)
     plain.prepare_data()
     plain.setup("fit")
-    dm = make(tmp_path, segment_frames=24, tilt_db=[6.0, 12.0])
-    dm.setup("fit")
-    items = [dm.train_set[i] for i in range(8)]
-    assert all(item["mel"].shape == (80, 24) and item["audio"].shape == (24 * 480,) for item in items)
-    assert all(not torch.equal(item["audio"], plain.train_set[i]["audio"]) for i, item in enumerate(items))
-    torch.testing.assert_close(dm.train_set[3], items[3])  # the same draw for the same index (resume)
-    assert torch.equal(dm.val_set[0]["audio"], plain.val_set[0]["audio"])  # validation is never tilted
-    for wrong in ([12.0, 6.0], [0.0, 30.0], [3.0]):
-        with pytest.raises(ValueError, match=r"data.tilt_db: .* is not \[low, high\] in dB"):
-            make(tmp_path, tilt_db=wrong)
-    with pytest.raises(ValueError, match="data.tilt_db needs audio targets alone"):
-        make(tmp_path, tilt_db=[-6.0, 12.0], teacher=teacher)
-
-
-@pytest.mark.slow
-def test_speed_perturbed_training_segments_are_seeded_and_checked(tmp_path, teacher):
-    write_clips(tmp_path / "clips", seconds=1.0)
-    plain = make(tmp_path, segment_frames=24)
-    plain.prepare_data()
-    plain.setup("fit")
-    dm = make(tmp_path, segment_frames=24, speed_perturb=[0.9, 1.1])
+    dm = make(tmp_path, segment_frames=24, **{option: value})
     dm.setup("fit")
     items = [dm.train_set[i] for i in range(8)]
     assert all(item["mel"].shape == (80, 24) and item["audio"].shape == (24 * 480,) for item in items)
@@ -367,7 +354,8 @@ def test_speed_perturbed_training_segments_are_seeded_and_checked(tmp_path, teac
     torch.testing.assert_close(dm.train_set[3], items[3])  # the same draw for the same index (resume)
     assert torch.equal(dm.val_set[0]["audio"], plain.val_set[0]["audio"])  # validation is never perturbed
 
-    with pytest.raises(ValueError, match=r"data.speed_perturb: \[0.93\] are not multiples of 0.05"):
-        make(tmp_path, speed_perturb=[0.93, 1.0])
-    with pytest.raises(ValueError, match="data.speed_perturb needs audio targets alone"):
-        make(tmp_path, speed_perturb=[0.9, 1.0], teacher=teacher)
+    for bad in wrong:
+        with pytest.raises(ValueError, match=refusal):
+            make(tmp_path, **{option: bad})
+    with pytest.raises(ValueError, match=f"data.{option} needs audio targets alone"):
+        make(tmp_path, **{option: value}, teacher=teacher)

@@ -76,29 +76,31 @@ def main(argv: list[str] | None = None) -> int:
     for path in files:
         audio, rate = read_audio(path)
         truth = mel.to_mono_24k(audio, rate)[0]
+        log_mel = mel(truth)
         with torch.inference_mode():
-            wav = student(mel(truth))[0]
+            wav = student(log_mel)[0]
         for key, value in swap_distances(wav, truth, mel=mel).items():
             totals[key] += value / len(files)
-        if args.bands or args.voicing:
-            reference = metrics.analyse(truth)
-            with torch.inference_mode():
-                signals = {"vocoder": wav, "floor": floor(mel(truth))[0]}
-            if args.bands:
-                signals.update(band_swaps(wav, signals["floor"]))
-            if args.voicing:
-                signals.update(voicing_swaps(wav, signals["floor"], frame_voicing(reference, wav.shape[-1])))
-            for name, signal in signals.items():
-                estimate, ref = metrics.align(metrics.analyse(signal), reference)
-                bands.setdefault(name, []).append(
-                    metrics.safely("PESQ-wb", path, lambda e=estimate, r=ref: pesq_wb(e, r))
-                )
+        if metrics is None:
+            continue
+        reference = metrics.analyse(truth)
         if args.scores:
-            reference = metrics.analyse(truth)
-            for name, signal in prior_variants(student, mel(truth), floor).items():
+            variants = prior_variants(student, log_mel, floor)
+            for name, signal in variants.items():
                 estimate, ref = metrics.align(metrics.analyse(signal), reference)
                 paired = [metrics.safely(m, path, lambda f=f, e=estimate, r=ref: f(e, r)) for m, f in PAIRED]
                 scores[name].append((*paired, metrics.safely("DistillMOS", path, lambda e=estimate: e.distillmos)))
+        if not (args.bands or args.voicing):
+            continue
+        with torch.inference_mode():  # the floor of --scores' variants, or computed here once
+            signals = {"vocoder": wav, "floor": variants[VARIANTS[-1]] if args.scores else floor(log_mel)[0]}
+        if args.bands:
+            signals.update(band_swaps(wav, signals["floor"]))
+        if args.voicing:
+            signals.update(voicing_swaps(wav, signals["floor"], frame_voicing(reference, wav.shape[-1])))
+        for name, signal in signals.items():
+            estimate, ref = metrics.align(metrics.analyse(signal), reference)
+            bands.setdefault(name, []).append(metrics.safely("PESQ-wb", path, lambda e=estimate, r=ref: pesq_wb(e, r)))
     print(f"{len(files)} clips of {args.audio}, S3Gen log-mel distance to the audio ({SAMPLE_RATE} Hz):")
     for key, value in totals.items():
         print(f"  {key:32s} {value:5.2f} dB")

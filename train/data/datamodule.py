@@ -239,6 +239,15 @@ class UtteranceDataset(Dataset):
         return out
 
 
+def refuse_teacher(option: str, unchanged: str, teacher: HiFTGenerator | None) -> None:
+    """A :class:`DataError` when ``option``, which changes the training audio, meets a teacher."""
+    if teacher is not None:
+        raise DataError(
+            f"{option} needs audio targets alone: the teacher's waveforms are cached for the "
+            f"{unchanged} mels (drop the teacher, e.g. `~teacher`, or set {option}=null)"
+        )
+
+
 def check_tilt(tilt_db: Sequence[float] | None, teacher: HiFTGenerator | None) -> tuple[float, float] | None:
     """``data.tilt_db`` as ``(low, high)``, or a :class:`DataError` naming what is wrong with it."""
     if not tilt_db:
@@ -246,11 +255,7 @@ def check_tilt(tilt_db: Sequence[float] | None, teacher: HiFTGenerator | None) -
     values = [float(v) for v in tilt_db]
     if len(values) != 2 or not -24.0 <= values[0] <= values[1] <= 24.0:
         raise DataError(f"data.tilt_db: {list(tilt_db)} is not [low, high] in dB with -24 <= low <= high <= 24")
-    if teacher is not None:
-        raise DataError(
-            "data.tilt_db needs audio targets alone: the teacher's waveforms are cached for the "
-            "untilted mels (drop the teacher, e.g. `~teacher`, or set data.tilt_db=null)"
-        )
+    refuse_teacher("data.tilt_db", "untilted", teacher)
     return values[0], values[1]
 
 
@@ -260,11 +265,8 @@ def check_speed_factors(factors: Sequence[float] | None, teacher: HiFTGenerator 
     wrong = [f for f in factors if not 0.5 <= f <= 2.0 or abs(f * SPEED_STEPS - round(f * SPEED_STEPS)) > 1e-6]
     if wrong:
         raise DataError(f"data.speed_perturb: {wrong} are not multiples of 0.05 between 0.5 and 2")
-    if factors and teacher is not None:
-        raise DataError(
-            "data.speed_perturb needs audio targets alone: the teacher's waveforms are cached for the "
-            "unperturbed mels (drop the teacher, e.g. `~teacher`, or set data.speed_perturb=null)"
-        )
+    if factors:
+        refuse_teacher("data.speed_perturb", "unperturbed", teacher)
     return factors
 
 

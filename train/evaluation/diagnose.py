@@ -33,24 +33,28 @@ SWAPS = ("vocoder", "true magnitude + vocoder phase", "vocoder magnitude + true 
 BAND_CUTS = (500, 1000, 2000, 4000)
 
 
+def _stft(x: Tensor) -> Tensor:
+    return torch.stft(x.float(), N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), return_complex=True)
+
+
+def _rebuild(magnitude: Tensor, phase: Tensor, length: int) -> Tensor:
+    """The signal of ``length`` samples whose STFT has this magnitude and phase (as :func:`_stft`)."""
+    polar = torch.polar(magnitude, phase)
+    return torch.istft(polar, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), length=length)
+
+
 def band_swaps(estimate: Tensor, floor: Tensor, cuts: tuple[int, ...] = BAND_CUTS) -> dict[str, Tensor]:
     """``estimate`` (L,) rebuilt with the phase of ``floor`` (L,) below each cut (Hz) and its own
     above, then with its own below and the floor's above; every signal keeps ``estimate``'s
     magnitude (n_fft 1920, hop 480, as :func:`swap_distances`)."""
     n = min(estimate.shape[-1], floor.shape[-1])
-    window = torch.hann_window(N_FFT)
-    e, f = (
-        torch.stft(x[..., :n].float(), N_FFT, HOP_LENGTH, window=window, return_complex=True) for x in (estimate, floor)
-    )
+    e, f = _stft(estimate[..., :n]), _stft(floor[..., :n])
     hz = torch.fft.rfftfreq(N_FFT, 1 / SAMPLE_RATE).unsqueeze(-1)
     signals = {}
     for cut in cuts:
         below = hz < cut
-        for name, phase in (
-            (f"floor phase below {cut} Hz", torch.where(below, f.angle(), e.angle())),
-            (f"vocoder phase below {cut} Hz", torch.where(below, e.angle(), f.angle())),
-        ):
-            signals[name] = torch.istft(torch.polar(e.abs(), phase), N_FFT, HOP_LENGTH, window=window, length=n)
+        signals[f"floor phase below {cut} Hz"] = _rebuild(e.abs(), torch.where(below, f.angle(), e.angle()), n)
+        signals[f"vocoder phase below {cut} Hz"] = _rebuild(e.abs(), torch.where(below, e.angle(), f.angle()), n)
     return signals
 
 
@@ -59,18 +63,12 @@ def voicing_swaps(estimate: Tensor, floor: Tensor, voiced: Tensor) -> dict[str, 
     voiced ones, then the other way round; ``voiced`` says which of the STFT frames (n_fft 1920,
     hop 480, centred: frame ``t`` at sample ``t * 480``) are. Both keep ``estimate``'s magnitude."""
     n = min(estimate.shape[-1], floor.shape[-1])
-    window = torch.hann_window(N_FFT)
-    e, f = (
-        torch.stft(x[..., :n].float(), N_FFT, HOP_LENGTH, window=window, return_complex=True) for x in (estimate, floor)
-    )
+    e, f = _stft(estimate[..., :n]), _stft(floor[..., :n])
     if voiced.shape != e.shape[-1:]:
         raise ValueError(f"voiced: one flag per STFT frame, {e.shape[-1]}; got {tuple(voiced.shape)}")
     return {
-        name: torch.istft(torch.polar(e.abs(), phase), N_FFT, HOP_LENGTH, window=window, length=n)
-        for name, phase in (
-            ("floor phase in unvoiced frames", torch.where(voiced, e.angle(), f.angle())),
-            ("floor phase in voiced frames", torch.where(voiced, f.angle(), e.angle())),
-        )
+        "floor phase in unvoiced frames": _rebuild(e.abs(), torch.where(voiced, e.angle(), f.angle()), n),
+        "floor phase in voiced frames": _rebuild(e.abs(), torch.where(voiced, f.angle(), e.angle()), n),
     }
 
 
@@ -78,20 +76,12 @@ def swap_distances(estimate: Tensor, truth: Tensor, seed: int = 0, mel: S3GenMel
     """S3Gen log-mel distance (dB) to ``truth`` (L,) of ``estimate`` (L,) and of the rebuilt signals."""
     n = min(estimate.shape[-1], truth.shape[-1])
     estimate, truth = estimate[..., :n].float(), truth[..., :n].float()
-    window = torch.hann_window(N_FFT)
-
-    def stft(x: Tensor) -> Tensor:
-        return torch.stft(x, N_FFT, HOP_LENGTH, window=window, return_complex=True)
-
-    def rebuild(magnitude: Tensor, phase: Tensor) -> Tensor:
-        return torch.istft(torch.polar(magnitude, phase), N_FFT, HOP_LENGTH, window=window, length=n)
-
-    e, t = stft(estimate), stft(truth)
+    e, t = _stft(estimate), _stft(truth)
     noise = 2 * torch.pi * torch.rand(t.shape, generator=torch.Generator().manual_seed(seed))
     signals = dict(
         zip(
             SWAPS,
-            (estimate, rebuild(t.abs(), e.angle()), rebuild(e.abs(), t.angle()), rebuild(t.abs(), noise)),
+            (estimate, _rebuild(t.abs(), e.angle(), n), _rebuild(e.abs(), t.angle(), n), _rebuild(t.abs(), noise, n)),
             strict=True,
         )
     )

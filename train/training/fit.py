@@ -64,21 +64,19 @@ def check_parent(cfg: DictConfig) -> None:
     """A compression stage (``compress=prune|qat|lookahead``), or an experiment that goes on
     from a trained student (``continues_student``), starts from a trained student file."""
     parent = cfg.student.get("init_from")
-    if cfg.get("continues_student") and not cfg.get("compress"):
-        if not parent or not Path(str(parent)).expanduser().is_file():
-            raise ConfigError(
-                "this experiment goes on from a trained student (continues_student: true), and "
-                f"student.init_from={parent!r} is not a file. Point it at the last.ckpt of the run it continues "
-                "(e.g. checkpoints/runs/cpu/<run>/checkpoints/last.ckpt)."
-            )
+    if parent and Path(str(parent)).expanduser().is_file():
         return
-    if not cfg.get("compress"):
-        return
-    if not parent or not Path(str(parent)).expanduser().is_file():
+    if cfg.get("compress"):
         raise CompressionError(
             f"compress: a compression stage starts from a trained student; student.init_from={parent!r} is not a "
             "file. Point it at a training .ckpt (e.g. checkpoints/runs/finetune/<run>/checkpoints/last.ckpt) "
             "or an exported student .safetensors."
+        )
+    if cfg.get("continues_student"):
+        raise ConfigError(
+            "this experiment goes on from a trained student (continues_student: true), and "
+            f"student.init_from={parent!r} is not a file. Point it at the last.ckpt of the run it continues "
+            "(e.g. checkpoints/runs/cpu/<run>/checkpoints/last.ckpt)."
         )
 
 
