@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -14,6 +16,31 @@ from train.student.model import build_student
 
 KIT = Path(__file__).parent / "fixtures" / "conformance"
 SMALL_WEIGHTS = KIT / "hift_small_weights.safetensors"
+
+QEMU = shutil.which("qemu-x86_64")
+# x86 kernel families qemu 7.2 can emulate (no AVX-512, no VNNI): SSE4.1 and AVX2
+EMULATED = {"sse4.1": "Nehalem", "avx2": "Haswell"}
+# numpy's OpenBLAS picks its kernels by itself: under qemu-user on an AVX-512 host (AMD EPYC, Zen 4)
+# it took an AVX kernel on the emulated Nehalem, and `import numpy` died of SIGILL. Naming its core
+# type keeps numpy on the emulated CPU's own instructions; torch and ONNX Runtime still pick their
+# kernels from the emulated CPUID, which is what the tests that use this are about.
+OPENBLAS_CORE = {"Nehalem": "NEHALEM", "Haswell": "HASWELL"}
+
+
+def emulated(cpu: str) -> list[str]:
+    """The command prefix that runs a process on qemu-user's emulated ``cpu`` (``EMULATED``)."""
+    return ["env", f"OPENBLAS_CORETYPE={OPENBLAS_CORE[cpu]}", QEMU, "-cpu", cpu]
+
+
+def need_qemu() -> None:
+    """Skip without qemu-user, except in CI, where its absence is a failure (.ci/run installs it)."""
+    import pytest
+
+    if QEMU is None:
+        if os.environ.get("CI"):
+            pytest.fail("qemu-user is missing: .ci/run installs it (apt-get install qemu-user)")
+        pytest.skip("apt-get install qemu-user: runs this on emulated CPUs of other kernel families")
+
 
 # Keys that sit beside the vocoder in a real S3Gen checkpoint.
 UNRELATED = {

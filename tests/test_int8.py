@@ -9,7 +9,6 @@ products in a saturating int16. These tests show the written graph cannot overfl
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
@@ -18,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import student
+from helpers import EMULATED, emulated, need_qemu, student
 from onnx import numpy_helper
 
 from train.runtime import int8_check
@@ -34,16 +33,6 @@ from train.runtime.int8_check import (
 from train.runtime.onnx import OnnxVocoder
 from train.student.graph import INT8_SCHEME, export_onnx, overflow_risks
 from train.student.quantized import prepare
-
-QEMU = shutil.which("qemu-x86_64")
-# x86 kernel families qemu 7.2 can emulate: SSE4.1 widens u8 x s8 to int16 before pmaddwd (exact);
-# Haswell (AVX2, no AVX-512, no VNNI) adds pairs with vpmaddubsw, saturating at 32,767
-EMULATED = {"sse4.1": "Nehalem", "avx2": "Haswell"}
-# numpy's OpenBLAS picks its kernels by itself: under qemu-user on an AVX-512 host (AMD EPYC, Zen 4)
-# it took an AVX kernel on the emulated Nehalem, and `import numpy` died of SIGILL before ONNX
-# Runtime ran. Naming its core type keeps numpy on the emulated CPU's own instructions; ONNX
-# Runtime still picks its int8 kernels from the emulated CPUID, which is what this test is about.
-OPENBLAS_CORE = {"Nehalem": "NEHALEM", "Haswell": "HASWELL"}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +82,7 @@ def test_the_writer_refuses_a_graph_that_could_overflow(fake, tmp_path, monkeypa
 
 def run_graphs(files, mel, cpu=None):
     """Each graph's output on ``mel`` in a fresh process: natively, or under qemu-user as ``cpu``."""
-    prefix = ["env", f"OPENBLAS_CORETYPE={OPENBLAS_CORE[cpu]}", QEMU, "-cpu", cpu] if cpu else None
+    prefix = emulated(cpu) if cpu else None
     return {f.name: run_in_child(f, mel.numpy(), prefix) for f in files}
 
 
@@ -102,10 +91,7 @@ def run_graphs(files, mel, cpu=None):
 def test_every_x86_kernel_gives_the_same_int8_output(graphs, fake, mel):
     """The graph on this CPU and on emulated CPUs of the other kernel families agrees with itself
     and with the QAT model; the saturating scheme shows the emulated AVX2 kernel is really reached."""
-    if QEMU is None:
-        if os.environ.get("CI"):
-            pytest.fail("qemu-user is missing: .ci/run installs it (apt-get install qemu-user)")
-        pytest.skip("apt-get install qemu-user: runs the int8 graph on emulated CPUs without VNNI")
+    need_qemu()
     files = [graphs[INT8_SCHEME], graphs["u8s8"]]
     outputs = {"native": run_graphs(files, mel)}
     outputs |= {family: run_graphs(files, mel, cpu) for family, cpu in EMULATED.items()}
