@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from train.runtime.int8_check import ProbeCrashed, read_probe, run_in_child
-from train.runtime.onnx import OnnxVocoder
+from vocos_distill.int8_check import ProbeCrashed, read_probe, run_in_child
+from vocos_distill.onnx import OnnxVocoder
 
 X86 = {"x86 SSE4.1 (Nehalem)": "Nehalem", "x86 AVX2, no VNNI (Haswell)": "Haswell"}
 ARM_BASE = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"

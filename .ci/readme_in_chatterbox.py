@@ -48,7 +48,7 @@ def main(release: str, mel_path: str, out: str) -> None:
     namespace: dict = {}
     exec(offline.replace(RELEASED, release), namespace)
     assert namespace["hift"] is hift and s3gen.mel2wav is hift, "use_student did not swap in and back"
-    from train.runtime import load_vocoder
+    from vocos_distill import load_vocoder
 
     auto_runtime = load_vocoder(release).runtime  # what runtime="auto" took (the check and timing are cached)
     played: list[torch.Tensor] = []

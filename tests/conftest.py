@@ -12,7 +12,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
-# int8 self-checks remember their answers (train.runtime.int8_check): in a folder of this test session's own
+# int8 self-checks remember their answers (vocos_distill.int8_check): in a folder of this test session's own
 os.environ["VOCOS_DISTILL_CACHE"] = tempfile.mkdtemp(prefix="vocos-distill-cache-")
 
 

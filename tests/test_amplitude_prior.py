@@ -9,12 +9,13 @@ from helpers import save_ckpt
 from train.compress.pruning import prune
 from train.evaluation.griffin_lim import GriffinLim
 from train.release.vocos_layout import load_vocos, write_vocos_layout
-from train.runtime.config import StudentConfig, StudentConfigError
-from train.runtime.release import load_release
-from train.runtime.vocoder import AmplitudePriorHead, load_student, polar
 from train.student.graph import export_onnx
 from train.student.model import build_student
 from train.student.quantized import prepare, strip
+from vocos_distill.config import StudentConfig, StudentConfigError
+from vocos_distill.heads import AmplitudePriorHead, polar
+from vocos_distill.loader import load_student
+from vocos_distill.release import load_release
 
 
 def prior_student(seed: int = 0, **shape):
@@ -100,7 +101,7 @@ def test_a_release_loads_through_the_runtime_and_plain_vocos_refuses_to_decode_i
     folder.mkdir()
     write_vocos_layout(student, folder)
     head = yaml.safe_load((folder / "config.yaml").read_text())["head"]
-    assert head["class_path"] == "train.runtime.vocoder.AmplitudePriorHead"
+    assert head["class_path"] == "vocos_distill.heads.AmplitudePriorHead"
     runtime, vocoder = load_release(folder, runtime="torch")
     with torch.no_grad():
         assert runtime == "torch" and torch.allclose(vocoder(mel), student(mel), atol=1e-6)

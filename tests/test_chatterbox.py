@@ -17,7 +17,9 @@ import torch
 import yaml
 
 from train.release.vocos_layout import write_vocos_layout
-from train.runtime.chatterbox import (
+from train.student.graph import export_onnx
+from train.student.model import build_student
+from vocos_distill.chatterbox import (
     ChatterboxStream,
     ChatterboxVocoder,
     VocoderFallbackWarning,
@@ -25,11 +27,9 @@ from train.runtime.chatterbox import (
     s3gen_mel_spec,
     use_student,
 )
-from train.runtime.config import MEL_SPEC
-from train.runtime.onnx import OnnxVocoder
-from train.runtime.release import VocoderUnavailableError
-from train.student.graph import export_onnx
-from train.student.model import build_student
+from vocos_distill.config import MEL_SPEC
+from vocos_distill.onnx import OnnxVocoder
+from vocos_distill.release import VocoderUnavailableError
 
 if os.environ.get("CI"):  # CI installs it (README, "Install"): a missing Chatterbox is a failure there
     import chatterbox  # noqa: F401
@@ -196,6 +196,35 @@ def test_a_missing_release_keeps_hift_and_says_why(s3gen, tmp_path):
         use_student(s3gen, tmp_path / "nowhere", fallback=False)
     wav, _ = synthesise(s3gen)  # HiFT still speaks
     assert torch.isfinite(wav).all()
+
+
+def test_what_the_caller_wrote_wrong_raises_even_with_fallback(s3gen, release):
+    """``fallback`` covers what the environment gets wrong, never the call itself: a misspelt
+    runtime, arguments of the wrong type or a model without an S3Gen raise at once, naming the
+    valid choices, and HiFT stays in place."""
+    original = s3gen.mel2wav
+    with pytest.raises(ValueError, match=r"runtime='onnx-int8': choose one of auto, torch, onnx, int8"):
+        use_student(s3gen, release, runtime="onnx-int8")
+    with pytest.raises(TypeError, match=r"source must be a release folder or Hub id \(str or Path\), .* got int"):
+        use_student(s3gen, 42)
+    with pytest.raises(TypeError, match=r"Linear is not a Vocos student"):
+        use_student(s3gen, torch.nn.Linear(2, 2))
+    for flag in ("fallback", "local_files_only"):
+        with pytest.raises(TypeError, match=rf"{flag} must be True or False; got 'yes'"):
+            use_student(s3gen, release, **{flag: "yes"})
+    with pytest.raises(TypeError, match="has no S3Gen vocoder"):
+        use_student(object(), release)
+    assert s3gen.mel2wav is original
+
+
+def test_a_stream_after_a_fallback_says_why_the_student_is_not_there(s3gen, tmp_path):
+    with pytest.warns(VocoderFallbackWarning) as seen:
+        use_student(s3gen, tmp_path / "nowhere")
+    reason = str(seen[0].message)
+    with pytest.raises(TypeError) as refused:
+        ChatterboxStream(s3gen)
+    assert "use_student() kept HiFTGenerator in place" in str(refused.value)
+    assert reason in str(refused.value) and "no such folder or file" in reason
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,11 @@ from vocos.models import VocosBackbone
 from train.compress.compare import snr_db
 from train.compress.pruning import Pruning, check_targets, drop_blocks, prune, prune_widths, schedule
 from train.compress.stage import CompressionError
-from train.runtime.onnx import OnnxArtifactError, OnnxVocoder
 from train.student.graph import export_onnx
 from train.student.model import build_student, load_student
 from train.student.quantized import is_prepared, prepare, strip
 from train.training.fit import build, fit
+from vocos_distill.onnx import OnnxArtifactError, OnnxVocoder
 
 AUDIO_ONLY = ["~teacher", "module.target_weights={teacher:0,audio:1}"]
 
@@ -183,7 +183,7 @@ def second_shape(result):
 
 @pytest.mark.slow
 def test_compression_stages_refuse_a_wrong_parent_before_training(tmp_path, clips):
-    from train.runtime.errors import ConfigError
+    from vocos_distill.errors import ConfigError
 
     with pytest.raises(CompressionError, match=r"student.init_from=None is not a file"):
         fit(stage(tmp_path, clips, "a", "compress=prune"))
@@ -260,7 +260,7 @@ def test_init_from_a_student_file_loads_it_whole_in_its_own_shape(tmp_path, mel)
 
 
 def test_a_compression_stage_also_learns_to_reproduce_its_parent(tmp_path, clips, mel):
-    from train.runtime.errors import ConfigError
+    from vocos_distill.errors import ConfigError
 
     parent = student()
     save_ckpt(parent, tmp_path / "parent.ckpt")

@@ -10,7 +10,7 @@ import torchaudio
 from helpers import CORPUS_CLIP, REPO, save_ckpt, student
 
 from train.evaluation.diagnose import BAND_CUTS, SWAPS, band_swaps, swap_distances, voicing_swaps
-from train.runtime.config import SAMPLE_RATE
+from vocos_distill.config import SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")

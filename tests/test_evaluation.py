@@ -13,9 +13,9 @@ from helpers import REPO, compose, read_wandb_history, tiny_config, write_clips,
 
 from train.evaluation.evaluate import evaluate, find_checkpoint
 from train.evaluation.report import GROUPS, read_report
-from train.runtime.hub import WeightsUnavailableError
 from train.s3gen.hift import HiFTGenerator
 from train.student.model import build_student
+from vocos_distill.hub import WeightsUnavailableError
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from train.runtime.files import atomic_write, atomic_write_text
+from vocos_distill.files import atomic_write, atomic_write_text
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):

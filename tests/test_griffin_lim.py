@@ -10,8 +10,8 @@ from helpers import CORPUS_CLIP
 
 from train.evaluation.griffin_lim import GriffinLim
 from train.evaluation.metrics import QualityMetrics, mel_distance_db, pesq_wb
-from train.runtime.config import SAMPLE_RATE
 from train.s3gen.mel import S3GenMel
+from vocos_distill.config import SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")

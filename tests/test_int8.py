@@ -20,8 +20,10 @@ import torch
 from helpers import EMULATED, emulated, need_qemu, student
 from onnx import numpy_helper
 
-from train.runtime import int8_check
-from train.runtime.int8_check import (
+from train.student.graph import INT8_SCHEME, export_onnx, overflow_risks
+from train.student.quantized import prepare
+from vocos_distill import int8_check
+from vocos_distill.int8_check import (
     PROBE_KEY,
     Int8MismatchError,
     cpu_info,
@@ -30,9 +32,7 @@ from train.runtime.int8_check import (
     run_in_child,
     snr_db,
 )
-from train.runtime.onnx import OnnxVocoder
-from train.student.graph import INT8_SCHEME, export_onnx, overflow_risks
-from train.student.quantized import prepare
+from vocos_distill.onnx import OnnxVocoder
 
 
 @pytest.fixture(scope="module")
@@ -222,14 +222,14 @@ def release(tmp_path_factory, fake):
 
 
 def with_speed(monkeypatch, int8_s, fp32_s):
-    import train.runtime.int8_check as module
+    import vocos_distill.release as module  # where load_release looks speed_check up
 
     monkeypatch.setattr(module, "speed_check", lambda *a, **k: {"int8_s": int8_s, "fp32_s": fp32_s})
 
 
 @pytest.mark.slow
 def test_auto_takes_the_int8_graph_when_it_passes_and_is_faster(release, monkeypatch):
-    from train.runtime.chatterbox import load_vocoder
+    from vocos_distill.chatterbox import load_vocoder
 
     with_speed(monkeypatch, 0.001, 0.002)
     vocoder = load_vocoder(release)
@@ -237,7 +237,7 @@ def test_auto_takes_the_int8_graph_when_it_passes_and_is_faster(release, monkeyp
 
 
 def test_auto_takes_fp32_where_int8_is_not_faster_here(release, monkeypatch):
-    from train.runtime.chatterbox import load_vocoder
+    from vocos_distill.chatterbox import load_vocoder
 
     with_speed(monkeypatch, 0.002, 0.002)
     vocoder = load_vocoder(release)
@@ -246,8 +246,8 @@ def test_auto_takes_fp32_where_int8_is_not_faster_here(release, monkeypatch):
 
 
 def test_a_wrong_int8_graph_makes_auto_fall_back_and_int8_refuse(release, tmp_path, monkeypatch):
-    from train.runtime.chatterbox import load_vocoder
-    from train.runtime.release import Int8FallbackWarning
+    from vocos_distill.chatterbox import load_vocoder
+    from vocos_distill.release import Int8FallbackWarning
 
     planted = tmp_path / "release"
     shutil.copytree(release, planted)

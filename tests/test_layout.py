@@ -1,4 +1,5 @@
-"""The package layout: jobs import downward only, and the entry scripts run from the installed package."""
+"""The layout: the runtime (``vocos_distill``) stands alone and installs alone; the training code
+(``train/``) is grouped by job, imports downward only, and runs from its checkout."""
 
 import ast
 import os
@@ -11,6 +12,7 @@ import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "train"
+RUNTIME = REPO / "vocos_distill"
 ENTRY_POINTS = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 SUBPACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
 
@@ -43,7 +45,7 @@ def package_graph() -> dict[str, set[str]]:
 
 def test_the_library_is_grouped_by_job_with_only_entry_points_at_the_top():
     assert set(SUBPACKAGES) >= {
-        "runtime", "s3gen", "student", "data", "training", "evaluation", "compress", "release", "utils"
+        "s3gen", "student", "data", "training", "evaluation", "compress", "release", "utils"
     }  # fmt: skip
     scripts = {"fit", "prepare", "evaluate", "quantize", "bench", "export", "publish", "corpus", "curve", "diagnose",
                "tradeoff"}  # fmt: skip
@@ -57,8 +59,7 @@ def test_imports_point_downward_only():
     graph = package_graph()
     for name, imports in graph.items():
         assert not set(imports) & set(ENTRY_POINTS), f"train.{name} imports an entry script: {imports}"
-    assert graph["runtime"] == set(), "the runtime is the bottom layer: it imports no other part of train"
-    assert graph["utils"] <= {"runtime"}, "utils holds the training side's shared helpers, above the runtime only"
+    assert graph["utils"] == set(), "utils holds the training side's shared helpers: it imports no other room"
     # no cycles: repeatedly remove packages that import nothing left
     remaining = {k: set(v) for k, v in graph.items()}
     while remaining:
@@ -89,20 +90,82 @@ def _find(name: str, path: list[str]):
     return PathFinder.find_spec(name, path)
 
 
-def test_entry_scripts_run_from_the_installed_package_without_path_tricks(tmp_path):
+def test_entry_scripts_find_their_checkout_and_run_from_any_folder(tmp_path):
+    """``train/`` is not installed: each entry script puts its own checkout on ``sys.path`` (rootutils
+    and the ``.project-root`` marker, as lightning-hydra-template does) and touches it nowhere else."""
+    import importlib.util
+
+    assert importlib.util.find_spec("vocos_distill").origin.startswith(str(RUNTIME))
     for script in ENTRY_POINTS:
         source = (PACKAGE / f"{script}.py").read_text()
+        assert source.count('rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True') == 1, script
         assert "sys.path" not in source, script
-    # run from another folder, as a user would after `pip install -e .`
     result = subprocess.run(
         [sys.executable, str(PACKAGE / "fit.py"), "--cfg", "job", "experiment=tiny", "~teacher"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "task_name: tiny" in result.stdout
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """The ``vocos_distill`` modules a runtime file imports, at any depth (in functions and under
+    ``if TYPE_CHECKING:`` too): what a cycle could hide behind."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found.update(
+            n.split(".")[1]
+            for n in names
+            if n.startswith("vocos_distill.") and (RUNTIME / f"{n.split('.')[1]}.py").is_file()
+        )
+    return found - {path.stem}
+
+
+def test_the_runtime_modules_import_each_other_without_a_cycle():
+    """No runtime module imports one that imports it back, directly or through others, with no
+    import inside a function to hide it: each module's imports of the others are at its top."""
+    graph = {p.stem: runtime_imports(p) for p in RUNTIME.glob("*.py") if p.stem != "__init__"}
+    for path in RUNTIME.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                inner = [n for n in ast.walk(node) if isinstance(n, ast.Import | ast.ImportFrom)]
+                assert not [ast.unparse(n) for n in inner if "vocos_distill" in ast.unparse(n)], (path.name, node.name)
+    remaining = {k: set(v) for k, v in graph.items()}
+    while remaining:
+        leaves = [k for k, v in remaining.items() if not v & set(remaining)]
+        assert leaves, f"import cycle among {sorted(remaining)}: { {k: sorted(v) for k, v in remaining.items()} }"
+        for leaf in leaves:
+            del remaining[leaf]
+    assert graph["vocoder"] <= {"config", "errors"}, "the interface imports no implementation"
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_runtime_only(tmp_path):
+    """What ``pip install`` of this repository puts in site-packages: ``vocos_distill`` and its
+    metadata, no training module; its version is the package's."""
+    import zipfile
+
+    import vocos_distill
+
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, REPO],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("vocos_distill-*.whl")
+    assert wheel.name.startswith(f"vocos_distill-{vocos_distill.__version__}-")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"vocos_distill", f"vocos_distill-{vocos_distill.__version__}.dist-info"}, tops
 
 
 # What the runtime may import: Chatterbox's environment has these (chatterbox-tts 0.1.7 pins torch,
@@ -133,20 +196,20 @@ def _imports(tree: ast.AST) -> list[tuple[str, bool]]:
 
 
 def test_the_runtime_imports_only_what_a_chatterbox_environment_has():
-    for path in sorted((PACKAGE / "runtime").glob("*.py")):
-        for module in imported_train_modules(path):
-            assert module.startswith("train.runtime"), f"{path.name} imports {module}: the runtime stands alone"
+    for path in sorted(RUNTIME.glob("*.py")):
+        assert not imported_train_modules(path), f"{path.name} imports the training code: the runtime stands alone"
         for name, lazy in _imports(ast.parse(path.read_text())):
-            if name in sys.stdlib_module_names or name in ("train", "__future__"):
+            if name in sys.stdlib_module_names or name in ("vocos_distill", "__future__"):
                 continue
             allowed = RUNTIME_LAZY_IMPORTS if lazy else RUNTIME_IMPORTS
-            assert name in allowed, f"train/runtime/{path.name} imports {name}{' (lazily)' if lazy else ''}"
+            assert name in allowed, f"vocos_distill/{path.name} imports {name}{' (lazily)' if lazy else ''}"
 
 
 @pytest.mark.slow
-def test_using_a_release_loads_nothing_of_the_training_side(tmp_path):
-    """Load a release in every runtime, decode and stream: no training, evaluation or compression
-    module, and none of their libraries, is imported on the way."""
+def test_using_a_release_beside_a_users_train_py_loads_nothing_of_the_training_side(tmp_path):
+    """A Chatterbox user's project often has a ``train.py`` (or a ``train/`` folder) where it runs,
+    or beside its script. From such a folder, load a release in every runtime, decode and stream:
+    neither of the user's files is imported, nor any training module or its libraries."""
     from helpers import student
 
     from train.release.vocos_layout import write_vocos_layout
@@ -159,9 +222,15 @@ def test_using_a_release_loads_nothing_of_the_training_side(tmp_path):
     write_vocos_layout(strip(qat), folder)  # as train/export.py lays a release out
     export_onnx(qat, folder / "model.onnx")
     export_onnx(qat, folder / "model.int8.onnx", quantize=True)
-    code = f"""
+    project = tmp_path / "project"
+    (project / "train").mkdir(parents=True)
+    (project / "app").mkdir()
+    shadow = "raise RuntimeError('the user\\'s own train module was imported')\n"
+    for path in (project / "train.py", project / "train" / "__init__.py", project / "app" / "train.py"):
+        path.write_text(shadow)
+    (project / "app" / "main.py").write_text(f"""
 import sys, torch
-from train.runtime import ChatterboxStream, load_vocoder
+from vocos_distill import ChatterboxStream, load_vocoder
 mel = torch.randn(1, 80, 30) - 5
 for runtime in ("torch", "onnx", "int8"):
     vocoder = load_vocoder({str(folder)!r}, runtime=runtime)
@@ -169,16 +238,16 @@ for runtime in ("torch", "onnx", "int8"):
     stream = ChatterboxStream(vocoder)
     streamed = torch.cat([stream.push(mel[..., :13]), stream.push(mel[..., 13:]), stream.flush()], -1)
     assert streamed.shape == wav.shape == (1, 30 * 480), runtime
-loaded = sorted({{m.split(".")[0] if not m.startswith("train.") else ".".join(m.split(".")[:2]) for m in sys.modules}})
-print(" ".join(loaded))
-"""
-    env = {**os.environ, "VOCOS_DISTILL_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    loaded = set(done.stdout.split())
-    ours = {m for m in loaded if m.startswith("train.")}
-    assert ours <= {"train.runtime"}, ours
-    assert not loaded & set(TRAINING_SIDE), loaded & set(TRAINING_SIDE)
+print(" ".join(sorted({{m.split(".")[0] for m in sys.modules}})))
+""")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"VOCOS_DISTILL_CACHE": str(tmp_path / "cache")}
+    source = (project / "app" / "main.py").read_text()
+    for command in ([sys.executable, "app/main.py"], [sys.executable, "-c", source]):  # beside the script; in the cwd
+        done = subprocess.run(command, capture_output=True, text=True, cwd=project, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        loaded = set(done.stdout.split())
+        assert "vocos_distill" in loaded and "train" not in loaded, loaded
+        assert not loaded & set(TRAINING_SIDE), loaded & set(TRAINING_SIDE)
 
 
 @pytest.mark.slow

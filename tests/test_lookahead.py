@@ -17,13 +17,14 @@ from train.compress.lookahead import Lookahead, with_lookahead
 from train.compress.pruning import prune
 from train.compress.stage import CompressionError
 from train.release.vocos_layout import load_vocos, write_vocos_layout
-from train.runtime.config import StudentConfig, StudentConfigError
-from train.runtime.release import load_release
-from train.runtime.vocoder import LookaheadConv1d, load_student
 from train.student.graph import export_onnx
 from train.student.model import build_student
 from train.student.quantized import prepare, strip
 from train.training.fit import fit
+from vocos_distill.backbone import LookaheadConv1d
+from vocos_distill.config import StudentConfig, StudentConfigError
+from vocos_distill.loader import load_student
+from vocos_distill.release import load_release
 
 HOP = 480
 SHAPE = {"dim": 32, "intermediate_dim": 64, "num_layers": 2}  # stock look-ahead: 3 * 3 + 2 = 11 frames
@@ -152,13 +153,13 @@ def test_pruning_qat_onnx_and_int8_keep_it(tmp_path, mel):
 
 
 def test_a_release_names_the_classes_vocos_builds_it_with(tmp_path, mel):
-    for lookahead, head in ((4, "vocos.heads.ISTFTHead"), (1, "train.runtime.vocoder.ShiftedISTFTHead")):
+    for lookahead, head in ((4, "vocos.heads.ISTFTHead"), (1, "vocos_distill.heads.ShiftedISTFTHead")):
         student = trained_like(lookahead=lookahead)
         folder = tmp_path / f"release{lookahead}"
         folder.mkdir()
         write_vocos_layout(student, folder)
         config = yaml.safe_load((folder / "config.yaml").read_text())
-        assert config["backbone"]["class_path"] == "train.runtime.vocoder.LookaheadBackbone"
+        assert config["backbone"]["class_path"] == "vocos_distill.backbone.LookaheadBackbone"
         assert config["backbone"]["init_args"]["lookahead"] == list(student.config.lookahead_plan()[0])
         assert config["head"]["class_path"] == head
         runtime, vocoder = load_release(folder, runtime="torch")

@@ -22,11 +22,11 @@ from train.evaluation.evaluate import evaluate
 from train.evaluation.report import read_report
 from train.release.export import ReleaseError, export
 from train.release.vocos_layout import FILTERBANK_KEY, MEL_SPEC, load_vocos
-from train.runtime.files import sha256_file
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import S3GenMel
 from train.student.graph import RealISTFT
 from train.student.quantized import prepare, strip
+from vocos_distill.files import sha256_file
 
 TOKEN = "hf_testtoken_5b1d9e0c7a2f"  # what a real token looks like; must appear in no file written
 
@@ -367,7 +367,7 @@ def test_the_card_says_how_a_short_lookahead_student_loads(shape, classes, loade
     """A student with ``lookahead`` names this project's classes, which vocos builds by class path."""
     from train.release.card import model_card
     from train.release.export import FILE_NOTES
-    from train.runtime.config import StudentConfig
+    from vocos_distill.config import StudentConfig
 
     config = StudentConfig(dim=32, intermediate_dim=64, num_layers=2, **shape)
     verification = {"vocos_max_abs": 0.0, "onnx_max_abs": 0.0, "onnx_limit": 1e-4, "utterances": 1, "max_frames": 9}

@@ -8,7 +8,7 @@ import torch
 
 from train.evaluation.metrics import QualityMetrics
 from train.evaluation.score_cache import ScoreCacheWarning, signal_key
-from train.runtime.config import SAMPLE_RATE
+from vocos_distill.config import SAMPLE_RATE
 
 
 def voice(seed: int, seconds: float = 1.0) -> torch.Tensor:

@@ -221,8 +221,8 @@ def test_held_out_folders_are_the_validation_set_and_never_trained_on(tmp_path):
 def test_the_cpu_recipe_without_the_corpus_says_how_to_build_it(tmp_path):
     from helpers import compose
 
-    from train.runtime.errors import MissingFileError
     from train.training.fit import build
+    from vocos_distill.errors import MissingFileError
 
     cfg = compose(["experiment=cpu", "logger=csv", f"paths.data_dir={tmp_path}"], tmp_path)
     with pytest.raises(MissingFileError, match=r"data.audio_dirs: folder not found: .*speech/train; .*"

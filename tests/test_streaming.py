@@ -10,9 +10,10 @@ import torch
 
 from train.benchmarks.streaming import snr_db
 from train.compress.pruning import prune_widths
-from train.runtime.streaming import StreamClosedError, StreamingVocoder
 from train.student.model import build_student
 from train.student.quantized import int8_kernels
+from vocos_distill.streaming import StreamingVocoder
+from vocos_distill.vocoder import StreamClosedError
 
 HOP = 480
 
@@ -271,7 +272,7 @@ def test_bench_streaming_prints_the_three_tables(tmp_path, capsys, monkeypatch):
 
 
 def test_a_windowed_stream_equals_offline_for_any_vocoder_with_a_known_field():
-    from train.runtime.streaming import WindowedStream
+    from vocos_distill.streaming import WindowedStream
 
     student = _student(3)
     field = student.receptive_field
@@ -297,9 +298,9 @@ def test_a_windowed_stream_equals_offline_for_any_vocoder_with_a_known_field():
 
 @pytest.mark.slow
 def test_onnx_graphs_stream_through_windows(tmp_path):
-    from train.runtime.onnx import OnnxVocoder
-    from train.runtime.streaming import WindowedStream
     from train.student.graph import export_onnx
+    from vocos_distill.onnx import OnnxVocoder
+    from vocos_distill.streaming import WindowedStream
 
     student = _student(2, fake_quant="int8")
     fp32 = OnnxVocoder(export_onnx(student, tmp_path / "m.onnx"))

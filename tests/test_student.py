@@ -5,15 +5,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from train.runtime.config import StudentConfig
-from train.runtime.hub import WeightsUnavailableError
-from train.runtime.vocoder import StudentFileError, VocosStudent
 from train.student.model import (
     build_student,
     load_student,
     load_vocos_state_dict,
     warm_start,
 )
+from vocos_distill.config import StudentConfig
+from vocos_distill.hub import WeightsUnavailableError
+from vocos_distill.loader import StudentFileError
+from vocos_distill.student import VocosStudent
 
 
 @pytest.mark.parametrize("frames", [1, 8, 50])

@@ -4,9 +4,9 @@ import torch
 from helpers import KIT, UNRELATED, small_config, to_legacy_keys, write_s3gen_checkpoint
 from safetensors.torch import load_file, save_file
 
-from train.runtime.hub import WeightsUnavailableError
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.teacher import CheckpointError, load_teacher, synthesize
+from vocos_distill.hub import WeightsUnavailableError
 
 FORMATS = ["s3gen.safetensors", "s3gen_meanflow.safetensors", "s3gen.pt"]
 

@@ -17,10 +17,10 @@ from helpers import (
     write_s3gen_checkpoint,
 )
 
-from train.runtime.errors import ConfigError
-from train.runtime.hub import WeightsUnavailableError
 from train.s3gen.hift import HiFTGenerator
 from train.training.fit import build, fit
+from vocos_distill.errors import ConfigError
+from vocos_distill.hub import WeightsUnavailableError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 

@@ -5,5 +5,3 @@ Entry points (run from the repository root): ``train/fit.py``, ``train/prepare.p
 ``s3gen`` (what must equal Chatterbox), ``student``, ``data``, ``training``, ``evaluation``,
 ``compress``, ``release``; ``utils`` holds what every job shares.
 """
-
-__version__ = "0.1.0"

@@ -9,6 +9,11 @@ own S3Gen (:mod:`train.benchmarks.chatterbox`).
 
 from __future__ import annotations
 
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
 import argparse
 import json
 import os
@@ -21,7 +26,7 @@ from train.benchmarks.side_by_side import run
 from train.benchmarks.throughput import train_throughput
 from train.data.prepare import prepare_throughput
 from train.evaluation.report import cost_table, rows_table
-from train.runtime.int8_check import describe_cpu
+from vocos_distill.int8_check import describe_cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"first chunk ({chunk.split('_')[2]} frames) {student[chunk]:.1f}x sooner"
             )
         if args.json:
-            from train.runtime.files import atomic_write_text
+            from vocos_distill.files import atomic_write_text
 
             atomic_write_text(args.json, json.dumps(rows, indent=2))
             print(f"rows written to {args.json}")
@@ -151,10 +156,10 @@ def int8_scheme_graphs(
 
     from train.data.audio import corpus_mels
     from train.evaluation.metrics import snr_db
-    from train.runtime.onnx import OnnxVocoder
     from train.student.graph import INT8_SCHEME, INT8_SCHEMES, export_onnx, probe_windows
     from train.student.model import load_student
     from train.student.quantized import strip
+    from vocos_distill.onnx import OnnxVocoder
 
     mels = [m.unsqueeze(0) for m in corpus_mels(corpus, clips, 6.0)]
     candidates = probe_windows(mels)
@@ -195,7 +200,7 @@ def interleaved_ms_per_s(graphs: dict[str, torch.nn.Module], seconds: float = 10
     """Milliseconds of compute per second of audio, 1 thread, median of :data:`ROUNDS` rounds that
     run every graph once in turn on the same mel: a burst of load on a shared machine falls on all
     of them, so their order is steadier than in separate timings."""
-    from train.runtime.timing import frames_of, interleaved, threads, timing_mel
+    from vocos_distill.timing import frames_of, interleaved, threads, timing_mel
 
     mel = timing_mel(frames_of(seconds))
     with threads(1), torch.inference_mode():
@@ -211,7 +216,7 @@ def streaming(args: argparse.Namespace) -> None:
     if not args.students:
         raise SystemExit("--streaming needs --students (trained checkpoints: the tables compare real audio)")
     clips = corpus_mels(args.corpus, args.clips, args.clip_seconds)
-    from train.runtime.timing import threads
+    from vocos_distill.timing import threads
 
     with threads(1):
         result = streaming_run(args.students, clips, tuple(args.chunk_frames), repeats=args.repeats)
@@ -265,7 +270,7 @@ def streaming(args: argparse.Namespace) -> None:
             )
         )
     if args.json:
-        from train.runtime.files import atomic_write_text
+        from vocos_distill.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({**result, "cpu": describe_cpu()}, indent=2))
         print(f"\nfigures written to {args.json}")
@@ -275,7 +280,7 @@ def chatterbox(args: argparse.Namespace) -> None:
     from train.benchmarks.chatterbox import s3gen, s3gen_rows, t3_row
     from train.benchmarks.side_by_side import short_names
     from train.evaluation.report import table
-    from train.runtime.timing import threads
+    from vocos_distill.timing import threads
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"Chatterbox's S3Gen (chatterbox-tts, random weights) on {args.seconds:g} s of speech tokens; CPU 1 thread")
@@ -332,7 +337,7 @@ def chatterbox(args: argparse.Namespace) -> None:
         print(f"\nT3 ({row['params_m']:.0f} M parameters, random weights, CFG as Chatterbox runs it), CPU 1 thread: "
               f"{row['t3_s_per_s']:.2f} s per second of speech ({row['tokens']} tokens)")  # fmt: skip
     if args.json:
-        from train.runtime.files import atomic_write_text
+        from vocos_distill.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({**results, "cpu": describe_cpu()}, indent=2))
         print(f"\nfigures written to {args.json}")

@@ -7,13 +7,18 @@ recordings to 24 kHz FLAC with a licence manifest, and holds out whole speakers.
 
 from __future__ import annotations
 
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
 import argparse
 import logging
 import sys
 from pathlib import Path
 
 from train.data.speech import HELDOUT_SPEAKERS, MANIFEST, SOURCES, SPLITS, build
-from train.runtime.errors import ConfigError
+from vocos_distill.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

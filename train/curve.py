@@ -6,13 +6,18 @@ floor) and writes the figure (``learning_curve.png`` in the run folder by defaul
 
 from __future__ import annotations
 
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
 import argparse
 import sys
 from pathlib import Path
 
 from train.evaluation import plots
 from train.evaluation.curve import markdown, metrics_file, read_curve
-from train.runtime.errors import ConfigError
+from vocos_distill.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,11 @@ voiced (:func:`~train.evaluation.diagnose.voicing_swaps`).
 
 from __future__ import annotations
 
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
 import argparse
 import glob
 import sys
@@ -24,10 +29,10 @@ from train.data.audio import read_audio
 from train.evaluation.diagnose import SWAPS, VARIANTS, band_swaps, prior_variants, swap_distances, voicing_swaps
 from train.evaluation.griffin_lim import GriffinLim
 from train.evaluation.metrics import Analysis, QualityMetrics, pesq_wb, stoi
-from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
-from train.runtime.errors import ConfigError
 from train.s3gen.mel import S3GenMel
 from train.student.model import load_student
+from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.errors import ConfigError
 
 PAIRED = (("PESQ-wb", pesq_wb), ("ESTOI", lambda e, r: stoi(e, r, extended=True)))
 

@@ -3,6 +3,11 @@
 Writes report.json, summary.md and plots/ into checkpoints/runs/evaluate/<run>/.
 """
 
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
 import hydra
 from omegaconf import DictConfig
 

@@ -1,5 +1,10 @@
 """Train a Vocos student: ``python train/fit.py experiment=distill`` (``--help`` for more)."""
 
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
 import hydra
 from omegaconf import DictConfig
 

@@ -4,6 +4,11 @@ Any number of processes: ``torchrun --standalone --nproc-per-node=N train/prepar
 or a SLURM array; each prepares its own share.
 """
 
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
 import hydra
 from omegaconf import DictConfig
 

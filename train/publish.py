@@ -1,5 +1,10 @@
 """Publish a release folder: ``python train/publish.py release=DIR repo_id=NS/NAME [dry_run=true]`` (``--help``)."""
 
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
 import hydra
 from omegaconf import DictConfig
 

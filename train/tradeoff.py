@@ -7,12 +7,17 @@ the same clips: a parent and its compressed children, with the floor and the gro
 
 from __future__ import annotations
 
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
 import argparse
 import sys
 from pathlib import Path
 
 from train.evaluation.tradeoff import table
-from train.runtime.errors import ConfigError
+from vocos_distill.errors import ConfigError
 
 
 def pair(text: str) -> tuple[str, Path]:

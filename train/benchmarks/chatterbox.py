@@ -4,7 +4,7 @@ Chatterbox's own ``S3Gen`` (chatterbox-tts, random weights: cost does not depend
 makes a mel from speech tokens with its flow (``S3Gen.flow_inference``, 10 CFM steps as in
 ``ChatterboxTTS``, 2 as in the Turbo and meanflow models), then vocodes it with
 ``S3Gen.hift_inference``: HiFT as it ships, and each student put in its place with
-:func:`train.runtime.chatterbox.use_student`. Every figure is seconds of compute per second of
+:func:`vocos_distill.chatterbox.use_student`. Every figure is seconds of compute per second of
 audio (median), on the same tokens and the same mel, vocoders timed in turn. S3Gen end to end is
 the flow plus the vocoder, each timed as ``S3Gen.inference`` calls it. Peak memory: of a fresh
 process that loads only the vocoder and vocodes the flow's mel once (CPU), or the peak CUDA
@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from train.evaluation.cost import cuda_peak_mb, peak_rss_mb, runtime_bytes, stand_in_teacher
-from train.runtime.chatterbox import ChatterboxVocoder, load_vocoder
-from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
-from train.runtime.timing import interleaved, time_call
+from vocos_distill.chatterbox import ChatterboxVocoder, load_vocoder
+from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.timing import interleaved, time_call
 
 TOKENS_PER_SECOND = 25  # S3 speech tokens (S3Gen makes 2 mel frames of each)
 MIB = 1024 * 1024
@@ -94,7 +94,7 @@ def s3gen_rows(
     memory: bool = True,
 ) -> list[dict[str, Any]]:
     """A row per CFM step count and vocoder (HiFT first, then ``students``: modules or what
-    :func:`~train.runtime.chatterbox.load_vocoder` takes, already loaded), timed on ``model``'s
+    :func:`~vocos_distill.chatterbox.load_vocoder` takes, already loaded), timed on ``model``'s
     own flow output for ``seconds`` of tokens."""
     sync = torch.cuda.synchronize if model.device.type == "cuda" else None
     ref, speech = reference(model), tokens(seconds).to(model.device)

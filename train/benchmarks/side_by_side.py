@@ -16,8 +16,8 @@ from pathlib import Path
 from torch import Tensor
 
 from train.evaluation.cost import compare, stand_in_teacher
-from train.runtime.timing import frames_of, timing_mel
 from train.student.model import build_student, load_student
+from vocos_distill.timing import frames_of, timing_mel
 
 
 def short_names(paths: Sequence[str | Path]) -> list[str]:
@@ -81,8 +81,8 @@ def streaming_run(
     frames where that is shorter; a QAT checkpoint on torchao's int8 kernels, an ONNX graph through windows); then, per
     student, the look-ahead table and the seam comparison on ``clips`` (S3Gen mels ``(80, T)``)."""
     from train.benchmarks.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
-    from train.runtime.onnx import OnnxVocoder
     from train.student.quantized import int8_kernels, is_prepared
+    from vocos_distill.onnx import OnnxVocoder
 
     teacher = stand_in_teacher()
     hift_lookahead = max(probe_lookahead(teacher, seed=s, seeded_noise=True) for s in range(3))

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from train.evaluation.metrics import MetricError, QualityMetrics, mel_distance_db, pesq_wb, snr_db
-from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
-from train.runtime.timing import time_call, timing_mel
+from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.timing import time_call, timing_mel
 
 log = logging.getLogger(__name__)
 FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE
@@ -162,7 +162,7 @@ def first_audio_rows(
     repeats: int = 5,
 ) -> list[dict]:
     """``(name, model, how, look-ahead)`` each: ``how`` is ``"stream"`` (a fresh stream,
-    :meth:`~train.runtime.vocoder.Vocoder.stream`, pushed the first ``C + look-ahead`` frames) or
+    :meth:`~vocos_distill.vocoder.Vocoder.stream`, pushed the first ``C + look-ahead`` frames) or
     ``"window"`` (the model run on the first ``C + look-ahead`` frames, as for HiFT).
     Returns per chunk size the compute (ms) and the first audio (look-ahead ms + compute)."""
     mel = timing_mel(max(chunk_frames) + 64)

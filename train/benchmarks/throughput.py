@@ -11,7 +11,7 @@ import time
 from lightning.pytorch import Callback, LightningDataModule
 from torch.utils.data import DataLoader
 
-from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 
 
 class StepTimer(Callback):

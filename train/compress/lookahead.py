@@ -2,7 +2,7 @@
 
 ``compress=lookahead student.lookahead=L`` starts from a trained student (the stock student
 looks 3 frames ahead in each of its convolutions, 23 frames for 6 blocks) and makes it need at
-most ``L`` frames of future mel (:meth:`~train.runtime.config.StudentConfig.lookahead_plan`):
+most ``L`` frames of future mel (:meth:`~vocos_distill.config.StudentConfig.lookahead_plan`):
 each convolution is padded left-heavy instead of symmetrically, and below 2 frames the
 overlap-add is shifted too. The tensors keep their shapes, so pruning, QAT, int8, ONNX, the
 release and the drop-in all apply to the result, and streaming at look-ahead ``L`` is exact.
@@ -24,7 +24,9 @@ from torch import nn
 from vocos.spectral_ops import ISTFT
 
 from train.compress.stage import CompressionError, CompressionStage
-from train.runtime.vocoder import LookaheadConv1d, ShiftedISTFT, VocosStudent, shift_istft
+from vocos_distill.backbone import LookaheadConv1d
+from vocos_distill.heads import ShiftedISTFT, shift_istft
+from vocos_distill.student import VocosStudent
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 
 from train.compress.stage import CompressionError, CompressionStage
-from train.runtime.vocoder import VocosStudent
 from train.student.quantized import is_prepared
+from vocos_distill.student import VocosStudent
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[VocosStudent], Tensor]

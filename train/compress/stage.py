@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from lightning.pytorch import Callback
 
-from train.runtime.errors import ConfigError
-from train.runtime.vocoder import VocosStudent
+from vocos_distill.errors import ConfigError
+from vocos_distill.student import VocosStudent
 
 
 class CompressionError(ConfigError, ValueError):

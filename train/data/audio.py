@@ -10,9 +10,9 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from train.runtime.config import N_MELS
-from train.runtime.errors import MissingFileError
 from train.s3gen.mel import S3GenMel
+from vocos_distill.config import N_MELS
+from vocos_distill.errors import MissingFileError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 MEL_SUFFIXES = (".npy", ".pt")

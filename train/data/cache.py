@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from train.runtime.files import atomic_write, atomic_write_text, exclusive
+from vocos_distill.files import atomic_write, atomic_write_text, exclusive
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from train.data.audio import AUDIO_SUFFIXES, MEL_SUFFIXES, find_files, read_audio, read_mel
 from train.data.cache import FrameIndex, SourceManifest, TensorCache
 from train.data.speech import missing_hint
-from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
-from train.runtime.errors import ConfigError, MissingFileError
-from train.runtime.files import remove_stale_temporaries
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import S3GenMel
 from train.s3gen.teacher import synthesize
 from train.utils.progress import progress
+from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.errors import ConfigError, MissingFileError
+from vocos_distill.files import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

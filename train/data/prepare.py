@@ -27,11 +27,11 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from train.data.datamodule import PrepareReport, VocoderDataModule
-from train.runtime.files import atomic_write_text, remove_stale_temporaries
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.teacher import save_teacher
 from train.utils.config import project_root
 from train.utils.instantiate import instantiate, instantiate_with_weights
+from vocos_distill.files import atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

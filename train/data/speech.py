@@ -34,9 +34,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from train.runtime.config import SAMPLE_RATE
-from train.runtime.errors import ConfigError, MissingFileError
-from train.runtime.files import atomic_write
+from vocos_distill.config import SAMPLE_RATE
+from vocos_distill.errors import ConfigError, MissingFileError
+from vocos_distill.files import atomic_write
 
 log = logging.getLogger(__name__)
 

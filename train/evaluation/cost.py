@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
-from train.runtime.onnx import OnnxVocoder
-from train.runtime.timing import threads, time_call
 from train.s3gen.hift import HiFTGenerator
+from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.onnx import OnnxVocoder
+from vocos_distill.timing import threads, time_call
 
 MIB = 2**20
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from train.evaluation.metrics import DB_PER_NEPER
-from train.runtime.errors import MissingFileError
+from vocos_distill.errors import MissingFileError
 
 COLUMNS = {
     "val/pesq_wb": "pesq_wb",

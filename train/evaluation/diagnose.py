@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from train.evaluation.metrics import DB_PER_NEPER
-from train.runtime.config import HOP_LENGTH, N_FFT, SAMPLE_RATE
-from train.runtime.vocoder import polar
 from train.s3gen.mel import S3GenMel
+from vocos_distill.config import HOP_LENGTH, N_FFT, SAMPLE_RATE
+from vocos_distill.heads import polar
 
 VARIANTS = ("vocoder", "prior magnitude + vocoder phase", "floor (prior magnitude + Griffin-Lim phase)")
 SWAPS = ("vocoder", "true magnitude + vocoder phase", "vocoder magnitude + true phase", "true magnitude + random phase")

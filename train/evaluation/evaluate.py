@@ -31,14 +31,14 @@ from train.evaluation import cost, plots, report
 from train.evaluation.metrics import WINDOW_RULE, QualityMetrics
 from train.evaluation.pool import ScoringPool, resolve_workers
 from train.evaluation.score_cache import ScoreCache, signal_key
-from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
-from train.runtime.errors import ConfigError, MissingFileError
-from train.runtime.files import atomic_write_text, sha256_file
 from train.s3gen.hift import HiFTGenerator
 from train.student.model import load_student
 from train.utils.devices import resolve_device
 from train.utils.instantiate import instantiate_dict, load_optional_teacher
 from train.utils.progress import progress
+from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.errors import ConfigError, MissingFileError
+from vocos_distill.files import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 TRAIN_HINT = "train one with `python train/fit.py experiment=finetune`, or pass checkpoint=/path/to/student.ckpt"

@@ -17,8 +17,8 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from train.runtime.config import HOP_LENGTH
 from train.s3gen.mel import S3GenMel
+from vocos_distill.config import HOP_LENGTH
 
 
 class GriffinLim(nn.Module):

@@ -42,9 +42,9 @@ import torchaudio
 from torch import Tensor
 
 from train.evaluation.score_cache import ScoreCache, all_finite, signal_key
-from train.runtime.config import SAMPLE_RATE
 from train.s3gen.mel import S3GenMel
 from train.utils.devices import resolve_device
+from vocos_distill.config import SAMPLE_RATE
 
 DB_PER_NEPER = 20 / math.log(10)  # natural-log amplitude difference -> dB
 MCD_SCALE = 10 / math.log(10) * math.sqrt(2)
@@ -426,7 +426,7 @@ def speaker_similarity(estimate: Analysis, reference: Analysis) -> float:
 def _dnsmos_model(threads: int) -> Any:
     from speechmos import dnsmos
 
-    from train.runtime.onnx import session
+    from vocos_distill.onnx import session
 
     folder = Path(dnsmos.__file__).parent / "dnsmos_models"
     model = object.__new__(dnsmos.DNSMOS)  # speechmos' model, its sessions as the vocoders' own:

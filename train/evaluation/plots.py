@@ -14,7 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from train.evaluation.metrics import NO_REFERENCE, PAIRED  # noqa: E402
-from train.runtime.config import LOG_MEL_RANGE  # noqa: E402
+from vocos_distill.config import LOG_MEL_RANGE  # noqa: E402
 
 TITLES = {"audio": "ground truth", "teacher": "teacher (HiFT)", "student": "student (Vocos)"}
 

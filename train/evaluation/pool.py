@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from train.evaluation.metrics import Analysis, QualityMetrics, combine_windows, windows
-from train.runtime.config import SAMPLE_RATE
-from train.runtime.errors import ConfigError
+from vocos_distill.config import SAMPLE_RATE
+from vocos_distill.errors import ConfigError
 
 # One utterance to score: (name, {system: waveform}, keep its first window's mels and waveforms for plots)
 Job = tuple[str, dict[str, Tensor], bool]

@@ -22,7 +22,7 @@ import jsonschema
 from scipy import stats
 
 from train.evaluation.metrics import NO_REFERENCE, PAIRED, MetricInfo
-from train.runtime.files import atomic_write_text
+from vocos_distill.files import atomic_write_text
 
 SCHEMA_VERSION = 5  # 3: the parent comparison; 4: the Griffin-Lim floor, gates against another comparison;
 # 5: speaker similarity and DistillMOS

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from train.runtime.files import atomic_write, atomic_write_text
+from vocos_distill.files import atomic_write, atomic_write_text
 
 VERSION = 1  # raise when what an entry means changes
 PACKAGES = ("torch", "torchaudio", "torchcrepe", "speechmos", "onnxruntime", "distillmos", "resemblyzer", "pesq",

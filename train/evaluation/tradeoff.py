@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from train.evaluation.report import format_stat, read_report, summarise
-from train.runtime.errors import ConfigError
+from vocos_distill.errors import ConfigError
 
 HIFT_PARAMS = 20_821_295  # Chatterbox's HiFT (shared/conformance manifest; tests/test_tradeoff.py counts it)
 HIFT_BYTES = 4 * HIFT_PARAMS

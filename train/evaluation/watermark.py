@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from train.runtime.errors import ConfigError
+from vocos_distill.errors import ConfigError
 
 IMPLICIT = "perth.perth_net.perth_net_implicit.perth_watermarker"
 

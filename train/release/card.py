@@ -16,7 +16,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from train.evaluation.report import format_stat, table
-from train.runtime.config import StudentConfig
+from vocos_distill.config import StudentConfig
 
 # (metric, comparison) pairs the card reports; the issue's list, in this order
 CARD_METRICS = ("pesq_wb", "stoi", "mel_distance_db", "f0_rmse_cents", "vuv_f1", "dnsmos_ovrl_drop")
@@ -208,7 +208,7 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
     if shape.lookahead is not None and not prior:  # vocos builds it by class path, from vocos-distill's runtime
         vocos_intro = (
             f"This student needs only {shape.lookahead} frames of future mel (`lookahead`): its `config.yaml` names "
-            "vocos-distill's `train.runtime.vocoder.LookaheadBackbone` (convolutions padded left-heavy"
+            "vocos-distill's `vocos_distill.backbone.LookaheadBackbone` (convolutions padded left-heavy"
             + (", and `ShiftedISTFTHead`" if shape.lookahead_plan()[1] else "")
             + "), which `vocos` builds by class path once vocos-distill's runtime is installed (torch, `vocos`, "
             "nothing of the training side); `decode` is then `vocos`' own:"
@@ -227,7 +227,7 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
             )
         )
         usage_vocos = (
-            "```python\nimport torch\nfrom train.runtime import load_release\n\n"
+            "```python\nimport torch\nfrom vocos_distill import load_release\n\n"
             f'runtime, vocoder = load_release("{facts["repo_hint"]}", runtime="torch")\n'
             "mel = ...  # (B, 80, T) S3Gen log-mel (Chatterbox: what s3gen's flow returns), 50 frames/s\n"
             "with torch.inference_mode():\n    wav = vocoder(mel)  # (B, T * 480) at 24 kHz\n```"
@@ -241,7 +241,7 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
         "The iSTFT is inside the graph (no PyTorch needed); the frame axis and the batch are dynamic."
     )
     usage_chatterbox = (
-        "```python\nfrom chatterbox.tts import ChatterboxTTS\nfrom train.runtime.chatterbox import use_student\n\n"
+        "```python\nfrom chatterbox.tts import ChatterboxTTS\nfrom vocos_distill.chatterbox import use_student\n\n"
         'model = ChatterboxTTS.from_pretrained(device="cpu")\n'
         f'hift = use_student(model, "{facts["repo_hint"]}")  # returns the vocoder it replaced\n'
         'wav = model.generate("Hello.")\n```'
@@ -304,7 +304,7 @@ With ONNX Runtime only:
 
 {usage_onnx}
 
-In Chatterbox, with vocos-distill's drop-in (`train.runtime.chatterbox`; it needs torch and `vocos`), after
+In Chatterbox, with vocos-distill's drop-in (`vocos_distill.chatterbox`; it needs torch and `vocos`), after
 the model is loaded; HiFT stays in place, with a warning, if this model cannot be loaded:
 
 {usage_chatterbox}

@@ -42,16 +42,16 @@ from train.evaluation.report import read_report, table
 from train.release import card, listen
 from train.release.publish import MANIFEST
 from train.release.vocos_layout import feature_residual, load_vocos, write_vocos_layout
-from train.runtime.config import StudentConfig
-from train.runtime.errors import ConfigError
-from train.runtime.files import sha256_file, temporary_path
-from train.runtime.int8_check import cpu_info, describe_cpu
-from train.runtime.onnx import OnnxVocoder, session
-from train.runtime.vocoder import VocosStudent
 from train.student.graph import ISTFT_FORMS, export_onnx, probe_windows
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared, strip
 from train.utils.instantiate import load_optional_teacher
+from vocos_distill.config import StudentConfig
+from vocos_distill.errors import ConfigError
+from vocos_distill.files import sha256_file, temporary_path
+from vocos_distill.int8_check import cpu_info, describe_cpu
+from vocos_distill.onnx import OnnxVocoder, session
+from vocos_distill.student import VocosStudent
 
 log = logging.getLogger(__name__)
 FILE_NOTES = {
@@ -442,7 +442,7 @@ def _verify(
 
     vocos_diff, onnx_diff, snrs = 0.0, 0.0, []
     # vocos' own decode, or for a head with the amplitude prior (which needs the mel too) vocos'
-    # modules as train.runtime.load_release runs them
+    # modules as vocos_distill.load_release runs them
     decode = VocosStudent(vocos.backbone, vocos.head) if plain.config.amplitude_prior else vocos.decode
     with torch.inference_mode():
         for mel in mels:

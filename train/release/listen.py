@@ -17,8 +17,8 @@ import soundfile
 from torch import Tensor
 
 from train.evaluation import plots
-from train.runtime.config import SAMPLE_RATE
 from train.s3gen.mel import S3GenMel
+from vocos_distill.config import SAMPLE_RATE
 
 PAGE = "listen.html"
 FOLDER = "listen"

@@ -20,9 +20,9 @@ from huggingface_hub import HfApi, constants, get_token, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from omegaconf import DictConfig
 
-from train.runtime.errors import ConfigError
-from train.runtime.files import sha256_file
-from train.runtime.hub import unreachable
+from vocos_distill.errors import ConfigError
+from vocos_distill.files import sha256_file
+from vocos_distill.hub import unreachable
 
 log = logging.getLogger(__name__)
 MANIFEST = "release.json"  # what train/export.py lists a release in (files, sha256, figures)

@@ -25,16 +25,16 @@ from torch import Tensor, nn
 from vocos import Vocos
 
 from train.evaluation.metrics import DB_PER_NEPER
-from train.runtime.config import MEL_SPEC
-from train.runtime.release import CONFIG, WEIGHTS
 from train.s3gen.mel import S3GenMel
+from vocos_distill.config import MEL_SPEC
+from vocos_distill.release import CONFIG, WEIGHTS
 
 FILTERBANK_KEY = "feature_extractor.mel_spec.mel_scale.fb"
 
 
 def vocos_state_dict(student: nn.Module) -> dict[str, Tensor]:
     """The student's weights plus the feature extractor's buffers, S3Gen's filterbank among them:
-    every key a Vocos built from its :meth:`~train.runtime.config.StudentConfig.vocos_yaml`
+    every key a Vocos built from its :meth:`~vocos_distill.config.StudentConfig.vocos_yaml`
     expects, for a strict load."""
     config = student.config
     if config.n_fft != MEL_SPEC["n_fft"] or config.input_channels != MEL_SPEC["n_mels"]:

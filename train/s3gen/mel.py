@@ -12,7 +12,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from train.runtime.config import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, mel_filterbank  # what the runtime checks
+from vocos_distill.config import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, mel_filterbank  # what the runtime checks
 
 
 class S3GenMel(nn.Module):

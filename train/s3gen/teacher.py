@@ -19,11 +19,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from train.runtime.errors import ConfigError, MissingFileError
-from train.runtime.files import atomic_write
-from train.runtime.hub import fetch_file
 from train.s3gen.hift import HiFTGenerator
 from train.utils.devices import resolve_device
+from vocos_distill.errors import ConfigError, MissingFileError
+from vocos_distill.files import atomic_write
+from vocos_distill.hub import fetch_file
 
 PREFIX = "mel2wav."
 LOCAL_HINT = (

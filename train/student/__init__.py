@@ -1,6 +1,6 @@
 """The student for training: building it, warm-starting it, its QAT form and its ONNX graph.
 
-The student itself (:class:`train.runtime.VocosStudent`) belongs to the runtime.
+The student itself (:class:`vocos_distill.VocosStudent`) belongs to the runtime.
 """
 
 from train.student.model import build_student, load_student

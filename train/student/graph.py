@@ -17,7 +17,7 @@ of hops), then divide by the window envelope, exactly as ``vocos.spectral_ops.IS
 
 :func:`export_onnx` writes the graph (fp32, or with its Linear layers quantised to int8 by
 ONNX Runtime's dynamic quantisation: weights symmetric per output channel, activations per
-call); :class:`train.runtime.onnx.OnnxVocoder` runs such a file.
+call); :class:`vocos_distill.onnx.OnnxVocoder` runs such a file.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from train.runtime.files import atomic_write
-from train.runtime.onnx import OnnxArtifactError, session
-from train.runtime.vocoder import AmplitudePriorHead, amplitude_prior, polar, same_output
+from vocos_distill.files import atomic_write
+from vocos_distill.heads import AmplitudePriorHead, amplitude_prior, polar, same_output
+from vocos_distill.onnx import OnnxArtifactError, session
 
 log = logging.getLogger(__name__)
 for _name in ("onnx_ir", "onnxscript"):  # the exporter's optimiser logs every pass at INFO
@@ -139,7 +139,7 @@ def _overlap_add(frames: Tensor, hop: int) -> Tensor:
 
 class RealISTFT(nn.Module):
     """``vocos``' ISTFT (``padding="same"``) on ``(real, imag)`` spectra ``(B, n_fft/2 + 1, T)``;
-    with ``shift``, :class:`~train.runtime.vocoder.ShiftedISTFT`."""
+    with ``shift``, :class:`~vocos_distill.vocoder.ShiftedISTFT`."""
 
     def __init__(self, n_fft: int, hop_length: int, form: str = "matmul", shift: int = 0) -> None:
         super().__init__()
@@ -199,7 +199,7 @@ class RealISTFT(nn.Module):
 
 
 class AmplitudePrior(nn.Module):
-    """:func:`~train.runtime.vocoder.amplitude_prior` with its pseudo-inverse as a graph constant
+    """:func:`~vocos_distill.vocoder.amplitude_prior` with its pseudo-inverse as a graph constant
     (named ``prior.*``, so that int8 quantisation leaves its product in fp32)."""
 
     def __init__(self, inverse: Tensor) -> None:
@@ -287,15 +287,15 @@ def export_onnx(
     ``quantize=True`` quantises its Linear layers to int8 with ``scheme`` (:data:`INT8_SCHEMES`;
     ``op_types=None``: every op ONNX Runtime can, the convs too; for comparisons). A graph whose
     integer products could overflow a CPU's int16 pair sums is refused (except the ``u8s8``
-    comparison scheme). An int8 graph carries its probe (:mod:`train.runtime.int8_check`): of
+    comparison scheme). An int8 graph carries its probe (:mod:`vocos_distill.int8_check`): of
     the candidate mels ``probe`` (``(N, n_mels, frames)``, :func:`probe_windows`; default
     :func:`default_probe_mel`), the few it reproduces worst here, and what ``student``
     (fake-quantised if QAT) gives on them, which it must reproduce at ``min_snr_db``, or 3 dB
     under what it reaches here if that is lower. The student's build config, the numerics
     and ``metadata`` go into the model's metadata. The time axis (and batch) are dynamic.
     """
-    from train.runtime.int8_check import PROBE_KEY, snr_db
     from train.student.quantized import DESCRIPTION, strip  # torchao is slow to import
+    from vocos_distill.int8_check import PROBE_KEY, snr_db
 
     if quantize and scheme not in INT8_SCHEMES:
         raise ValueError(f"scheme={scheme!r}: choose one of {', '.join(INT8_SCHEMES)}")
@@ -368,8 +368,8 @@ def default_probe_mel(n_mels: int = 80, frames: int = 24) -> Tensor:
     breath noise and a syllable-rate envelope."""
     import numpy as np
 
-    from train.runtime.config import HOP_LENGTH, SAMPLE_RATE
     from train.s3gen.mel import S3GenMel
+    from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 
     samples = frames * HOP_LENGTH
     t = np.arange(samples) / SAMPLE_RATE

@@ -1,8 +1,8 @@
 """Building the student for training: from settings, warm-started from a Vocos, or from a
 parent checkpoint; and loading any student file, QAT checkpoints included.
 
-The student itself, :class:`~train.runtime.vocoder.VocosStudent`, and its config live in the
-runtime (:mod:`train.runtime`), which the training code imports, never the other way round.
+The student itself, :class:`~vocos_distill.vocoder.VocosStudent`, and its config live in the
+runtime (:mod:`vocos_distill`), which the training code imports, never the other way round.
 """
 
 from __future__ import annotations
@@ -13,18 +13,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from train.runtime.config import StudentConfig
-from train.runtime.errors import ConfigError, MissingFileError
-from train.runtime.hub import fetch_file
-from train.runtime.onnx import OnnxArtifactError, is_onnx
-from train.runtime.vocoder import (
-    StudentFileError,
-    Vocoder,
-    VocosStudent,
-    read_student_file,
-    student_of_state,
-)
-from train.runtime.vocoder import load_student as load_runtime_student
+from vocos_distill.config import StudentConfig
+from vocos_distill.errors import ConfigError, MissingFileError
+from vocos_distill.hub import fetch_file
+from vocos_distill.loader import StudentFileError, read_student_file, student_of_state
+from vocos_distill.loader import load_student as load_runtime_student
+from vocos_distill.onnx import OnnxArtifactError, is_onnx
+from vocos_distill.student import VocosStudent
+from vocos_distill.vocoder import Vocoder
 
 log = logging.getLogger(__name__)
 INIT_HINT = (
@@ -57,7 +53,7 @@ def build_student(
         fake_quant: ``"int8"`` builds the student prepared for quantization-aware training
             (:mod:`train.compress.qat`), as the checkpoints of a QAT run record.
         amplitude_prior: the head refines the mel's least-squares magnitude
-            (:func:`train.runtime.vocoder.amplitude_prior`); its log-magnitude rows start at
+            (:func:`vocos_distill.vocoder.amplitude_prior`); its log-magnitude rows start at
             zero unless warm-started, so the untrained student already has the floor's magnitude.
         lookahead: frames of future mel the student may need (``StudentConfig.lookahead``; None:
             the stock receptive field). From a student file it is the stage ``compress=lookahead``
@@ -169,7 +165,7 @@ class WarmStartError(ConfigError, ValueError):
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> Vocoder:
     """Rebuild a trained student from its file, in eval mode with gradients off: as
-    :func:`train.runtime.vocoder.load_student`, and a QAT checkpoint comes back fake-quantised,
+    :func:`vocos_distill.vocoder.load_student`, and a QAT checkpoint comes back fake-quantised,
     as it trained."""
     if is_onnx(path):
         return load_runtime_student(path, device)

@@ -72,7 +72,7 @@ def int8_kernels(model: nn.Module) -> nn.Module:
     """``model`` (fp32, or QAT: its fake quantisers are stripped first) with its Linear layers on
     torchao's int8 kernels, in place where it is fp32: int8 weights per output channel,
     activations quantised per frame (asymmetric) as QAT trained. Runs in PyTorch, so it streams
-    (:mod:`train.runtime.streaming`); CPU."""
+    (:mod:`vocos_distill.streaming`); CPU."""
     if is_prepared(model):
         model = strip(model)
     quantize_(model, Int8DynamicActivationInt8WeightConfig(act_mapping_type=MappingType.ASYMMETRIC))

@@ -27,8 +27,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from train.runtime.errors import MissingFileError
-from train.runtime.files import atomic_write, temporary_path
+from vocos_distill.errors import MissingFileError
+from vocos_distill.files import atomic_write, temporary_path
 
 log = logging.getLogger(__name__)
 LAST = "last.ckpt"

@@ -14,12 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import train.utils.config  # noqa: F401  (resolvers the configs use)
 from train.compress.stage import CompressionError, CompressionStage
-from train.runtime.config import HOP_LENGTH, N_MELS
-from train.runtime.errors import ConfigError, MissingFileError
-from train.runtime.files import remove_stale_temporaries
-from train.runtime.onnx import OnnxArtifactError, is_onnx
 from train.training.module import check_precision
 from train.utils.instantiate import instantiate, instantiate_dict, instantiate_with_weights
+from vocos_distill.config import HOP_LENGTH, N_MELS
+from vocos_distill.errors import ConfigError, MissingFileError
+from vocos_distill.files import remove_stale_temporaries
+from vocos_distill.onnx import OnnxArtifactError, is_onnx
 
 log = logging.getLogger(__name__)
 LAST = "last.ckpt"

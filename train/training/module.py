@@ -25,8 +25,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from vocos.loss import DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss
 
 from train.evaluation.metrics import QualityMetrics, pesq_wb
-from train.runtime.config import CONFIG_KEY, LOG_MEL_RANGE, SAMPLE_RATE, StudentConfig
-from train.runtime.errors import ConfigError
 from train.student.model import build_student
 from train.training.losses import (
     MultiResolutionMelLoss,
@@ -34,6 +32,8 @@ from train.training.losses import (
     PhaseDerivativeLoss,
     S3GenMelDistance,
 )
+from vocos_distill.config import CONFIG_KEY, LOG_MEL_RANGE, SAMPLE_RATE, StudentConfig
+from vocos_distill.errors import ConfigError
 
 TARGETS = ("teacher", "audio", "parent")
 

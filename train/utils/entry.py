@@ -10,8 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from train.runtime.errors import ConfigError
 from train.utils.logs import route_library_logs
+from vocos_distill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

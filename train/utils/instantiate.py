@@ -9,8 +9,8 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from train.runtime.errors import ConfigError
-from train.runtime.hub import WeightsUnavailableError
+from vocos_distill.errors import ConfigError
+from vocos_distill.hub import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from train.runtime.config import FRAME_MS, N_MELS
+from vocos_distill.config import FRAME_MS, N_MELS
 
 
 @contextmanager

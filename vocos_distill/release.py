@@ -3,7 +3,7 @@
 A release (``train/export.py``) holds ``config.yaml`` and ``pytorch_model.bin`` in vocos' own
 layout (``Vocos.from_pretrained`` loads it), ``model.onnx`` (fp32, the iSTFT in the graph) and
 ``model.int8.onnx`` (int8 with its probe). :func:`load_release` reads one of them as a
-:class:`~train.runtime.vocoder.Vocoder`, after checking that the release was made for the
+:class:`~vocos_distill.vocoder.Vocoder`, after checking that the release was made for the
 mel it will be given.
 """
 
@@ -16,12 +16,16 @@ from typing import Any
 
 import torch
 import yaml
+from vocos import Vocos
+from vocos.pretrained import instantiate_class
 
-from train.runtime.config import MEL_SPEC
-from train.runtime.errors import ConfigError
-from train.runtime.hub import fetch_file
-from train.runtime.onnx import OnnxVocoder
-from train.runtime.vocoder import Vocoder, VocosStudent
+from vocos_distill.config import LEGACY_CLASS_PATHS, MEL_SPEC
+from vocos_distill.errors import ConfigError
+from vocos_distill.hub import fetch_file
+from vocos_distill.int8_check import Int8MismatchError
+from vocos_distill.onnx import OnnxVocoder, speed_check
+from vocos_distill.student import VocosStudent
+from vocos_distill.vocoder import Vocoder
 
 log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "torch", "onnx", "int8")
@@ -101,6 +105,18 @@ def release_mel_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
     }
 
 
+def vocos_model(config: dict[str, Any]) -> Vocos:
+    """The ``Vocos`` a release's ``config.yaml`` describes, built as ``Vocos.from_hparams`` builds it;
+    class paths of releases written by vocos-distill 0.1 (``train.runtime.vocoder.*``) are read as
+    the classes' present names."""
+    parts = {}
+    for part in ("feature_extractor", "backbone", "head"):
+        init = dict(config[part])
+        init["class_path"] = LEGACY_CLASS_PATHS.get(init["class_path"], init["class_path"])
+        parts[part] = instantiate_class(args=(), init=init)
+    return Vocos(**parts)
+
+
 def check_mel(found: dict[str, Any], expected: dict[str, Any], where: str) -> None:
     """Raise :class:`VocoderUnavailableError` naming each setting in which the mels differ."""
     differ = [
@@ -144,10 +160,8 @@ def load_release(
         chosen, weights = release.first(order[1:])
     if chosen != "torch":
         return chosen, OnnxVocoder(weights).eval()
-    from vocos import Vocos
-
     try:
-        model = Vocos.from_hparams(str(release.config_path))
+        model = vocos_model(release.config)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
     except Exception as err:  # a config vocos cannot build, or weights of another shape
         raise VocoderUnavailableError(f"student {source}: {weights.name} does not load through vocos: {err}") from err
@@ -157,12 +171,9 @@ def load_release(
 
 def _checked_int8(release: ReleaseFiles, weights: Path, runtime: str) -> tuple[str, OnnxVocoder] | None:
     """``("int8", graph)`` once the release's int8 graph has passed its self-check on this machine
-    (:mod:`train.runtime.int8_check`); ``("onnx", fp32 graph)`` where ``auto`` finds that graph
+    (:mod:`vocos_distill.int8_check`); ``("onnx", fp32 graph)`` where ``auto`` finds that graph
     faster here; None where the check failed and ``auto`` should take the next runtime (a warning
     says why). ``runtime="int8"`` raises on a failed check instead."""
-    from train.runtime.int8_check import Int8MismatchError, speed_check
-    from train.runtime.onnx import OnnxVocoder
-
     try:
         int8 = OnnxVocoder(weights).eval()
     except Int8MismatchError as err:

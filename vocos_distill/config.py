@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from train.runtime.errors import ConfigError
+from vocos_distill.errors import ConfigError
 
 SAMPLE_RATE = 24_000
 HOP_LENGTH = 480
@@ -40,9 +40,15 @@ MEL_SPEC = {
 LOG_MEL_RANGE = (-11.5, 2.0)  # S3Gen log-mel values: the floor ln(1e-5) up to loud speech (plots' colour scale)
 KERNEL = 7  # VocosBackbone's input embedding and depthwise convs: kernel 7, "same" zero padding
 CONFIG_KEY = "student_config"  # where a training checkpoint keeps the student's config
-PRIOR_HEAD = "train.runtime.vocoder.AmplitudePriorHead"  # a release's head class with the amplitude prior
-SHIFTED_HEAD = "train.runtime.vocoder.ShiftedISTFTHead"  # the stock head whose overlap-add looks fewer frames ahead
-LOOKAHEAD_BACKBONE = "train.runtime.vocoder.LookaheadBackbone"  # convs padded left-heavy: a look-ahead budget
+PRIOR_HEAD = "vocos_distill.heads.AmplitudePriorHead"  # a release's head class with the amplitude prior
+SHIFTED_HEAD = "vocos_distill.heads.ShiftedISTFTHead"  # the stock head whose overlap-add looks fewer frames ahead
+LOOKAHEAD_BACKBONE = "vocos_distill.backbone.LookaheadBackbone"  # convs padded left-heavy: a look-ahead budget
+# Where releases written by vocos-distill 0.1 (whose runtime was the `train.runtime` package) name the same classes
+LEGACY_CLASS_PATHS = {
+    "train.runtime.vocoder.AmplitudePriorHead": PRIOR_HEAD,
+    "train.runtime.vocoder.ShiftedISTFTHead": SHIFTED_HEAD,
+    "train.runtime.vocoder.LookaheadBackbone": LOOKAHEAD_BACKBONE,
+}
 
 
 def mel_filterbank(
@@ -90,7 +96,7 @@ class StudentConfig:
     num_layers)`` and ``ISTFTHead(dim, n_fft, hop_length, padding="same")``; ``fake_quant`` names
     the QAT scheme of a student trained fake-quantised (``"int8"``), else None;
     ``amplitude_prior`` makes the head's log-magnitude a correction of the mel's least-squares
-    magnitude (:func:`train.runtime.vocoder.amplitude_prior`) rather than the whole of it: the
+    magnitude (:func:`vocos_distill.vocoder.amplitude_prior`) rather than the whole of it: the
     same tensors, other arithmetic. ``lookahead`` (mel frames, ``None``: the stock student's
     receptive field, 3 frames a convolution plus the overlap-add's 2) bounds how far ahead the
     whole student looks: :meth:`lookahead_plan` says how each convolution and the overlap-add
@@ -215,7 +221,7 @@ class StudentConfig:
         """A release's ``config.yaml``: vocos' own layout (``Vocos.from_hparams`` builds it), plus
         the ``mel:`` block that says which mels ``decode`` must be given. A student with a
         ``lookahead`` names this project's backbone (and, below 2 frames, head) classes, which
-        ``vocos`` builds when ``train.runtime`` is importable."""
+        ``vocos`` builds when ``vocos_distill`` is importable."""
         pads, shift = self.lookahead_plan()
         head = PRIOR_HEAD if self.amplitude_prior else SHIFTED_HEAD if shift else "vocos.heads.ISTFTHead"
         return {

@@ -2,7 +2,7 @@
 
 ``train.student.graph.export_onnx`` writes such graphs (a release's ``model.onnx`` and
 ``model.int8.onnx``, ``train/quantize.py``'s int8); their metadata records the student's config,
-the numerics and, for int8, the probe of :mod:`train.runtime.int8_check`, which every int8 graph
+the numerics and, for int8, the probe of :mod:`vocos_distill.int8_check`, which every int8 graph
 runs on the machine it is loaded on before it decodes anything.
 """
 
@@ -17,15 +17,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from train.runtime.config import StudentConfig
-from train.runtime.errors import ConfigError, MissingFileError
-from train.runtime.vocoder import Vocoder
+from vocos_distill.config import StudentConfig
+from vocos_distill.errors import ConfigError, MissingFileError
+from vocos_distill.files import sha256_file
+from vocos_distill.int8_check import (
+    Int8Check,
+    Int8MismatchError,
+    machine_key,
+    read_probe,
+    recall,
+    remember,
+    self_check,
+)
+from vocos_distill.streaming import WindowedStream
+from vocos_distill.timing import interleaved, timing_mel
+from vocos_distill.vocoder import MelStream, Vocoder
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where a graph runs: the PyTorch runtime never needs it
     import onnxruntime as ort
-
-    from train.runtime.int8_check import Int8Check
-    from train.runtime.streaming import MelStream
 
 SUFFIX = ".onnx"
 
@@ -97,10 +106,8 @@ class OnnxVocoder(Vocoder):
 
     def check(self) -> Int8Check:
         """Run (or recall) this int8 graph's self-check on this machine
-        (:func:`train.runtime.int8_check.self_check`); raises
-        :class:`~train.runtime.int8_check.Int8MismatchError` when it fails. Returns the result."""
-        from train.runtime.int8_check import Int8MismatchError, self_check
-
+        (:func:`vocos_distill.int8_check.self_check`); raises
+        :class:`~vocos_distill.int8_check.Int8MismatchError` when it fails. Returns the result."""
         self.int8_check = self_check(self.path.name, self.sha256, self.metadata, self.path)
         if not self.int8_check.ok:
             raise Int8MismatchError(
@@ -122,8 +129,6 @@ class OnnxVocoder(Vocoder):
         return torch.from_numpy(wav).to(mel.device)
 
     def stream(self, lookahead: int | None = None) -> MelStream:
-        from train.runtime.streaming import WindowedStream
-
         return WindowedStream(self, lookahead)
 
     def __getstate__(self) -> dict[str, Any]:  # picklable (the memory benchmark runs it in a fresh process)
@@ -132,3 +137,23 @@ class OnnxVocoder(Vocoder):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._sessions = {}
+
+
+def speed_check(int8: OnnxVocoder, fp32_path: Path, repeats: int = 5) -> dict[str, float]:
+    """Seconds per call of an int8 ``OnnxVocoder`` and of the fp32 graph at ``fp32_path`` on 3 s
+    of the int8 graph's probe mel (median of ``repeats`` after a warm-up), at the current thread
+    count; cached per file pair, CPU, ONNX Runtime version and thread count (a cached answer
+    loads no fp32 session)."""
+    threads = torch.get_num_threads()
+    key = f"speed:{int8.sha256}:{sha256_file(fp32_path)}:{machine_key()}:{threads}"
+    known = recall(key)
+    if known is not None:
+        return known
+    fp32 = OnnxVocoder(fp32_path)
+    probe = read_probe(int8.metadata)
+    mel = torch.from_numpy(probe.mel) if probe is not None else timing_mel(24, n_mels=int8.n_mels)
+    mel = mel.repeat(1, 1, -(-150 // mel.shape[-1]))[..., :150]  # 3 s: long enough to time
+    with torch.inference_mode():
+        result = interleaved({"int8_s": lambda: int8(mel), "fp32_s": lambda: fp32(mel)}, repeats)
+    remember(key, result)
+    return result

@@ -17,10 +17,10 @@ that was right where it was written can be wrong elsewhere. Three defences, from
    dies of an illegal instruction fails the check instead of the caller), once per file, CPU
    and ONNX Runtime version, and remembers the answer (:func:`cache_path`), so later loads cost
    a hash.
-   :class:`~train.runtime.onnx.OnnxVocoder` calls it for every int8 graph it loads and raises
+   :class:`~vocos_distill.onnx.OnnxVocoder` calls it for every int8 graph it loads and raises
    :class:`Int8MismatchError` under the threshold; the Chatterbox drop-in's ``runtime="auto"``
    falls back to the fp32 runtime instead, and also takes fp32 where int8 is not faster here
-   (:func:`speed_check`).
+   (:func:`vocos_distill.onnx.speed_check`).
 
 The CPU is named wherever an int8 figure is written (:func:`cpu_info`, :func:`describe_cpu`).
 """
@@ -38,8 +38,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from train.runtime.errors import ConfigError
-from train.runtime.files import atomic_write_text, sha256_file
+from vocos_distill.errors import ConfigError
+from vocos_distill.files import atomic_write_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -169,19 +169,22 @@ def cache_path() -> Path:
     return Path(os.environ.get(CACHE_ENV) or home) / "int8_checks.json"
 
 
-def _machine_key() -> str:
+def machine_key() -> str:
+    """What a remembered answer is valid for: this CPU and ONNX Runtime version."""
     info = cpu_info()
     return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _cached(key: str) -> dict[str, Any] | None:
+def recall(key: str) -> dict[str, Any] | None:
+    """The answer remembered under ``key`` (:func:`cache_path`), or None."""
     try:
         return json.loads(cache_path().read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def _remember(key: str, value: dict[str, Any]) -> None:
+def remember(key: str, value: dict[str, Any]) -> None:
+    """Keep ``value`` under ``key``, written atomically; a read-only home only costs a rerun."""
     path = cache_path()
     try:
         entries = json.loads(path.read_text()) if path.is_file() else {}
@@ -259,10 +262,10 @@ def self_check(name: str, sha256: str, metadata: dict[str, str], path: Path) -> 
     """Whether the int8 graph at ``path`` (SHA-256 ``sha256``, named ``name`` in messages) reproduces
     its probe on this machine, run in a process of its own (:func:`run_in_child`). Cached per
     file, CPU and ONNX Runtime version."""
-    key = f"probe:{sha256}:{_machine_key()}"
-    cached = _cached(key)
-    if cached is not None:
-        return Int8Check(**cached)
+    key = f"probe:{sha256}:{machine_key()}"
+    known = recall(key)
+    if known is not None:
+        return Int8Check(**known)
     cpu = describe_cpu()
     probe = read_probe(metadata)
     if probe is None:
@@ -295,31 +298,6 @@ def self_check(name: str, sha256: str, metadata: dict[str, str], path: Path) -> 
                 f"(it must reach {probe.min_snr_db:g} dB; {probe.snr_db:.1f} dB where it was written)"
             )
             result = Int8Check(ok, measured, probe.min_snr_db, probe.snr_db, cpu, reason)
-    _remember(key, result.as_dict())
+    remember(key, result.as_dict())
     log.info("int8 self-check on %s: %s", cpu, result.reason)
-    return result
-
-
-def speed_check(int8: Any, fp32_path: Path, repeats: int = 5) -> dict[str, float]:
-    """Seconds per call of an int8 ``OnnxVocoder`` and of the fp32 graph at ``fp32_path`` on 3 s
-    of the int8 graph's probe mel (median of ``repeats`` after a warm-up), at the current thread
-    count; cached per file pair, CPU, ONNX Runtime version and thread count (a cached answer
-    loads no fp32 session)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    key = f"speed:{int8.sha256}:{sha256_file(fp32_path)}:{_machine_key()}:{threads}"
-    cached = _cached(key)
-    if cached is not None:
-        return cached
-    from train.runtime.onnx import OnnxVocoder
-    from train.runtime.timing import interleaved, timing_mel
-
-    fp32 = OnnxVocoder(fp32_path)
-    probe = read_probe(int8.metadata)
-    mel = torch.from_numpy(probe.mel) if probe is not None else timing_mel(24, n_mels=int8.n_mels)
-    mel = mel.repeat(1, 1, -(-150 // mel.shape[-1]))[..., :150]  # 3 s: long enough to time
-    with torch.inference_mode():
-        result = interleaved({"int8_s": lambda: int8(mel), "fp32_s": lambda: fp32(mel)}, repeats)
-    _remember(key, result)
     return result

@@ -22,27 +22,26 @@ an utterance's end), and audio once emitted is never revised.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.runtime.config import KERNEL, Field
-from train.runtime.vocoder import LookaheadConv1d, Vocoder, VocosStudent, normalise, output_start, polar
+from vocos_distill.backbone import LookaheadConv1d
+from vocos_distill.config import KERNEL
+from vocos_distill.heads import normalise, output_start, polar
+from vocos_distill.vocoder import MelStream, Vocoder
 
 
 def _parts(model: Vocoder) -> tuple[nn.Module, nn.Module]:
     """The backbone and iSTFT head of a student in PyTorch (fp32, pruned, QAT or torchao int8),
     checked to be the stock layers whose receptive field its config gives."""
-    if not isinstance(model, VocosStudent):
+    backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
+    if not (isinstance(backbone, nn.Module) and isinstance(head, nn.Module)):
         raise TypeError(
             f"streaming needs a Vocos student with a ConvNeXt backbone and an iSTFT head in PyTorch (fp32, pruned, "
             f"QAT or torchao int8); got {type(model).__name__}. An ONNX graph has no per-layer state to carry: "
             "its Vocoder.stream() decodes it through windows."
         )
-    backbone, head = model.backbone, model.head
     if getattr(backbone, "adanorm", False):
         raise TypeError("streaming supports Vocos backbones without AdaLayerNorm conditioning")
     if head.istft.padding != "same":
@@ -65,113 +64,6 @@ def _convs(backbone: nn.Module) -> list[nn.Conv1d]:
     return [backbone.embed] + [block.dwconv for block in backbone.convnext]
 
 
-class StreamClosedError(RuntimeError):
-    """``push`` after ``flush``: the stream has ended (``reset()`` starts a new one)."""
-
-
-class MelStream:
-    """What every stream shares: ``push(chunk)`` returns the audio that is final so far,
-    ``flush()`` the rest; chunks are ``(B, n_mels, frames)`` with any number of frames (zero
-    included), the batch size fixed by the first chunk. A refused chunk (wrong shape, NaN or
-    inf, another batch size) raises before anything changes, so the stream goes on as if it had
-    not been offered.
-
-    ``lookahead``: mel frames held back before a frame's audio is emitted; ``None`` (the default)
-    is the right side of the receptive field, which makes the stream equal to offline decoding.
-    Each frame fewer lowers the latency by 20 ms and makes the audio near each chunk's end
-    approximate (decoded as if the utterance ended at the last frame pushed)."""
-
-    def __init__(self, n_mels: int, hop: int, field: Field, lookahead: int | None) -> None:
-        if lookahead is None:
-            lookahead = field.right
-        if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
-            raise ValueError(f"lookahead must be a whole number of frames >= 0 (or None); got {lookahead!r}")
-        self.n_mels, self.hop, self.field, self.lookahead = n_mels, hop, field, lookahead
-        self.exact = lookahead >= field.right
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the stream; the next push starts a new utterance."""
-        self._batch: int | None = None
-        self._frames = 0  # mel frames pushed
-        self._emitted = 0  # samples returned
-        self._closed = False
-        self._reset()
-
-    @property
-    def samples_emitted(self) -> int:
-        return self._emitted
-
-    def push(self, mel: Tensor) -> Tensor:
-        """Take the next mel frames; return the audio ``(B, samples)`` that is final so far."""
-        if self._closed:
-            raise StreamClosedError("push() after flush(): this stream has ended; call reset() to start another")
-        mel = self._check(mel)
-        with torch.inference_mode():
-            out = self._push(mel)  # computes without changing the stream, then commits
-        self._batch = mel.shape[0]
-        self._frames += mel.shape[-1]
-        self._emitted += out.shape[-1]
-        return out
-
-    def flush(self) -> Tensor:
-        """End the stream and return the rest of the audio: in all, ``frames * hop`` samples."""
-        if self._closed:
-            raise StreamClosedError("flush() after flush(): this stream has ended; call reset() to start another")
-        self._closed = True
-        if self._batch is None:  # nothing was pushed
-            return torch.zeros(0, 0)
-        with torch.inference_mode():
-            out = self._flush()
-        self._emitted += out.shape[-1]
-        return out
-
-    def decode(self, mel: Tensor, chunk_frames: int | Sequence[int]) -> Tensor:
-        """Stream a whole mel: chunks of ``chunk_frames`` frames (or of these sizes in turn, the
-        last chunk taking what is left), and return all the audio ``(B, frames * hop)``."""
-        total = mel.shape[-1]
-        if isinstance(chunk_frames, int):
-            sizes = [chunk_frames] * math.ceil(total / max(chunk_frames, 1))
-        else:
-            sizes = list(chunk_frames)
-        bounds = [0]
-        for size in sizes:
-            bounds.append(min(total, bounds[-1] + size))
-        if bounds[-1] < total:
-            bounds.append(total)
-        self.reset()
-        pieces = [self.push(mel[..., a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
-        pieces.append(self.flush())
-        return torch.cat([p.reshape(mel.shape[0], -1) for p in pieces], dim=-1)
-
-    def _check(self, mel: Tensor) -> Tensor:
-        if not isinstance(mel, Tensor):
-            raise TypeError(f"a mel chunk must be a tensor (B, {self.n_mels}, frames); got {type(mel).__name__}")
-        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
-            raise ValueError(
-                f"a mel chunk must be (B, {self.n_mels}, frames): this vocoder takes {self.n_mels} mel bins; "
-                f"got shape {tuple(mel.shape)}"
-            )
-        if self._batch is not None and mel.shape[0] != self._batch:
-            raise ValueError(f"this stream has batch size {self._batch}; got a chunk of {mel.shape[0]}")
-        bad = (~torch.isfinite(mel)).sum().item()
-        if bad:
-            raise ValueError(f"the mel chunk has {bad} non-finite values (NaN or inf); nothing was decoded")
-        return mel.to(device=self._device(), dtype=torch.float32)
-
-    def _device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def _reset(self) -> None:
-        raise NotImplementedError
-
-    def _push(self, mel: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _flush(self) -> Tensor:
-        raise NotImplementedError
-
-
 class StreamingVocoder(MelStream):
     """A Vocos student decoded as a stream, with a state per layer (see the module docstring).
 
@@ -179,7 +71,7 @@ class StreamingVocoder(MelStream):
     keeps ``kernel - 1`` frames of its input, the overlap-add ``n_fft - hop`` samples.
     """
 
-    def __init__(self, model: VocosStudent, lookahead: int | None = None) -> None:
+    def __init__(self, model: Vocoder, lookahead: int | None = None) -> None:
         self.model = model
         self.backbone, self.head = _parts(model)
         istft = self.head.istft
@@ -328,7 +220,7 @@ class StreamingVocoder(MelStream):
 class WindowedStream(MelStream):
     """Any ``mel -> wav`` vocoder with a known receptive field streamed by decoding a bounded
     window per push: the frames to emit, ``field.left`` frames before them and every frame
-    pushed after them. An ONNX graph streams this way (:class:`~train.runtime.onnx.OnnxVocoder`
+    pushed after them. An ONNX graph streams this way (:class:`~vocos_distill.onnx.OnnxVocoder`
     keeps no state between calls). Each emitted frame's window holds its whole receptive field,
     so an fp32 graph equals offline decoding; an int8 graph whose activations are quantised per
     call (ONNX Runtime's dynamic quantisation) comes within its own tolerance, as its scales

@@ -8,10 +8,11 @@ fades the first 960 samples in itself and discards ``source``. :class:`Chatterbo
 interface around a student; :func:`use_student` puts one in place (after the model is loaded:
 Turbo loads its checkpoint strictly) and hands back the vocoder it replaced; with
 ``fallback=True`` a student that cannot be had, or that was released for another mel, leaves
-HiFT in place with a warning that says why.
+HiFT in place with a warning that says why. What the caller wrote wrong (a runtime that does
+not exist, an argument of the wrong type) raises whatever ``fallback`` says.
 
 :class:`ChatterboxStream` decodes mels as they arrive in chunks through
-:mod:`train.runtime.streaming` and applies S3Gen's fade to the stream's
+:mod:`vocos_distill.streaming` and applies S3Gen's fade to the stream's
 first samples, so streamed speech equals the speech of ``s3gen.inference`` on the same mels.
 
 What this needs at run time: torch and ``vocos`` (the fp32 weights in vocos' layout), plus
@@ -24,6 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +33,22 @@ import torch
 from torch import Tensor, nn
 from vocos import Vocos
 
-from train.runtime.config import MEL_SPEC
-from train.runtime.errors import ConfigError
-from train.runtime.onnx import OnnxVocoder
-from train.runtime.release import load_release
-from train.runtime.streaming import MelStream
-from train.runtime.vocoder import Vocoder, VocosStudent, load_student
+from vocos_distill.config import MEL_SPEC
+from vocos_distill.errors import ConfigError
+from vocos_distill.loader import load_student
+from vocos_distill.onnx import OnnxVocoder
+from vocos_distill.release import RUNTIMES, load_release
+from vocos_distill.student import VocosStudent
+from vocos_distill.vocoder import MelStream, Vocoder
 
 log = logging.getLogger(__name__)
 TRIM_SAMPLES = 960  # S3Gen's own fade-in: 20 ms of silence, then a 20 ms raised cosine
+# What the environment can get wrong, which fallback=True answers by keeping HiFT: no such release,
+# offline and not cached, an unreadable or corrupt file, a mel mismatch, an int8 check failing
+# (all ConfigError), the disk, a missing optional library. Not a caller's ValueError or TypeError.
+ENVIRONMENT_ERRORS = (ConfigError, OSError, ImportError)
+# S3Gen -> why use_student() kept its own vocoder (the warning's text), for ChatterboxStream to say
+_FALLBACKS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 class VocoderFallbackWarning(UserWarning):
@@ -48,7 +57,7 @@ class VocoderFallbackWarning(UserWarning):
 
 class ChatterboxVocoder(nn.Module):
     """What Chatterbox's S3Gen expects at ``mel2wav``, around a student in any of its forms
-    (a :class:`~train.runtime.vocoder.Vocoder`: PyTorch fp32, pruned, QAT or torchao int8, or an
+    (a :class:`~vocos_distill.vocoder.Vocoder`: PyTorch fp32, pruned, QAT or torchao int8, or an
     ONNX graph)."""
 
     def __init__(self, vocoder: Vocoder, source: str = "", runtime: str = "torch") -> None:
@@ -94,8 +103,8 @@ def load_vocoder(
     mel_spec: dict[str, Any] | None = None,
 ) -> ChatterboxVocoder:
     """A :class:`ChatterboxVocoder` from a release folder or Hub id (:func:`load_release`, which
-    says what ``runtime`` can be), a student file (:func:`~train.runtime.vocoder.load_student`),
-    a :class:`~train.runtime.vocoder.Vocoder` or a ``vocos.Vocos``."""
+    says what ``runtime`` can be), a student file (:func:`~vocos_distill.vocoder.load_student`),
+    a :class:`~vocos_distill.vocoder.Vocoder` or a ``vocos.Vocos``."""
     device = torch.device(device)
     if isinstance(source, nn.Module):
         vocoder = as_vocoder(source).to(device).eval()
@@ -119,7 +128,7 @@ def as_vocoder(module: nn.Module) -> Vocoder:
         return VocosStudent(module.backbone, module.head)
     raise TypeError(
         f"{type(module).__name__} is not a Vocos student: pass a release folder, a Hub id, a student file, "
-        "a train.runtime.Vocoder or a vocos.Vocos"
+        "a vocos_distill.Vocoder or a vocos.Vocos"
     )
 
 
@@ -159,6 +168,22 @@ def s3gen_mel_spec(s3gen: nn.Module) -> dict[str, Any]:
     return {**MEL_SPEC, **spec} if spec else dict(MEL_SPEC)
 
 
+def check_arguments(source: Any, runtime: Any, **flags: Any) -> None:
+    """Raise at once for what a caller of :func:`use_student` wrote wrong, naming the valid choices."""
+    if not isinstance(source, str | Path | nn.Module):
+        raise TypeError(
+            "source must be a release folder or Hub id (str or Path), a student file, or a module (a "
+            f"vocos_distill.Vocoder or a vocos.Vocos); got {type(source).__name__}"
+        )
+    if isinstance(source, nn.Module):
+        as_vocoder(source)  # a module that is no student: a TypeError naming what is accepted
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False; got {value!r}")
+
+
 def use_student(
     model: Any,
     source: str | Path | nn.Module,
@@ -172,27 +197,30 @@ def use_student(
     ``model``: ``ChatterboxTTS`` / ``ChatterboxTurboTTS`` / ``ChatterboxMultilingualTTS`` /
     ``ChatterboxVC``, or an S3Gen. ``source``: a release folder, a Hub id, a student file or a
     module (see :func:`load_vocoder`); it runs on the S3Gen's device. With ``fallback=True``, a
-    student that cannot be loaded or was made for another mel leaves the vocoder as it was and
-    warns (:class:`VocoderFallbackWarning`) with the reason; ``fallback=False`` raises instead.
-    Undo with ``s3gen.mel2wav = previous``.
+    student the environment cannot give (no such release, offline and not cached, a corrupt
+    file, made for another mel, an int8 graph failing its check here) leaves the vocoder as it
+    was and warns (:class:`VocoderFallbackWarning`) with the reason; ``fallback=False`` raises
+    instead. A ``runtime`` that does not exist, arguments of the wrong type or a model without
+    an S3Gen raise either way. Undo with ``s3gen.mel2wav = previous``.
     """
     s3gen = s3gen_of(model)
+    check_arguments(source, runtime, fallback=fallback, local_files_only=local_files_only)
     previous = s3gen.mel2wav
     parameter = next(s3gen.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     try:
         vocoder = load_vocoder(source, runtime, device, local_files_only, s3gen_mel_spec(s3gen))
-    except (ConfigError, OSError, RuntimeError, ValueError, ImportError, TypeError) as err:
+    except ENVIRONMENT_ERRORS as err:
         if not fallback:
             raise
-        reason = f"{type(err).__name__}: {err}"
-        warnings.warn(
+        message = (
             f"keeping Chatterbox's own vocoder ({type(previous).__name__}): the student {source} could not be used: "
-            f"{reason}",
-            VocoderFallbackWarning,
-            stacklevel=2,
+            f"{type(err).__name__}: {err}"
         )
+        warnings.warn(message, VocoderFallbackWarning, stacklevel=2)
+        _FALLBACKS[s3gen] = message
         return previous
+    _FALLBACKS.pop(s3gen, None)
     s3gen.mel2wav = vocoder
     log.info("s3gen.mel2wav is now %s (was %s)", vocoder.source, type(previous).__name__)
     return previous
@@ -204,8 +232,8 @@ class ChatterboxStream:
 
     ``vocoder``: a :class:`ChatterboxVocoder`, a Chatterbox model or S3Gen with one in place, or
     a student. A PyTorch runtime streams with a state per layer
-    (:class:`~train.runtime.streaming.StreamingVocoder`), an ONNX one through bounded windows
-    (:class:`~train.runtime.streaming.WindowedStream`: fp32 equal to offline, int8 within its own
+    (:class:`~vocos_distill.streaming.StreamingVocoder`), an ONNX one through bounded windows
+    (:class:`~vocos_distill.streaming.WindowedStream`: fp32 equal to offline, int8 within its own
     tolerance). ``lookahead``: frames held back (default: the receptive field, exact).
     """
 
@@ -215,8 +243,14 @@ class ChatterboxStream:
         elif isinstance(vocoder, nn.Module) and getattr(vocoder, "mel2wav", None) is None:
             student = as_vocoder(vocoder)
         else:  # a Chatterbox model or its S3Gen
-            mel2wav = s3gen_of(vocoder).mel2wav
+            s3gen = s3gen_of(vocoder)
+            mel2wav = s3gen.mel2wav
             if not isinstance(mel2wav, ChatterboxVocoder):
+                if s3gen in _FALLBACKS:
+                    raise TypeError(
+                        f"no Vocos student to stream: use_student() kept {type(mel2wav).__name__} in place "
+                        f"({_FALLBACKS[s3gen]})"
+                    )
                 raise TypeError(
                     f"s3gen.mel2wav is {type(mel2wav).__name__}, not a Vocos student: use_student() puts one in place"
                 )

@@ -17,7 +17,7 @@ from pathlib import Path
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
-from train.runtime.errors import ConfigError
+from vocos_distill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 3.0
