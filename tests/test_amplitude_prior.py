@@ -108,3 +108,17 @@ def test_a_release_loads_through_the_runtime_and_plain_vocos_refuses_to_decode_i
     vocos = load_vocos(folder)  # vocos builds it (strict load) ...
     with pytest.raises(TypeError, match="needs the mel.*load_release"):  # ... but cannot decode without the mel
         vocos.decode(mel)
+
+
+def test_a_release_written_by_version_0_1_still_loads(tmp_path, mel):
+    """vocos-distill 0.1's runtime was the ``train.runtime`` package: its releases name that path."""
+    student = prior_student()
+    folder = tmp_path / "release"
+    folder.mkdir()
+    write_vocos_layout(student, folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["head"]["class_path"] = "train.runtime.vocoder.AmplitudePriorHead"
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    _, vocoder = load_release(folder, runtime="torch")
+    with torch.no_grad():
+        assert torch.allclose(vocoder(mel), student(mel), atol=1e-6)
