@@ -144,6 +144,10 @@ def test_release_json_lists_every_file_with_its_sha256(workspace):
     on_disk = json.loads((folder / "release.json").read_text())
     assert on_disk["source"]["sha256"] == sha256_file(workspace["ckpt"])
     assert on_disk["evaluation"]["verdict"] == "fail" and re.fullmatch(r"[0-9a-f]{40}", on_disk["git"]["commit"])
+    import vocos_distill  # the runtime that wrote the release's class paths, and how to install it
+
+    assert on_disk["runtime"] == {"package": "vocos-distill", "version": vocos_distill.__version__,
+                                  "install": vocos_distill.INSTALL}  # fmt: skip
 
 
 def test_the_model_card_carries_the_reports_numbers(workspace):
@@ -164,6 +168,9 @@ def test_the_model_card_carries_the_reports_numbers(workspace):
     assert f"| teacher (HiFT) | {cost[0]['bytes']:,} |" in card.text
     assert 'Vocos.from_pretrained("acme/tiny-vocos")' in card.text
     assert 'use_student(model, "acme/tiny-vocos")' in card.text
+    import vocos_distill
+
+    assert f"written by vocos-distill {vocos_distill.__version__}" in card.text and vocos_distill.INSTALL in card.text
     assert "look-ahead of 11 frames (220 ms)" in card.text  # 2 blocks: 3 + 3 x 2 + 2
 
 
@@ -376,7 +383,7 @@ def test_the_card_says_how_a_short_lookahead_student_loads(shape, classes, loade
         "lookahead_frames": config.receptive_field.right, "license": "mit", "base_models": [], "history": [],
         "licences": [], "training_data": [], "limitations": [], "feature_residual": None, "repo_hint": "acme/tiny",
         "verification": {**verification, "cpu": "x"}, "git": {"commit": "0" * 40}, "files": [],
-        "file_notes": FILE_NOTES,
+        "file_notes": FILE_NOTES, "runtime_version": "0.2.0", "runtime_install": "pip install vocos-distill",
     }  # fmt: skip
     text = model_card(facts).text
     for name in ("LookaheadBackbone", "ShiftedISTFTHead"):

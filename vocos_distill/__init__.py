@@ -13,6 +13,9 @@ import importlib
 from typing import Any
 
 __version__ = "0.2.0"  # written into every release (release.json, the model card)
+HOMEPAGE = "https://github.com/vocos-distill/vocos-distill"
+# This runtime alone, into an existing environment (Chatterbox's own: it moves none of its pins)
+INSTALL = f'pip install "vocos-distill @ git+{HOMEPAGE}@v{__version__}"'
 
 _WHERE = {
     "ChatterboxStream": "chatterbox",

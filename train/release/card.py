@@ -253,7 +253,13 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
 A [Vocos](https://github.com/gemelo-ai/vocos) vocoder for [Chatterbox TTS](https://github.com/resemble-ai/chatterbox)'s
 S3Gen mels (80 bins, 24 kHz, hop 480, 50 frames/s), trained by distillation with
 vocos-distill at git commit `{facts["git"]["commit"]}`. It turns the same
-log-mel that Chatterbox's HiFT vocoder takes into a 24 kHz waveform.
+log-mel that Chatterbox's HiFT vocoder takes into a 24 kHz waveform. This folder was
+written by vocos-distill {facts["runtime_version"]}, whose runtime loads it; into an existing
+environment (Chatterbox's own: none of its pins move), install that runtime alone with
+
+```bash
+{facts["runtime_install"]}
+```
 
 Backbone: ConvNeXt, dim {config["dim"]}, intermediate {config["intermediate_dim"]}, {config["num_layers"]} blocks;
 head: iSTFT, n_fft {config["n_fft"]}, hop {config["hop_length"]}. {facts["parameters"]:,} parameters.

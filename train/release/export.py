@@ -35,6 +35,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
+import vocos_distill
 from train.benchmarks import side_by_side as benchmark
 from train.data.held_out import held_out_items
 from train.evaluation.metrics import snr_db
@@ -387,6 +388,8 @@ def _build(
         "verification": verification,
         "feature_residual": residual,
         "git": git_commit(Path(cfg.paths.root_dir)),
+        "runtime_version": vocos_distill.__version__,
+        "runtime_install": vocos_distill.INSTALL,
         "repo_hint": cfg.card.repo_id or f"<namespace>/{name}",
         "files": [(p.name, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file()],
         "file_notes": FILE_NOTES,
@@ -404,6 +407,7 @@ def _build(
         "files": files,
         "source": {"checkpoint": str(checkpoint), "sha256": checkpoint_sha},
         "git": facts["git"],
+        "runtime": {"package": "vocos-distill", "version": vocos_distill.__version__, "install": vocos_distill.INSTALL},
         "machine": {**cpu_info(), "description": describe_cpu()},
         "config": plain.config.to_dict(),
         "int8": int8,
