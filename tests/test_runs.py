@@ -320,3 +320,14 @@ def test_sigkill_anywhere_then_ckpt_path_last_reaches_max_steps_with_no_corrupt_
     assert not [p for p in leftovers if p.name.startswith("tmp") or p.stat().st_size > 1 << 20], leftovers
     for noise in ("Tip:", "litlogger", "log_every_n_steps", "DeprecationWarning", "Epoch "):
         assert noise not in output, noise
+
+
+@pytest.mark.parametrize("stage", ["prune", "qat", "lookahead"])
+@pytest.mark.parametrize("task", ["x", "x-{suffix}"])
+def test_a_compression_stage_suffixes_the_run_group_once(tmp_path, stage, task):
+    """``task_name=x compress=qat`` runs in ``runs/x-qat/``; so does a task already named after
+    its stage's folder (``task_name=x-qat``), not ``x-qat-qat``."""
+    suffix = "lookahead4" if stage == "lookahead" else stage
+    extra = ["student.lookahead=4"] if stage == "lookahead" else []
+    cfg = compose(["experiment=tiny", f"task_name={task.format(suffix=suffix)}", f"compress={stage}", *extra], tmp_path)
+    assert cfg.run_group == f"x-{suffix}"

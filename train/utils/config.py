@@ -50,6 +50,15 @@ def run_name() -> str:
     return f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}-{secrets.token_hex(3)}"
 
 
+def stage_group(task_name: str, stage: str) -> str:
+    """A compression stage's run group: ``<task>-<stage>``, once (``task_name=x-qat`` with
+    ``compress=qat`` is ``x-qat`` too, not ``x-qat-qat``)."""
+    task_name, stage = str(task_name), str(stage)
+    return task_name if task_name.endswith(f"-{stage}") else f"{task_name}-{stage}"
+
+
+if not OmegaConf.has_resolver("stage_group"):
+    OmegaConf.register_new_resolver("stage_group", stage_group)
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
 if not OmegaConf.has_resolver("run_name"):
