@@ -25,13 +25,16 @@ from train.benchmarks.figures import (
     training_figures,
     write_figures,
 )
+from train.evaluation.cost import CostSettings
+
+COST = CostSettings()  # the defaults of --seconds, --repeats, --chunk-frames: those of every cost measurement
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="audio length to vocode")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median)")
-    parser.add_argument("--chunk-frames", type=int, nargs="+", default=[10, 25, 50], help="streaming chunk sizes")
+    parser.add_argument("--seconds", type=float, default=COST.seconds, help="audio length to vocode")
+    parser.add_argument("--repeats", type=int, default=COST.repeats, help="timed runs per setting (median)")
+    parser.add_argument("--chunk-frames", type=int, nargs="+", default=list(COST.chunk_frames), help="chunk sizes")
     parser.add_argument("--no-inference", action="store_true", help="skip the teacher-vs-student inference cost")
     parser.add_argument(
         "--students",
@@ -94,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
                                                     args.t3_seconds))  # fmt: skip
         return
     if not args.no_inference:
-        rows = inference_figures(args.seconds, args.repeats, args.chunk_frames, args.students, args.int8_schemes,
-                                 args.corpus, args.clips)  # fmt: skip
+        settings = CostSettings(args.seconds, args.repeats, tuple(args.chunk_frames))
+        rows = inference_figures(settings, args.students, args.int8_schemes, args.corpus, args.clips)
         write_figures(args.json, rows)
     if args.train_steps:
         training_figures(args.train_config, args.train_steps, args.train_compare)

@@ -19,6 +19,7 @@ from train.benchmarks.side_by_side import run, short_names, streaming_run
 from train.benchmarks.throughput import train_throughput
 from train.data.audio import corpus_mels
 from train.data.prepare import prepare_throughput
+from train.evaluation.cost import CostSettings
 from train.evaluation.report import cost_table, rows_table, table
 from vocos_distill.files import atomic_write_text
 from vocos_distill.int8_check import describe_cpu
@@ -33,9 +34,7 @@ def write_figures(path: Path | None, figures: Any) -> None:
 
 
 def inference_figures(
-    seconds: float,
-    repeats: int,
-    chunk_frames: Sequence[int],
+    settings: CostSettings,
     students: Sequence[str],
     int8_schemes: bool = False,
     corpus: Path = Path("data/corpus"),
@@ -47,11 +46,11 @@ def inference_figures(
         students, fidelity = list(students), {}
         if int8_schemes:
             students, fidelity = int8_scheme_graphs(students, Path(tmp), corpus, clips)
-        rows = run(seconds, repeats, tuple(chunk_frames), students)
+        rows = run(settings, students)
     cpu = describe_cpu()
     for row in rows:
         row["cpu"] = cpu
-    print(f"Inference on {seconds:g} s of audio; s/s = seconds of compute per second of audio (median)")
+    print(f"Inference on {settings.seconds:g} s of audio; s/s = seconds of compute per second of audio (median)")
     print(f"CPU: {cpu}; {os.cpu_count()} cores")
     print(cost_table(rows))
     if fidelity:

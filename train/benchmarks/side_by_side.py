@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from train.evaluation.cost import compare, stand_in_teacher
+from train.evaluation.cost import CostSettings, compare, stand_in_teacher
 from train.student.model import build_student, load_student
 from vocos_distill.timing import frames_of, timing_mel
 
@@ -31,13 +31,8 @@ def short_names(paths: Sequence[str | Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def run(
-    seconds: float = 10.0,
-    repeats: int = 3,
-    chunk_frames: tuple[int, ...] = (10, 25, 50),
-    students: Sequence[str | Path] = (),
-) -> list[dict]:
-    """Cost rows of the teacher and each student on one mel.
+def run(settings: CostSettings | None = None, students: Sequence[str | Path] = ()) -> list[dict]:
+    """Cost rows of the teacher and each student on one mel of ``settings.seconds``.
 
     ``students``: files :func:`~train.student.model.load_student` reads (a training ``.ckpt``,
     a pruned or QAT checkpoint, an exported ``.safetensors``, an int8 ``.onnx``), one row each;
@@ -45,7 +40,9 @@ def run(
     weights as they run: fp32 safetensors, or the ``.onnx`` file) and its speed-up over the
     teacher (``speedup_1_thread``, ``speedup_all_threads``).
     """
-    mel = timing_mel(frames_of(seconds))
+    settings = settings or CostSettings()
+    chunk_frames = tuple(settings.chunk_frames)
+    mel = timing_mel(frames_of(settings.seconds))
     models = [("teacher (HiFT)", stand_in_teacher(), "random")]
     if students:
         models += [
@@ -53,7 +50,7 @@ def run(
         ]
     else:
         models.append(("student (Vocos)", build_student().eval().requires_grad_(False), "random"))
-    rows = compare(models, mel, chunk_frames, repeats)["models"]
+    rows = compare(models, mel, settings)["models"]
     teacher = rows[0]
     for row in rows:
         row["name"] = row["model"]

@@ -278,7 +278,8 @@ class VocoderDataModule(LightningDataModule):
         mel_dir: folder of pre-computed S3Gen mels (``.npy`` / ``.pt``, shape (80, T)), e.g.
             the flow model's outputs; ``paired_audio_dir`` may hold audio with the same
             relative names.
-        cache_dir: where mels and teacher waveforms are cached.
+        cache_dir: where mels and teacher waveforms are cached (the configs: ``checkpoints/cache/``
+            of the checkout, ``paths.cache_dir``).
         teacher: a loaded HiFT; when given, its waveform for every mel is a target.
         segment_frames: training segment length in mel frames (480 samples each); shorter
             utterances are left out of training (not of validation or evaluation).
@@ -295,15 +296,17 @@ class VocoderDataModule(LightningDataModule):
             first; at least one): the same set in every run over the same files. Only those
             leave the training set.
         val_max_frames: validation utterances are cut to this many frames.
+        seed: the training segments' crops and order (the configs: the run's ``seed``, 1234).
         progress: show a progress bar while preparing.
     """
 
     def __init__(
         self,
+        *,
+        cache_dir: str,
         audio_dirs: Sequence[str] = (),
         mel_dir: str | None = None,
         paired_audio_dir: str | None = None,
-        cache_dir: str = "checkpoints/cache",
         teacher: HiFTGenerator | None = None,
         teacher_seed: int = 0,
         segment_frames: int = 32,
@@ -315,7 +318,7 @@ class VocoderDataModule(LightningDataModule):
         val_max_utterances: int | None = 100,
         val_max_frames: int = 250,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int = 1234,
         progress: bool = False,
     ) -> None:
         super().__init__()

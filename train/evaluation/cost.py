@@ -14,6 +14,7 @@ import multiprocessing
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,21 @@ from vocos_distill.timing import threads, time_call
 
 MIB = 2**20
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    """How cost is measured, the same wherever it is (``train/evaluate.py`` and ``train/export.py``:
+    their ``cost:`` node; ``python -m train.bench``: its options).
+
+    ``seconds``: mel length timed; ``repeats``: timed runs per setting (the median is kept);
+    ``chunk_frames``: chunk sizes whose first audio is timed; ``cuda``: time CUDA too (None: when
+    there is a GPU)."""
+
+    seconds: float = 10.0
+    repeats: int = 3
+    chunk_frames: tuple[int, ...] = (10, 25, 50)
+    cuda: bool | None = None
 
 
 def weights_bytes(model: nn.Module) -> int:
@@ -132,9 +148,9 @@ def cuda_peak_mb(model: nn.Module, mel: Tensor) -> float:
 def profile(
     model: nn.Module,
     mel: Tensor,
-    chunk_frames: Sequence[int] = (10, 25, 50),
-    repeats: int = 3,
-    cuda: bool | None = None,
+    chunk_frames: Sequence[int] = CostSettings.chunk_frames,
+    repeats: int = CostSettings.repeats,
+    cuda: bool | None = CostSettings.cuda,
 ) -> dict:
     """Every cost figure of one model on one mel ``(1, 80, T)``; CUDA figures are ``None``
     without a GPU (``cuda=None``: use one when present)."""
@@ -169,14 +185,10 @@ def stand_in_teacher() -> HiFTGenerator:
     return HiFTGenerator().fold_weight_norm().eval().requires_grad_(False)
 
 
-def compare(
-    models: Sequence[tuple[str, nn.Module, str]],
-    mel: Tensor,
-    chunk_frames: Sequence[int] = (10, 25, 50),
-    repeats: int = 3,
-    cuda: bool | None = None,
-) -> dict:
+def compare(models: Sequence[tuple[str, nn.Module, str]], mel: Tensor, settings: CostSettings | None = None) -> dict:
     """:func:`profile` each ``(name, model, where its weights came from)`` on the same mel."""
+    settings = settings or CostSettings()
+    chunk_frames, repeats, cuda = tuple(settings.chunk_frames), settings.repeats, settings.cuda
     rows = []
     for name, model, weights in models:
         log.info("cost of %s: speed on 1 and all threads, memory in a fresh process, first chunks", name)

@@ -86,7 +86,7 @@ class CachedFloor:
 
 
 def measure_cost(
-    student: nn.Module, teacher: HiFTGenerator | None, mel: Tensor, settings: DictConfig
+    student: nn.Module, teacher: HiFTGenerator | None, mel: Tensor, settings: cost.CostSettings
 ) -> dict[str, Any]:
     """Teacher and student side by side on the same mel; without a loaded teacher, its
     architecture with random weights stands in."""
@@ -95,7 +95,7 @@ def measure_cost(
     else:
         teacher_row = ("teacher (HiFT)", teacher, f"loaded ({getattr(teacher, 'weights_id', '?')})")
     models = [teacher_row, ("student (Vocos)", student, "checkpoint")]
-    return cost.compare(models, mel, settings.chunk_frames, settings.repeats, settings.get("cuda"))
+    return cost.compare(models, mel, settings)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -165,8 +165,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     gate_results = [gate.check(summary) for gate in gates]
     cost_section = None
     if cfg.cost:
-        log.info("measuring the cost of teacher and student on %.1f s of mels", cfg.cost.seconds)
-        cost_section = measure_cost(student, teacher, cost_mel(mels, cfg.cost.seconds), cfg.cost)
+        how = hydra.utils.instantiate(cfg.cost, _convert_="all")
+        log.info("measuring the cost of teacher and student on %.1f s of mels", how.seconds)
+        cost_section = measure_cost(student, teacher, cost_mel(mels, how.seconds), how)
 
     plot_files = write_plots(out / "plots", utterances, examples)
     result = {

@@ -180,7 +180,7 @@ class QualityMetrics:
         speaker: the speaker encoder of ``speaker_similarity`` (``resemblyzer``), or ``None``.
         max_length_mismatch_s: estimate and reference may differ in length by this much
             (the longer is cut); a larger difference is an error.
-        device: where CREPE runs.
+        device: where CREPE runs: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when available).
         cache_dir: keep the costly analyses (pitch tracks, predictor scores, speaker
             embeddings) and the paired scores of every signal here, keyed by its samples, so a
             signal scored once (the ground truth, the floor) is never scored again
@@ -199,7 +199,7 @@ class QualityMetrics:
         naturalness: str | Sequence[str] | None = ("dnsmos", "distillmos"),
         speaker: str | None = "resemblyzer",
         max_length_mismatch_s: float = 0.02,
-        device: str = "cpu",
+        device: str = "auto",
         cache_dir: str | Path | None = None,
     ) -> None:
         if pitch_model not in ("tiny", "full"):

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import hydra.utils
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +39,7 @@ from safetensors.torch import save_file
 import vocos_distill
 from train.benchmarks import side_by_side as benchmark
 from train.data.held_out import held_out_items
+from train.evaluation.cost import CostSettings
 from train.evaluation.metrics import snr_db
 from train.evaluation.report import read_report, table
 from train.release import card, listen
@@ -336,22 +338,23 @@ def _build(
             **({"model.int8.onnx": "model.int8.onnx (ONNX Runtime int8)"} if int8 else {}),
         }
         students = [folder / n for n in labels]
-        rows = benchmark.run(cfg.cost.seconds, cfg.cost.repeats, (int(cfg.cost.chunk_frames),), students=students)
+        settings = hydra.utils.instantiate(cfg.cost, _convert_="all")
+        rows = benchmark.run(settings, students=students)
         for row, label in zip(rows[1:], labels.values(), strict=True):
             row["name"] = label
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         machine = f"{describe_cpu()}, {os.cpu_count()} cores, load average {load:.1f}"
         cost = {
             "rows": rows,
-            "seconds": cfg.cost.seconds,
-            "repeats": cfg.cost.repeats,
-            "chunk_frames": int(cfg.cost.chunk_frames),
+            "seconds": settings.seconds,
+            "repeats": settings.repeats,
+            "chunk_frames": list(settings.chunk_frames),
             "machine": machine,
         }
 
     istft = None
     if cfg.compare_istft:
-        seconds = cfg.cost.seconds if cfg.cost else 10.0
+        seconds = (cfg.cost or {}).get("seconds", CostSettings.seconds)
         timing = torch.cat(mels, dim=-1).repeat(1, 1, int(seconds * 50) // sum(m.shape[-1] for m in mels) + 1)
         with tempfile.TemporaryDirectory() as tmp:
             istft = time_istft_forms(plain, timing[..., : int(seconds * 50)], Path(tmp))

@@ -100,7 +100,7 @@ def load_teacher(
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
     config: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     dtype: str | torch.dtype = "float32",
     fold_weight_norm: bool = True,
 ) -> HiFTGenerator:

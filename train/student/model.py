@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,51 +30,41 @@ INIT_HINT = (
 )
 
 
-def build_student(
-    input_channels: int = 80,
-    dim: int = 512,
-    intermediate_dim: int = 1536,
-    num_layers: int = 8,
-    n_fft: int = 1920,
-    hop_length: int = 480,
-    init_from: str | None = None,
-    local_files_only: bool = False,
-    fake_quant: str | None = None,
-    amplitude_prior: bool = False,
-    lookahead: int | None = None,
-) -> VocosStudent:
+def build_student(init_from: str | None = None, local_files_only: bool = False, **shape: Any) -> VocosStudent:
     """Build the student, optionally warm-started.
 
     Args:
+        shape: the student's build settings, :class:`~vocos_distill.config.StudentConfig`'s fields
+            (``dim``, ``intermediate_dim``, ``num_layers``, ``fake_quant``, ``amplitude_prior``,
+            ``lookahead``, ...; its defaults for the rest): the one place they are defined.
         init_from: a Hub repo id (e.g. ``charactr/vocos-mel-24khz``) or a local directory with
             ``pytorch_model.bin``: the ConvNeXt body is copied, the layers whose shapes differ
             are kept as initialised (:func:`warm_start`). Or a student of this project (a
             training ``.ckpt``, an exported ``.safetensors``): the parent of a compression
-            stage, loaded whole, *in the parent's shape* (the shape arguments are ignored).
-        fake_quant: ``"int8"`` builds the student prepared for quantization-aware training
-            (:mod:`train.compress.qat`), as the checkpoints of a QAT run record.
-        amplitude_prior: the head refines the mel's least-squares magnitude
-            (:func:`vocos_distill.vocoder.amplitude_prior`); its log-magnitude rows start at
-            zero unless warm-started, so the untrained student already has the floor's magnitude.
-        lookahead: frames of future mel the student may need (``StudentConfig.lookahead``; None:
-            the stock receptive field). From a student file it is the stage ``compress=lookahead``
-            that applies it (:mod:`train.compress.lookahead`), after the parent is copied.
+            stage, loaded whole, *in the parent's shape* (the shape settings are ignored).
+
+    ``fake_quant="int8"`` builds the student prepared for quantization-aware training
+    (:mod:`train.compress.qat`), as the checkpoints of a QAT run record. ``amplitude_prior``: the
+    head refines the mel's least-squares magnitude (:func:`vocos_distill.heads.amplitude_prior`);
+    its log-magnitude rows start at zero unless warm-started, so the untrained student already has
+    the floor's magnitude. ``lookahead``: from a student file it is the stage ``compress=lookahead``
+    that applies it (:mod:`train.compress.lookahead`), after the parent is copied.
     """
     if init_from and Path(init_from).expanduser().is_file():
         return student_from_file(init_from, option="student.init_from")
-    config = StudentConfig(input_channels, dim, intermediate_dim, num_layers, n_fft, hop_length)
-    student = VocosStudent.build(config.replace(amplitude_prior=amplitude_prior, lookahead=lookahead))
-    if amplitude_prior:
+    config = StudentConfig.from_dict(shape, "student settings")
+    student = VocosStudent.build(config.replace(fake_quant=None))
+    if config.amplitude_prior:
         with torch.no_grad():  # residual log-magnitude 0: the prior itself
-            student.head.out.weight[: n_fft // 2 + 1].zero_()
-            student.head.out.bias[: n_fft // 2 + 1].zero_()
+            student.head.out.weight[: config.n_fft // 2 + 1].zero_()
+            student.head.out.bias[: config.n_fft // 2 + 1].zero_()
     if init_from:
         warm_start(student, load_vocos_state_dict(init_from, local_files_only), init_from)
-    if fake_quant:
+    if config.fake_quant:
         from train.student.quantized import SCHEME, prepare  # here: torchao and ONNX are slow to import
 
-        if fake_quant != SCHEME:
-            raise StudentFileError(f"fake_quant={fake_quant!r}: the only scheme is {SCHEME!r}")
+        if config.fake_quant != SCHEME:
+            raise StudentFileError(f"fake_quant={config.fake_quant!r}: the only scheme is {SCHEME!r}")
         prepare(student)
     return student
 

@@ -52,7 +52,7 @@ class PrecisionError(ConfigError, ValueError):
     """A precision the training loop does not support."""
 
 
-def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> LambdaLR:
+def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.01) -> LambdaLR:
     """Linear warm-up to the base learning rate, then cosine decay to ``min_ratio`` of it."""
 
     def factor(step: int) -> float:
@@ -63,10 +63,6 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min
 
     return LambdaLR(optimizer, factor)
 
-
-# what None means for the weights (as the schema and conf/module/gan.yaml write them)
-TARGET_WEIGHTS = {"teacher": 1.0, "audio": 0.0}
-DISCRIMINATOR_WEIGHTS = {"mpd": 1.0, "mrd": 1.0}
 
 
 class VocoderDistillation(LightningModule):
@@ -80,6 +76,8 @@ class VocoderDistillation(LightningModule):
         waveform, distillation), ``audio`` (ground truth, fine-tuning), ``parent`` (the output
         of ``parent``, the student a compression stage starts from) or a mix. The GAN's
         "real" signal is the target of larger weight.
+    discriminator_weights: name -> weight of its adversarial and feature-matching losses; a
+        discriminator not named (or ``None``: all) weighs 1.
     mel_only_steps: generator updates trained with reconstruction losses alone before the
         discriminators join.
     val_pesq: validation also scores PESQ-wb against the training target (``val/pesq_wb``).
@@ -95,10 +93,11 @@ class VocoderDistillation(LightningModule):
         self,
         generator: nn.Module,
         optimizer_g: Callable[..., Optimizer],
+        *,
+        target_weights: Mapping[str, float],
         optimizer_d: Callable[..., Optimizer] | None = None,
         scheduler: Callable[[Optimizer], LambdaLR] | None = None,
         discriminators: Mapping[str, nn.Module] | None = None,
-        target_weights: Mapping[str, float] | None = None,
         mel_loss_weight: float = 45.0,
         stft_loss_weight: float = 0.0,
         s3gen_mel_loss_weight: float = 0.0,
@@ -117,8 +116,8 @@ class VocoderDistillation(LightningModule):
         super().__init__()
         self.automatic_optimization = False
         # plain dicts, so checkpoints load with torch.load(weights_only=True)
-        target_weights = {k: float(v) for k, v in (target_weights or TARGET_WEIGHTS).items()}
-        discriminator_weights = {k: float(v) for k, v in (discriminator_weights or DISCRIMINATOR_WEIGHTS).items()}
+        target_weights = {k: float(v) for k, v in target_weights.items()}
+        discriminator_weights = {k: float(v) for k, v in (discriminator_weights or {}).items()}
         self.save_hyperparameters(
             ignore=["generator", "discriminators", "optimizer_g", "optimizer_d", "scheduler", "parent", "floor"]
         )

@@ -57,6 +57,12 @@ def stage_group(task_name: str, stage: str) -> str:
     return task_name if task_name.endswith(f"-{stage}") else f"{task_name}-{stage}"
 
 
+if not OmegaConf.has_resolver("default"):
+    # ${default:module.function,parameter}: that parameter's default, read from the signature (a
+    # setting that several entry points share, stated once where the code uses it)
+    OmegaConf.register_new_resolver(
+        "default", lambda target, name: schema.static_signature(target).parameters[name].default
+    )
 if not OmegaConf.has_resolver("stage_group"):
     OmegaConf.register_new_resolver("stage_group", stage_group)
 if not OmegaConf.has_resolver("project_root"):
