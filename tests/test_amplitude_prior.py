@@ -11,7 +11,7 @@ from train.evaluation.griffin_lim import GriffinLim
 from train.release.vocos_layout import load_vocos, write_vocos_layout
 from train.student.graph import export_onnx
 from train.student.model import build_student
-from train.student.quantized import prepare, strip
+from train.student.quantized import SCHEME, prepare, strip
 from vocos_distill.config import StudentConfig, StudentConfigError
 from vocos_distill.heads import AmplitudePriorHead, polar
 from vocos_distill.loader import load_student
@@ -88,7 +88,7 @@ def test_pruning_and_qat_keep_it(mel):
     pruned = prune(parent, {"dim": 16, "intermediate_dim": 32, "num_layers": 2}, "magnitude", mel)
     assert pruned.config.amplitude_prior and pruned.config.dim == 16
     qat = prepare(pruned)
-    assert qat.config.amplitude_prior and qat.config.fake_quant == "int8"
+    assert qat.config.amplitude_prior and qat.config.fake_quant == SCHEME
     plain = strip(qat)
     assert plain.config.amplitude_prior
     with torch.no_grad():

@@ -13,7 +13,7 @@ from train.compress.pruning import Pruning, check_targets, drop_blocks, prune, p
 from train.compress.stage import CompressionError
 from train.student.graph import export_onnx
 from train.student.model import build_student, load_student
-from train.student.quantized import is_prepared, prepare, strip
+from train.student.quantized import SCHEME, is_prepared, prepare, strip
 from train.training.fit import build, fit
 from vocos_distill.onnx import OnnxArtifactError, OnnxVocoder
 
@@ -97,7 +97,7 @@ def test_bad_pruning_targets_name_the_option():
 def test_qat_fake_quantises_every_linear_and_keeps_the_state_dict_keys(mel):
     parent = student()
     fake = prepare(student())
-    assert is_prepared(fake) and fake.config.fake_quant == "int8"
+    assert is_prepared(fake) and fake.config.fake_quant == SCHEME
     assert set(fake.state_dict()) == set(parent.state_dict())
     linears = [m for m in strip(fake).modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 2 * 2 + 1  # two per block, the head
@@ -173,7 +173,7 @@ def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, cl
         qat = fit(stage(tmp_path, clips, "qat", *qat_args, "trainer.max_steps=4"))
     assert f"next stage: python train/quantize.py checkpoint={qat['last_checkpoint']}" in caplog.text
     step, shape = saved(qat["last_checkpoint"])
-    assert qat["resumed_from"] and step == 4 and shape == {**second_shape(second), "fake_quant": "int8"}
+    assert qat["resumed_from"] and step == 4 and shape == {**second_shape(second), "fake_quant": SCHEME}
     assert is_prepared(load_student(qat["last_checkpoint"]))
 
 
@@ -216,11 +216,12 @@ def test_quantize_writes_the_runtime_only_when_it_reproduces_the_qat_model(tmp_p
     fake = prepare(student(dim=64, intermediate_dim=128))
     save_ckpt(fake, tmp_path / "qat.ckpt")
     base = [f"checkpoint={tmp_path / 'qat.ckpt'}", f"data.audio_dirs=[{clips}]", "max_utterances=2"]
-    with pytest.raises(QuantizationError, match=r"at only 3\d.\d dB SNR \(min_snr_db=200\); nothing written"):
+    with pytest.raises(QuantizationError, match=r"at only \d+\.\d dB SNR \(min_snr_db=200\); nothing written"):
         quantize(compose([*base, "min_snr_db=200"], tmp_path, "quantize"))
     assert not (tmp_path / "qat.int8.onnx").exists()
     result = quantize(compose(base, tmp_path, "quantize"))
-    assert result["output"] == str(tmp_path / "qat.int8.onnx") and result["snr_min_db"] >= 30
+    # the int8-runtime QAT model is the graph's own arithmetic: far above the default gate (30 dB)
+    assert result["output"] == str(tmp_path / "qat.int8.onnx") and result["snr_min_db"] >= 60
     assert OnnxVocoder(tmp_path / "qat.int8.onnx").config == strip(fake).config
 
 

@@ -21,7 +21,7 @@ from helpers import EMULATED, emulated, need_qemu, student
 from onnx import numpy_helper
 
 from train.student.graph import INT8_SCHEME, export_onnx, overflow_risks
-from train.student.quantized import prepare
+from train.student.quantized import prepare, strip
 from vocos_distill import int8_check
 from vocos_distill.int8_check import (
     PROBE_KEY,
@@ -116,7 +116,10 @@ def test_each_int8_graph_carries_its_probe_and_passes_it_here(graphs, fake):
     assert probe.min_snr_db == 30.0 and probe.snr_db >= 30
     vocoder = OnnxVocoder(graphs[INT8_SCHEME])
     check = vocoder.int8_check
-    assert check.ok and abs(check.snr_db - probe.snr_db) < 0.5 and check.cpu == describe_cpu()
+    # the check measures what the writer measured: the same figure, or both at float rounding (the
+    # int8-runtime QAT model is the graph's own arithmetic, so tens of dB apart there mean nothing)
+    agree = abs(check.snr_db - probe.snr_db) < 0.5 or min(check.snr_db, probe.snr_db) > 60
+    assert check.ok and agree and check.cpu == describe_cpu()
     assert OnnxVocoder(export_onnx(fake, graphs[INT8_SCHEME].with_name("fp32.onnx"))).int8_check is None
 
 
@@ -133,10 +136,11 @@ def test_the_probe_keeps_the_windows_the_graph_reproduces_worst(fake, tmp_path):
     assert probe.mel.shape == (3, 80, 24)
     graph = OnnxVocoder(path, check=False)
     stored = candidates.half().float()  # as the writer stores and compares them
+    plain = strip(fake).eval()  # the fp32 weights: what quantisation changes (the QAT model is the graph's arithmetic)
     with torch.no_grad():
-        each = [snr_db(fake(w[None]).numpy(), graph(w[None]).numpy()) for w in stored]
+        each = [snr_db(plain(w[None]).numpy(), graph(w[None]).numpy()) for w in stored]
     kept = [next(i for i, w in enumerate(stored) if torch.equal(w, torch.from_numpy(m))) for m in probe.mel]
-    assert sorted(each[i] for i in kept) == sorted(each)[:3]  # the three it reproduces worst
+    assert sorted(each[i] for i in kept) == sorted(each)[:3]  # the three quantisation changes most
 
 
 def plant_wrong_weights(path, out):
@@ -277,3 +281,62 @@ def test_a_probe_whose_process_dies_fails_the_check_instead_of_the_caller(graphs
     monkeypatch.setattr(int8_check, "run_in_child", lambda path, mel: real(path, mel, [sys.executable, str(dies)]))
     with pytest.raises(Int8MismatchError, match=r"could not run its probe on this machine: .* \(signal SIGILL\)"):
         OnnxVocoder(graphs[INT8_SCHEME])
+
+
+# -- QAT that trains on the runtime's own arithmetic (train.student.quantized, "int8-runtime") ------
+def _graph_weights(path) -> list[np.ndarray]:
+    """Every quantised MatMul weight of an int8 graph, dequantised and laid out as a Linear's (out, in)."""
+    model = onnx.load(str(path))
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") and node.input[1] in values:
+            weight = values[node.input[1]].astype(np.float64)  # (in, out)
+            scale = values[node.input[1].removesuffix("_quantized") + "_scale"].astype(np.float64)  # (out,)
+            found.append((weight * scale).T)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["int8-runtime", "int8"])
+def test_runtime_qat_trains_on_the_int8_graphs_own_weights(tmp_path, scheme):
+    """The int8-runtime form's fake-quantised weights are the int8 graph's weights, value for value;
+    torchao's 8-bit form's are not (another grid), which shows the comparison can fail."""
+    from train.student.quantized import FakeQuantizedLinear
+
+    model = prepare(student(), scheme).eval()
+    graph = export_onnx(model, tmp_path / "g.int8.onnx", quantize=True)
+    theirs = _graph_weights(graph)
+    ours = [m.weight_fake_quantizer(m.weight).detach().double().numpy()
+            for m in model.modules() if isinstance(m, FakeQuantizedLinear)]  # fmt: skip
+    assert len(ours) == len(theirs) > 0
+    matched = [any(a.shape == b.shape and np.allclose(a, b, rtol=1e-6, atol=1e-9) for b in theirs) for a in ours]
+    assert all(matched) if scheme == "int8-runtime" else not any(matched)
+
+
+def test_runtime_activations_are_onnx_runtimes_dynamic_quantisation():
+    """PerCallActivations equals ONNX Runtime's DynamicQuantizeLinear -> DequantizeLinear on each utterance."""
+    from onnx import TensorProto, helper
+
+    from train.student.quantized import PerCallActivations
+    from vocos_distill.onnx import session
+
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])],
+        "dq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])],
+    )  # fmt: skip
+    runtime = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    torch.manual_seed(0)
+    x = (
+        torch.randn(3, 40, 24) * torch.tensor([0.1, 1.0, 30.0])[:, None, None]
+        + torch.tensor([0.0, 2.0, -5.0])[:, None, None]
+    )
+    ours = PerCallActivations()(x)
+    for item in range(x.shape[0]):
+        (theirs,) = runtime.run(None, {"x": x[item].numpy()})
+        np.testing.assert_allclose(ours[item].numpy(), theirs, rtol=0, atol=1e-6 * float(x[item].abs().max()))
+    x.requires_grad_(True)
+    PerCallActivations()(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # straight through

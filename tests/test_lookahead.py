@@ -19,7 +19,7 @@ from train.compress.stage import CompressionError
 from train.release.vocos_layout import load_vocos, write_vocos_layout
 from train.student.graph import export_onnx
 from train.student.model import build_student
-from train.student.quantized import prepare, strip
+from train.student.quantized import SCHEME, prepare, strip
 from train.training.fit import fit
 from vocos_distill.backbone import LookaheadConv1d
 from vocos_distill.config import StudentConfig, StudentConfigError
@@ -139,7 +139,7 @@ def test_pruning_qat_onnx_and_int8_keep_it(tmp_path, mel):
     with pytest.raises(CompressionError, match=r"compress.num_layers=1: this student looks 1 frames ahead"):
         prune(student, {"dim": 16, "intermediate_dim": 32, "num_layers": 1}, "magnitude", mel, lambda s: s(mel).sum())
     qat = prepare(copy.deepcopy(pruned))
-    assert qat.config.lookahead == 1 and qat.config.fake_quant == "int8"
+    assert qat.config.lookahead == 1 and qat.config.fake_quant == SCHEME
     assert strip(qat).config.lookahead == 1
     with torch.no_grad():
         offline = pruned(mel)

@@ -289,7 +289,7 @@ def export_onnx(
     integer products could overflow a CPU's int16 pair sums is refused (except the ``u8s8``
     comparison scheme). An int8 graph carries its probe (:mod:`vocos_distill.int8_check`): of
     the candidate mels ``probe`` (``(N, n_mels, frames)``, :func:`probe_windows`; default
-    :func:`default_probe_mel`), the few it reproduces worst here, and what ``student``
+    :func:`default_probe_mel`), the few whose quantisation changes the output most here, and what ``student``
     (fake-quantised if QAT) gives on them, which it must reproduce at ``min_snr_db``, or 3 dB
     under what it reaches here if that is lower. The student's build config, the numerics
     and ``metadata`` go into the model's metadata. The time axis (and batch) are dynamic.
@@ -349,10 +349,13 @@ def export_onnx(
         with torch.no_grad():
             expected = student(mel.to(weight.device if weight is not None else "cpu")).float().cpu().numpy()
         runtime = session(model.SerializeToString())
-        # the windows the graph gets least right here, each run alone (activations are scaled per call):
-        # the large activations that overflow a wrong kernel
+        # the windows whose quantisation changes the output most here, each run alone (activations are
+        # scaled per call): the large activations that overflow a wrong kernel. Measured against the
+        # fp32 weights, not the QAT model, which (compress.scheme=int8-runtime) the graph equals
+        with torch.no_grad():
+            unquantised = plain(mel).float().numpy()
         alone = [runtime.run(None, {"mel": mel[i : i + 1].numpy()})[0][0] for i in range(len(mel))]
-        worst = sorted(range(len(mel)), key=lambda i: snr_db(expected[i], alone[i]))[:PROBE_WINDOWS]
+        worst = sorted(range(len(mel)), key=lambda i: snr_db(unquantised[i], alone[i]))[:PROBE_WINDOWS]
         mel, expected = mel[worst], expected[worst]
         (got,) = runtime.run(None, {"mel": mel.numpy()})  # as the check will run and measure them
         here = snr_db(expected[..., ::PROBE_STRIDE], got[..., ::PROBE_STRIDE])

@@ -43,8 +43,9 @@ def build_student(init_from: str | None = None, local_files_only: bool = False, 
             training ``.ckpt``, an exported ``.safetensors``): the parent of a compression
             stage, loaded whole, *in the parent's shape* (the shape settings are ignored).
 
-    ``fake_quant="int8"`` builds the student prepared for quantization-aware training
-    (:mod:`train.compress.qat`), as the checkpoints of a QAT run record. ``amplitude_prior``: the
+    ``fake_quant`` (a scheme of ``train.student.quantized.SCHEMES``) builds the student prepared for
+    quantization-aware training (:mod:`train.compress.qat`), as the checkpoints of a QAT run record.
+    ``amplitude_prior``: the
     head refines the mel's least-squares magnitude (:func:`vocos_distill.heads.amplitude_prior`);
     its log-magnitude rows start at zero unless warm-started, so the untrained student already has
     the floor's magnitude. ``lookahead``: from a student file it is the stage ``compress=lookahead``
@@ -61,11 +62,11 @@ def build_student(init_from: str | None = None, local_files_only: bool = False, 
     if init_from:
         warm_start(student, load_vocos_state_dict(init_from, local_files_only), init_from)
     if config.fake_quant:
-        from train.student.quantized import SCHEME, prepare  # here: torchao and ONNX are slow to import
+        from train.student.quantized import SCHEMES, prepare  # here: torchao and ONNX are slow to import
 
-        if config.fake_quant != SCHEME:
-            raise StudentFileError(f"fake_quant={config.fake_quant!r}: the only scheme is {SCHEME!r}")
-        prepare(student)
+        if config.fake_quant not in SCHEMES:
+            raise StudentFileError(f"fake_quant={config.fake_quant!r}: choose one of {', '.join(SCHEMES)}")
+        prepare(student, config.fake_quant)
     return student
 
 
@@ -82,11 +83,11 @@ def student_from_file(path: str | Path, option: str = "checkpoint") -> VocosStud
         log.info("%s records no student config; its shapes say how to build it", path)
     student = student_of_state(path, state, config)
     if config is not None and config.fake_quant:
-        from train.student.quantized import SCHEME, prepare  # here: torchao is slow to import
+        from train.student.quantized import SCHEMES, prepare  # here: torchao is slow to import
 
-        if config.fake_quant != SCHEME:
-            raise StudentFileError(f"{path}: fake_quant={config.fake_quant!r}: the only scheme is {SCHEME!r}")
-        prepare(student)
+        if config.fake_quant not in SCHEMES:
+            raise StudentFileError(f"{path}: fake_quant={config.fake_quant!r}: choose one of {', '.join(SCHEMES)}")
+        prepare(student, config.fake_quant)
     log.info("student from %s: %s", path, student.config)
     return student
 

@@ -19,7 +19,7 @@ import copy
 import logging
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchao.quantization import (
     Int8DynamicActivationInt8WeightConfig,
     Int8DynamicActivationIntxWeightConfig,
@@ -31,11 +31,46 @@ from torchao.quantization.qat import QATConfig
 from torchao.quantization.qat.linear import FakeQuantizedLinear
 
 log = logging.getLogger(__name__)
-SCHEME = "int8"  # the one scheme: see the module docstring
-DESCRIPTION = (
-    "Linear layers int8: weights symmetric per output channel, activations dynamic per frame; "
-    "embedding and depthwise convs and the iSTFT fp32"
-)
+# How a QAT student's Linear layers are fake-quantised (its config's ``fake_quant`` names one):
+SCHEMES = {
+    # torchao's int8: 8-bit weights ([-128, 127], scale absmax / 127.5), activations per frame
+    "int8": "Linear layers int8: weights symmetric per output channel (8-bit), activations dynamic per frame; "
+    "embedding and depthwise convs and the iSTFT fp32",
+    # the int8 runtime's own arithmetic (ONNX Runtime's dynamic quantisation, train.student.graph)
+    "int8-runtime": "Linear layers as the int8 runtime computes them: weights symmetric per output channel on its "
+    "7-bit grid ([-64, 64], scale absmax / 64), activations uint8 with one scale per utterance; embedding and "
+    "depthwise convs and the iSTFT fp32",
+}
+SCHEME = "int8-runtime"  # what compress=qat trains (docs/results/compression.md: the int8 gate)
+DESCRIPTION = SCHEMES[SCHEME]
+RUNTIME_WEIGHT_LEVELS = 64  # ONNX Runtime's reduce_range int8 weights: [-64, 64] (graph.INT8_SCHEMES, u8s8-7bit)
+
+
+class RuntimeWeightGrid(nn.Module):
+    """Fake-quantise a Linear weight ``(out, in)`` onto the int8 runtime's grid: per output channel,
+    symmetric, ``[-64, 64]`` with scale ``absmax / 64``, as ONNX Runtime's ``quantize_dynamic``
+    (``reduce_range``) quantises it; gradients pass straight through."""
+
+    def forward(self, weight: Tensor) -> Tensor:
+        scale = weight.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / RUNTIME_WEIGHT_LEVELS
+        grid = torch.clamp(torch.round(weight / scale), -RUNTIME_WEIGHT_LEVELS, RUNTIME_WEIGHT_LEVELS) * scale
+        return weight + (grid - weight).detach()
+
+
+class PerCallActivations(nn.Module):
+    """Fake-quantise activations ``(B, ..., features)`` as ONNX Runtime's ``DynamicQuantizeLinear``
+    does at each call: uint8, asymmetric, one scale and zero point over the whole tensor of one
+    utterance (each batch item alone: the runtime decodes one utterance a call); gradients pass
+    straight through."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.detach().reshape(x.shape[0], -1)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        low, high = flat.amin(dim=1).clamp(max=0).view(shape), flat.amax(dim=1).clamp(min=0).view(shape)
+        scale = ((high - low) / 255).clamp(min=1e-12)
+        zero = torch.clamp(torch.round(-low / scale), 0, 255)
+        fake = (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+        return x + (fake - x).detach()
 
 
 def base_config() -> Int8DynamicActivationIntxWeightConfig:
@@ -48,11 +83,19 @@ def is_prepared(model: nn.Module) -> bool:
     return any(isinstance(m, FakeQuantizedLinear) for m in model.modules())
 
 
-def prepare(student: nn.Module) -> nn.Module:
-    """Fake-quantise the student's Linear layers in place (idempotent); returns it."""
+def prepare(student: nn.Module, scheme: str = SCHEME) -> nn.Module:
+    """Fake-quantise the student's Linear layers in place as ``scheme`` (:data:`SCHEMES`) says
+    (idempotent); returns it."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"fake_quant={scheme!r}: choose one of {', '.join(SCHEMES)}")
     if not is_prepared(student):
         quantize_(student, QATConfig(base_config(), step="prepare"))
-    student.fake_quant = SCHEME
+        if scheme == "int8-runtime":  # torchao's QAT layers, with the runtime's arithmetic in them
+            for module in student.modules():
+                if isinstance(module, FakeQuantizedLinear):
+                    module.weight_fake_quantizer = RuntimeWeightGrid()
+                    module.activation_fake_quantizer = PerCallActivations()
+    student.fake_quant = scheme
     return student
 
 

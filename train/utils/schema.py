@@ -58,6 +58,7 @@ SCHEMAS = {
     "progress": Schema("train.training.progress.StepProgressBar"),
     "prune": Schema("train.compress.pruning.Pruning"),
     "lookahead": Schema("train.compress.lookahead.Lookahead"),
+    "qat": Schema("train.compress.qat.QuantizationAware"),
     "metrics": Schema("train.evaluation.metrics.QualityMetrics"),
     "cost": Schema("train.evaluation.cost.CostSettings"),
 }  # fmt: skip
@@ -83,8 +84,9 @@ def source_of(module: str) -> Path:
     return found
 
 
-def _constants(tree: ast.Module) -> dict[str, Any]:
-    """A module's top-level ``NAME = <literal>`` assignments (defaults may name them)."""
+def _constants(tree: ast.Module, follow: bool = True) -> dict[str, Any]:
+    """A module's top-level ``NAME = <literal>`` assignments (defaults may name them), and the
+    literal constants it imports by name from another module (``from m import NAME``)."""
     found: dict[str, Any] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -92,6 +94,12 @@ def _constants(tree: ast.Module) -> dict[str, Any]:
                 found[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
                 pass
+        elif follow and isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            try:
+                theirs = _constants(ast.parse(source_of(node.module).read_text()), follow=False)
+            except ModuleNotFoundError:
+                continue
+            found |= {alias.asname or alias.name: theirs[alias.name] for alias in node.names if alias.name in theirs}
     return found
 
 
