@@ -1,6 +1,8 @@
 """README's "Use in Chatterbox" code as written, in the environment that runs this script.
 
-Usage: python .ci/readme_in_chatterbox.py <release folder> <mel.pt> <out.pt>
+Usage: python readme_in_chatterbox.py <README.md> <release folder> <mel.pt> <out.pt>
+(.ci/chatterbox-pins copies it into a user's project folder, beside their own train.py and train/,
+and runs it from there.)
 
 Three things this machine cannot have are stood in for, as tests/test_chatterbox.py does:
 Chatterbox's weights (``ChatterboxTTS.from_pretrained`` gives a model around chatterbox-tts'
@@ -21,13 +23,13 @@ from chatterbox.tts import ChatterboxTTS
 RELEASED = "checkpoints/release/vocos-s3gen-long-256x768x6-qat-int8"  # the path README's code names
 
 
-def readme_blocks(heading: str) -> list[str]:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def readme_blocks(readme: str, heading: str) -> list[str]:
+    text = Path(readme).read_text()
     section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
 
 
-def main(release: str, mel_path: str, out: str) -> None:
+def main(readme: str, release: str, mel_path: str, out: str) -> None:
     mel = torch.load(mel_path)
     torch.manual_seed(0)
     s3gen = S3Gen().eval()
@@ -42,7 +44,7 @@ def main(release: str, mel_path: str, out: str) -> None:
         return wav
 
     ChatterboxTTS.generate = generate
-    offline, streaming = readme_blocks("Use in Chatterbox")
+    offline, streaming = readme_blocks(readme, "Use in Chatterbox")
     assert RELEASED in offline and RELEASED in streaming, "README's code names another release path"
     hift = s3gen.mel2wav
     namespace: dict = {}
@@ -70,4 +72,4 @@ def main(release: str, mel_path: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

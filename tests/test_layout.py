@@ -278,11 +278,12 @@ def test_a_second_checkout_writes_its_run_into_itself_not_into_the_installed_one
     assert not ours.exists(), f"the run was written into the installed checkout: {ours}"
 
 
-def test_readmes_map_is_the_tree():
-    """README's "What is here" names every room of train/, and every file or folder it names exists."""
+def test_the_design_notes_map_the_tree():
+    """docs/design.md's "What is here" names every room of train/ and every runtime module, and
+    every file or folder it names exists."""
     import re
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "design.md").read_text()
     section = text.split("\n## What is here\n", 1)[1].split("\n## ", 1)[0]
     rooms = set(re.findall(r"^\| `train/(\w+)/` \|", section, re.M))
     assert rooms == set(SUBPACKAGES), rooms ^ set(SUBPACKAGES)
@@ -293,3 +294,6 @@ def test_readmes_map_is_the_tree():
         for module in re.findall(r"`(\w+\.py)`", row):
             assert (PACKAGE / room / module).is_file() or (PACKAGE / module).is_file(), f"{room}: {module}"
     assert set(re.findall(r"`(\w+)\.py`", section.split("|", 1)[0])) >= set(ENTRY_POINTS)
+    runtime_row = next(line for line in section.splitlines() if line.startswith("| `vocos_distill/`"))
+    modules = {p.name for p in RUNTIME.glob("*.py")} - {"__init__.py"}
+    assert set(re.findall(r"`(\w+\.py)`", runtime_row)) == modules

@@ -64,7 +64,6 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min
     return LambdaLR(optimizer, factor)
 
 
-
 class VocoderDistillation(LightningModule):
     """Args:
     generator: the student (``mel (B, 80, T) -> wav (B, T * 480)``).
