@@ -60,11 +60,15 @@ def test_imports_point_downward_only():
     for name, imports in graph.items():
         assert not set(imports) & set(ENTRY_POINTS), f"train.{name} imports an entry script: {imports}"
     assert graph["utils"] == set(), "utils holds the training side's shared helpers: it imports no other room"
-    # no cycles: repeatedly remove packages that import nothing left
+    assert_acyclic(graph)
+
+
+def assert_acyclic(graph: dict[str, set[str]]) -> None:
+    """No import cycle: remove the modules that import nothing left, until none remain."""
     remaining = {k: set(v) for k, v in graph.items()}
     while remaining:
         leaves = [k for k, v in remaining.items() if not v & set(remaining)]
-        assert leaves, f"import cycle among {sorted(remaining)}: {remaining}"
+        assert leaves, f"import cycle among {sorted(remaining)}: { {k: sorted(v) for k, v in remaining.items()} }"
         for leaf in leaves:
             del remaining[leaf]
 
@@ -140,12 +144,7 @@ def test_the_runtime_modules_import_each_other_without_a_cycle():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 inner = [n for n in ast.walk(node) if isinstance(n, ast.Import | ast.ImportFrom)]
                 assert not [ast.unparse(n) for n in inner if "vocos_distill" in ast.unparse(n)], (path.name, node.name)
-    remaining = {k: set(v) for k, v in graph.items()}
-    while remaining:
-        leaves = [k for k, v in remaining.items() if not v & set(remaining)]
-        assert leaves, f"import cycle among {sorted(remaining)}: { {k: sorted(v) for k, v in remaining.items()} }"
-        for leaf in leaves:
-            del remaining[leaf]
+    assert_acyclic(graph)
     assert graph["vocoder"] <= {"config", "errors"}, "the interface imports no implementation"
 
 
