@@ -103,7 +103,7 @@ def load_vocoder(
     mel_spec: dict[str, Any] | None = None,
 ) -> ChatterboxVocoder:
     """A :class:`ChatterboxVocoder` from a release folder or Hub id (:func:`load_release`, which
-    says what ``runtime`` can be), a student file (:func:`~vocos_distill.vocoder.load_student`),
+    says what ``runtime`` can be), a student file (:func:`~vocos_distill.loader.load_student`),
     a :class:`~vocos_distill.vocoder.Vocoder` or a ``vocos.Vocos``."""
     device = torch.device(device)
     if isinstance(source, nn.Module):

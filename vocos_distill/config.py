@@ -96,7 +96,7 @@ class StudentConfig:
     num_layers)`` and ``ISTFTHead(dim, n_fft, hop_length, padding="same")``; ``fake_quant`` names
     the QAT scheme of a student trained fake-quantised (``"int8"``), else None;
     ``amplitude_prior`` makes the head's log-magnitude a correction of the mel's least-squares
-    magnitude (:func:`vocos_distill.vocoder.amplitude_prior`) rather than the whole of it: the
+    magnitude (:func:`vocos_distill.heads.amplitude_prior`) rather than the whole of it: the
     same tensors, other arithmetic. ``lookahead`` (mel frames, ``None``: the stock student's
     receptive field, 3 frames a convolution plus the overlap-add's 2) bounds how far ahead the
     whole student looks: :meth:`lookahead_plan` says how each convolution and the overlap-add

@@ -139,7 +139,7 @@ def _overlap_add(frames: Tensor, hop: int) -> Tensor:
 
 class RealISTFT(nn.Module):
     """``vocos``' ISTFT (``padding="same"``) on ``(real, imag)`` spectra ``(B, n_fft/2 + 1, T)``;
-    with ``shift``, :class:`~vocos_distill.vocoder.ShiftedISTFT`."""
+    with ``shift``, :class:`~vocos_distill.heads.ShiftedISTFT`."""
 
     def __init__(self, n_fft: int, hop_length: int, form: str = "matmul", shift: int = 0) -> None:
         super().__init__()
@@ -199,7 +199,7 @@ class RealISTFT(nn.Module):
 
 
 class AmplitudePrior(nn.Module):
-    """:func:`~vocos_distill.vocoder.amplitude_prior` with its pseudo-inverse as a graph constant
+    """:func:`~vocos_distill.heads.amplitude_prior` with its pseudo-inverse as a graph constant
     (named ``prior.*``, so that int8 quantisation leaves its product in fp32)."""
 
     def __init__(self, inverse: Tensor) -> None:

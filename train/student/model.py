@@ -1,7 +1,7 @@
 """Building the student for training: from settings, warm-started from a Vocos, or from a
 parent checkpoint; and loading any student file, QAT checkpoints included.
 
-The student itself, :class:`~vocos_distill.vocoder.VocosStudent`, and its config live in the
+The student itself, :class:`~vocos_distill.student.VocosStudent`, and its config live in the
 runtime (:mod:`vocos_distill`), which the training code imports, never the other way round.
 """
 
@@ -62,12 +62,17 @@ def build_student(init_from: str | None = None, local_files_only: bool = False, 
     if init_from:
         warm_start(student, load_vocos_state_dict(init_from, local_files_only), init_from)
     if config.fake_quant:
-        from train.student.quantized import SCHEMES, prepare  # here: torchao and ONNX are slow to import
-
-        if config.fake_quant not in SCHEMES:
-            raise StudentFileError(f"fake_quant={config.fake_quant!r}: choose one of {', '.join(SCHEMES)}")
-        prepare(student, config.fake_quant)
+        fake_quantise(student, config.fake_quant, "student settings")
     return student
+
+
+def fake_quantise(student: VocosStudent, scheme: str, where: str) -> None:
+    """Prepare ``student`` for QAT as ``scheme`` says; a scheme that does not exist is an error naming ``where``."""
+    from train.student.quantized import SCHEMES, prepare  # here: torchao and ONNX are slow to import
+
+    if scheme not in SCHEMES:
+        raise StudentFileError(f"{where}: fake_quant={scheme!r}: choose one of {', '.join(SCHEMES)}")
+    prepare(student, scheme)
 
 
 def student_from_file(path: str | Path, option: str = "checkpoint") -> VocosStudent:
@@ -83,11 +88,7 @@ def student_from_file(path: str | Path, option: str = "checkpoint") -> VocosStud
         log.info("%s records no student config; its shapes say how to build it", path)
     student = student_of_state(path, state, config)
     if config is not None and config.fake_quant:
-        from train.student.quantized import SCHEMES, prepare  # here: torchao is slow to import
-
-        if config.fake_quant not in SCHEMES:
-            raise StudentFileError(f"{path}: fake_quant={config.fake_quant!r}: choose one of {', '.join(SCHEMES)}")
-        prepare(student, config.fake_quant)
+        fake_quantise(student, config.fake_quant, str(path))
     log.info("student from %s: %s", path, student.config)
     return student
 
@@ -157,7 +158,7 @@ class WarmStartError(ConfigError, ValueError):
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> Vocoder:
     """Rebuild a trained student from its file, in eval mode with gradients off: as
-    :func:`vocos_distill.vocoder.load_student`, and a QAT checkpoint comes back fake-quantised,
+    :func:`vocos_distill.loader.load_student`, and a QAT checkpoint comes back fake-quantised,
     as it trained."""
     if is_onnx(path):
         return load_runtime_student(path, device)
