@@ -40,6 +40,7 @@ def data_overrides(clips) -> list[str]:
     return [
         f"data.audio_dirs=[{clips}]",
         "data.val_dirs=[]",
+        "data.mel_source=audio",  # the stand-in checkpoints hold HiFT alone: no flow to make flow mels
         "data.segment_frames=8",
         "data.batch_size=2",
         "data.val_max_frames=50",

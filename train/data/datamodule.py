@@ -11,11 +11,12 @@ that prepare the same entries at once (two runs on one cache) do each entry once
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from train.data.audio import AUDIO_SUFFIXES, MEL_SUFFIXES, find_files, read_audio, read_mel
 from train.data.cache import FrameIndex, SourceManifest, TensorCache
+from train.data.flow import FlowMels, Line, duration, voice_for
 from train.data.speech import missing_hint
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import S3GenMel
@@ -35,7 +37,7 @@ from train.s3gen.teacher import synthesize
 from train.utils.progress import progress
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 from vocos_distill.errors import ConfigError, MissingFileError
-from vocos_distill.files import remove_stale_temporaries
+from vocos_distill.files import atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,36 @@ MEL_VERSION = "s3gen-mel-v1:sr24000:nfft1920:hop480:mels80:fmax8000"
 Entry = tuple["Utterance", str | None]  # an utterance and its teacher cache key
 
 
+SOURCES = ("audio", "flow", "text")
+
+
 class DataError(ConfigError, ValueError):
     """The data options select nothing usable, or are inconsistent."""
+
+
+def parse_sources(mel_source: str | Mapping[str, float]) -> dict[str, float]:
+    """``data.mel_source`` as ``{source: share of training draws}``: ``audio``, ``flow``, ``text``,
+    or a mix joined by ``+``: ``audio+flow`` (equal shares), ``audio:1+flow:3`` (relative weights;
+    zero leaves a source out). ``+``, not ``,``: Hydra reads a comma as a sweep."""
+    if isinstance(mel_source, Mapping):
+        pairs = [(str(k), v) for k, v in mel_source.items()]
+    else:
+        pairs = []
+        for part in str(mel_source).replace(" ", "").split("+"):
+            name, _, weight = part.partition(":")
+            pairs.append((name, weight or "1"))
+    try:
+        weights = {name: float(weight) for name, weight in pairs}
+    except ValueError:
+        weights = {}
+    wrong = [name for name in weights if name not in SOURCES]
+    if not weights or wrong or any(w < 0 for w in weights.values()) or not any(weights.values()):
+        raise DataError(
+            f"data.mel_source={mel_source!r}: use one of {', '.join(SOURCES)}, or a mix of them with "
+            "non-negative weights such as audio+flow or audio:1+flow:3"
+        )
+    total = sum(weights.values())
+    return {name: weight / total for name, weight in weights.items() if weight}
 
 
 @dataclass(frozen=True)
@@ -55,14 +85,23 @@ class Utterance:
     name: str
     path: Path
     key: str
-    kind: str  # "audio" or "mel"
+    kind: str  # "audio", "mel" (a file of mels), "flow" (teacher-forced from the clip) or "text"
     paired_audio: Path | None = None
     bytes: int = 0
     held_out: bool = False  # found under ``val_dirs``: validation only, whatever its name
+    reference: Path | None = None  # flow and text: the reference clip S3Gen conditions on
+    group: str = ""  # what the split hashes: a clip's audio and flow entries fall on the same side
+    line: Line | None = None  # text: the sentence
+    tokens_key: str | None = None  # text: its cached speech tokens
+
+    @property
+    def source(self) -> str:
+        """The ``data.mel_source`` it belongs to (a folder of mels counts as ``audio``)."""
+        return self.kind if self.kind in ("flow", "text") else "audio"
 
     @property
     def has_audio(self) -> bool:
-        return self.kind == "audio" or self.paired_audio is not None
+        return self.kind in ("audio", "flow") or self.paired_audio is not None
 
 
 @dataclass
@@ -79,6 +118,11 @@ class PrepareReport:
     wall_seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     prepared_keys: list[str] = field(default_factory=list)  # mel keys of the utterances this process computed
+
+
+def bucket(name: str) -> float:
+    """Where a name falls in [0, 1): the split's hash, the same in every run."""
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 16**8
 
 
 def file_digest(*paths: Path | None) -> str:
@@ -111,12 +155,16 @@ class SegmentSampler(Sampler[int]):
 
     The dataset seeds its random crop from the index, so an epoch's batches depend only on
     (seed, epoch): a run resumed at an epoch boundary sees the same data as an unbroken one.
+
+    With ``weights`` (one per utterance), an epoch draws ``num_items`` utterances with
+    replacement in those proportions (a mix of mel sources), seeded the same way.
     """
 
-    def __init__(self, num_items: int, seed: int = 0) -> None:
+    def __init__(self, num_items: int, seed: int = 0, weights: Sequence[float] | None = None) -> None:
         self.num_items = num_items
         self.seed = seed
         self.epoch = 0
+        self.weights = torch.tensor(weights, dtype=torch.float64) if weights is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -126,7 +174,10 @@ class SegmentSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.num_items, generator=generator).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.num_items, generator=generator).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.num_items, replacement=True, generator=generator).tolist()
         base = self.epoch * self.num_items
         self.epoch += 1  # fresh draws next time even if nobody calls set_epoch (e.g. under a wrapper)
         return iter([base + i for i in order])
@@ -203,8 +254,10 @@ class UtteranceDataset(Dataset):
         seed: int = 0,
         speed_factors: Sequence[float] | None = None,
         tilt_db: Sequence[float] | None = None,
+        drop_audio: bool = False,
     ) -> None:
         self.cache = cache
+        self.drop_audio = drop_audio  # a mix with mels from text: no item has audio, so batches agree
         self.entries = entries
         self.segment_frames = segment_frames
         self.max_frames = max_frames
@@ -218,7 +271,9 @@ class UtteranceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         utterance, teacher_key = self.entries[index % len(self.entries)]
-        item = {k: v for k, v in self.cache.load("mel", utterance.key).items() if v is not None}
+        item = {k: v for k, v in self.cache.load("mel", utterance.key).items() if v is not None and k != "tokens"}
+        if self.drop_audio:
+            item.pop("audio", None)
         if teacher_key is not None:
             item["teacher"] = self.cache.load("teacher", teacher_key)["wav"]
         frames = item["mel"].shape[-1]
@@ -270,11 +325,48 @@ def check_speed_factors(factors: Sequence[float] | None, teacher: HiFTGenerator 
     return factors
 
 
+def check_flow(
+    sources: Mapping[str, float],
+    flow: FlowMels | None,
+    teacher: HiFTGenerator | None,
+    mel_dir: str | None,
+    perturbed: object,
+) -> FlowMels | None:
+    """The flow settings when a source needs them, checked against the checkpoint (a file
+    without the flow, or a family or step count it contradicts, is refused here, before any work)."""
+    needs = [name for name in ("flow", "text") if name in sources]
+    if not needs:
+        return flow
+    chosen = f"data.mel_source={'+'.join(sources)}"
+    if flow is None:
+        raise DataError(f"{chosen} needs data.flow (the S3Gen checkpoint and how to run its flow)")
+    if "text" in sources and teacher is None:
+        raise DataError(
+            f"{chosen}: a mel made from text has no recording to be its target, so it needs the teacher's "
+            "waveform (teacher=hift, teacher.checkpoint=/path/to/s3gen.safetensors)"
+        )
+    if mel_dir is not None:
+        raise DataError(f"{chosen} makes its own mels: data.mel_dir is for mels made elsewhere (set it to null)")
+    if perturbed:
+        raise DataError(
+            f"{chosen}: data.speed_perturb and data.tilt_db change audio the flow's mels were not made from"
+        )
+    flow.family()
+    return flow
+
+
 class VocoderDataModule(LightningDataModule):
     """Audio folders and/or a folder of S3Gen mels, cached, split, and served as segments.
 
     Args:
         audio_dirs: folders searched recursively for wav / flac / ogg / mp3.
+        mel_source: what the student learns from (:func:`parse_sources`): ``audio`` (S3Gen's mel
+            of each clip), ``flow`` (the flow's mel teacher-forced from each clip: what
+            Chatterbox's vocoder is fed; the clip stays an aligned target), ``text`` (the flow's
+            mel of T3's tokens for each line of ``flow.text_file``: teacher targets only), or a
+            mix joined by ``+``: ``audio+flow`` (equal shares of training draws), ``audio:1+flow:3``.
+            Validation holds each source's held-out entries.
+        flow: how flow mels are made (:class:`train.data.flow.FlowMels`; the configs' ``data.flow``).
         mel_dir: folder of pre-computed S3Gen mels (``.npy`` / ``.pt``, shape (80, T)), e.g.
             the flow model's outputs; ``paired_audio_dir`` may hold audio with the same
             relative names.
@@ -305,6 +397,8 @@ class VocoderDataModule(LightningDataModule):
         *,
         cache_dir: str,
         audio_dirs: Sequence[str] = (),
+        mel_source: str = "audio",
+        flow: FlowMels | None = None,
         mel_dir: str | None = None,
         paired_audio_dir: str | None = None,
         teacher: HiFTGenerator | None = None,
@@ -322,7 +416,8 @@ class VocoderDataModule(LightningDataModule):
         progress: bool = False,
     ) -> None:
         super().__init__()
-        if not audio_dirs and mel_dir is None:
+        self.mel_sources = parse_sources(mel_source)
+        if not audio_dirs and mel_dir is None and "text" not in self.mel_sources:
             raise DataError("data: set `data.audio_dirs` and/or `data.mel_dir`; both are empty")
         self.audio_dirs = [Path(d).expanduser() for d in audio_dirs]
         self.mel_dir = Path(mel_dir).expanduser() if mel_dir else None
@@ -356,6 +451,7 @@ class VocoderDataModule(LightningDataModule):
         self.segment_frames = segment_frames
         self.speed_perturb = check_speed_factors(speed_perturb, teacher)
         self.tilt_db = check_tilt(tilt_db, teacher)
+        self.flow = check_flow(self.mel_sources, flow, teacher, mel_dir, self.speed_perturb or self.tilt_db)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.val_max_utterances = val_max_utterances
@@ -379,16 +475,15 @@ class VocoderDataModule(LightningDataModule):
 
     def _discover(self) -> list[Utterance]:
         found = []
+        clips = []
         for root, held_out in [(d, False) for d in self.audio_dirs] + [(d, True) for d in self.val_dirs]:
-            manifest = SourceManifest(self.cache.root, root)
-            seen = set()
-            for path in find_files(root, AUDIO_SUFFIXES):
-                rel = str(path.relative_to(root))
-                stamp = manifest.stamp(path)
-                key = manifest.key(rel, stamp) or self._hash(manifest, rel, stamp, path)
-                found.append(Utterance(rel, path, key, "audio", bytes=stamp[0], held_out=held_out))
-                seen.add(rel)
-            self._save_manifest(manifest, seen)
+            clips.append(self._audio_files(root, held_out))
+            if "audio" in self.mel_sources:
+                found += clips[-1]
+        if "flow" in self.mel_sources:
+            found += self._flow_utterances(clips)
+        if "text" in self.mel_sources:
+            found += self._text_utterances([c for folder in clips for c in folder])
         if self.mel_dir is not None:
             manifest = SourceManifest(self.cache.root, self.mel_dir)
             seen = set()
@@ -400,6 +495,100 @@ class VocoderDataModule(LightningDataModule):
                 found.append(Utterance(str(rel), path, key, "mel", audio, bytes=stamp[0] + max(0, stamp[2])))
                 seen.add(str(rel))
             self._save_manifest(manifest, seen)
+        return found
+
+    def _audio_files(self, root: Path, held_out: bool) -> list[Utterance]:
+        manifest = SourceManifest(self.cache.root, root)
+        found, seen = [], set()
+        for path in find_files(root, AUDIO_SUFFIXES):
+            rel = str(path.relative_to(root))
+            stamp = manifest.stamp(path)
+            key = manifest.key(rel, stamp) or self._hash(manifest, rel, stamp, path)
+            found.append(Utterance(rel, path, key, "audio", bytes=stamp[0], held_out=held_out, group=rel))
+            seen.add(rel)
+        self._save_manifest(manifest, seen)
+        return found
+
+    def _durations(self, clips: Sequence[Utterance]) -> dict[str, float]:
+        """Seconds of each clip (by content key), read from headers once and remembered."""
+        path = self.cache.root / "durations.json"
+        try:
+            known: dict[str, float] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        missing = [c for c in clips if c.key not in known]
+        for clip in missing:
+            try:
+                known[clip.key] = duration(clip.path)
+            except (OSError, RuntimeError, sf.LibsndfileError):
+                known[clip.key] = 0.0  # unreadable: never a reference; its own entry says why
+        if missing:
+            try:
+                atomic_write_text(path, json.dumps(known))
+            except OSError as err:
+                log.warning("could not update %s: %s", path, err)
+        return known
+
+    def _flow_utterances(self, folders: Sequence[Sequence[Utterance]]) -> list[Utterance]:
+        """A flow entry per clip, its reference another clip of its speaker in the same folder."""
+        found = []
+        for clips in folders:
+            seconds = self._durations(clips)
+            by_key = {c.key: c for c in clips}
+            chosen = self.flow.references([(c.name, c.key, seconds[c.key]) for c in clips])
+            for clip in clips:
+                ref = by_key[chosen[clip.key]]
+                key = self.flow.corpus_key(self.cache.root, clip.key, ref.key)
+                found.append(
+                    Utterance(
+                        f"flow:{clip.name}",
+                        clip.path,
+                        key,
+                        "flow",
+                        bytes=clip.bytes,
+                        held_out=clip.held_out,
+                        reference=ref.path,
+                        group=clip.name,
+                    )  # fmt: skip
+                )
+        return found
+
+    def _text_utterances(self, clips: Sequence[Utterance]) -> list[Utterance]:
+        """An entry per line of the text file, in a voice from ``data.flow.voices_dir`` (or the
+        audio folders); a line's hash puts it in the validation share (``val_fraction``)."""
+        if self.flow.voices_dir is not None:
+            if not self.flow.voices_dir.is_dir():
+                raise MissingFileError(f"data.flow.voices_dir: folder not found: {self.flow.voices_dir}")
+            clips = self._audio_files(self.flow.voices_dir, False)
+        seconds = self._durations(clips)
+        voices = {c.key: c.path for c in clips if seconds[c.key] >= self.flow.min_reference_seconds}
+        if not voices:
+            where = self.flow.voices_dir or self._describe_sources()
+            raise DataError(
+                f"data.mel_source=text: no reference voice of at least data.flow.min_reference_seconds="
+                f"{self.flow.min_reference_seconds} s in {where}"
+            )
+        found = []
+        for line in self.flow.lines():
+            voice_key, voice = voice_for(f"{line.text}:{self.flow.language}", voices)
+            tokens_key = self.flow.tokens_key(self.cache.root, line, voice_key)
+            key = self.flow.mel_key(self.cache.root, tokens_key)
+            name = f"text:{line.name}"
+            held_out = bucket(name) < self.val_fraction
+            found.append(
+                Utterance(
+                    name,
+                    line.file,
+                    key,
+                    "text",
+                    bytes=len(line.text),
+                    held_out=held_out,
+                    reference=voice,
+                    group=name,
+                    line=line,
+                    tokens_key=tokens_key,
+                )  # fmt: skip
+            )
         return found
 
     @staticmethod
@@ -435,7 +624,28 @@ class VocoderDataModule(LightningDataModule):
         return hashlib.sha256(f"{utterance.key}:{weights}:{dtype}:{self.teacher_seed}".encode()).hexdigest()[:32]
 
     # -- preparation ----------------------------------------------------------------
+    def _read_24k(self, path: Path) -> Tensor:
+        wav, sample_rate = read_audio(path)
+        if wav.numel() == 0:
+            raise ValueError("empty audio")
+        return self.mel.to_mono_24k(wav, sample_rate)[0]
+
     def _compute_mel_entry(self, utterance: Utterance) -> dict[str, Tensor | None]:
+        if utterance.kind == "flow":
+            clip = self._read_24k(utterance.path)
+            try:
+                ref = self._read_24k(utterance.reference)
+            except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:
+                raise ValueError(f"its reference {utterance.reference}: {err}") from None
+            return self.flow.teacher_forced(clip, ref, utterance.name, str(utterance.reference))
+        if utterance.kind == "text":
+            if ("tokens", utterance.tokens_key) in self.cache:
+                tokens = self.cache.load("tokens", utterance.tokens_key)["tokens"]
+            else:
+                tokens = self.flow.text_tokens(utterance.line, utterance.reference)
+                self.cache.save("tokens", utterance.tokens_key, {"tokens": tokens})
+            mel = self.flow.text_mel(tokens, utterance.reference)
+            return {"mel": mel.contiguous(), "audio": None, "tokens": tokens}
         if utterance.kind == "audio":
             wav, sample_rate = read_audio(utterance.path)
             if wav.numel() == 0:
@@ -600,8 +810,24 @@ class VocoderDataModule(LightningDataModule):
             seed=self.seed,
             speed_factors=self.speed_perturb,
             tilt_db=self.tilt_db,
+            drop_audio="text" in self.mel_sources,
         )
-        self.val_set = UtteranceDataset(self.cache, val or train[:1], max_frames=self.val_max_frames)
+        self.val_set = UtteranceDataset(
+            self.cache, val or train[:1], max_frames=self.val_max_frames, drop_audio="text" in self.mel_sources
+        )
+
+    def draw_weights(self) -> list[float] | None:
+        """One weight per training utterance so that each mel source gets its share of draws
+        (``data.mel_source``); ``None`` for a single source (a plain shuffle)."""
+        present = {u.source for u, _ in self.train_set.entries}
+        if len(self.mel_sources) == 1:
+            return None
+        missing = sorted(set(self.mel_sources) - present)
+        if missing:
+            raise DataError(f"data.mel_source mixes {', '.join(self.mel_sources)}, but no {', '.join(missing)} "
+                            "utterance is long enough to train on")  # fmt: skip
+        counts = {s: sum(u.source == s for u, _ in self.train_set.entries) for s in present}
+        return [self.mel_sources[u.source] / counts[u.source] for u, _ in self.train_set.entries]
 
     def _long_enough(self, entries: list[Entry]) -> list[Entry]:
         """The entries that hold at least one training segment."""
@@ -640,24 +866,27 @@ class VocoderDataModule(LightningDataModule):
                 entries.append((utterance, teacher_key))
         if not entries:
             raise DataError(self._nothing_usable())
-
-        def bucket(utterance: Utterance) -> float:
-            return int(hashlib.sha1(utterance.name.encode()).hexdigest()[:8], 16) / 16**8
-
-        ranked = sorted(entries, key=lambda e: bucket(e[0]))
-        if self.val_dirs:
-            val = [e for e in ranked if e[0].held_out][: self.val_max_utterances]
-            if not val:
-                raise DataError(f"data.val_dirs {[str(d) for d in self.val_dirs]}: no prepared audio there")
-            train = [e for e in ranked if not e[0].held_out]
-            log.info("data: %d training and %d held-out utterances (data.val_dirs)", len(train), len(val))
-            return train, val
-        n_val = 0
-        if len(entries) > 1:
-            n_val = max(1, sum(bucket(u) < self.val_fraction for u, _ in entries))
-            n_val = min(n_val, self.val_max_utterances or n_val)
-        val, train = ranked[:n_val], ranked[n_val:]
-        log.info("data: %d training and %d validation utterances", len(train), len(val))
+        ranked = sorted(entries, key=lambda e: bucket(e[0].group or e[0].name))
+        train, val = [], []
+        for source in SOURCES:  # each source's own held-out share, up to val_max_utterances
+            mine = [e for e in ranked if e[0].source == source]
+            if self.val_dirs:
+                val += [e for e in mine if e[0].held_out][: self.val_max_utterances]
+                train += [e for e in mine if not e[0].held_out]
+                continue
+            n_val = 0
+            if len(entries) > 1 and mine:
+                n_val = max(1, sum(bucket(u.group or u.name) < self.val_fraction for u, _ in mine))
+                n_val = min(n_val, self.val_max_utterances or n_val)
+            val, train = val + mine[:n_val], train + mine[n_val:]
+        held = {e[0].group for e in val if e[0].group}
+        # a clip validated in one source is not trained on in another
+        train = [e for e in train if e[0].group not in held]
+        if self.val_dirs and not val:
+            raise DataError(f"data.val_dirs {[str(d) for d in self.val_dirs]}: no prepared audio there")
+        counts = ", ".join(f"{sum(e[0].source == s for e in train)}/{sum(e[0].source == s for e in val)} {s}"
+                           for s in SOURCES if s in self.mel_sources)  # fmt: skip
+        log.info("data: training/validation utterances: %s%s", counts, " (data.val_dirs)" if self.val_dirs else "")
         return train, val
 
     def evaluation_set(self, split: str = "val", max_frames: int | None = None) -> UtteranceDataset:
@@ -674,7 +903,7 @@ class VocoderDataModule(LightningDataModule):
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            sampler=SegmentSampler(len(self.train_set), self.seed),
+            sampler=SegmentSampler(len(self.train_set), self.seed, self.draw_weights()),
             num_workers=self.num_workers,
             drop_last=len(self.train_set) >= self.batch_size,
             persistent_workers=self.num_workers > 0,

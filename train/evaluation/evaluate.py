@@ -186,6 +186,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "floor": None if floor is None else dict(floor.config),
         "data": {
             "sources": datamodule.sources,
+            "mel_source": dict(datamodule.mel_sources),
             "split": cfg.split,
             "utterances": len(utterances),
             "seconds": sum(u["seconds"] for u in utterances),

@@ -39,6 +39,13 @@ SYSTEMS = ("student", "teacher", "audio", "parent", "griffin_lim")
 GROUPS = PAIRED_GROUPS + SYSTEMS
 
 
+def mel_words(data: Mapping[str, Any]) -> str:
+    """Which mels a report's figures are of: ``flow mels (100 %)``; reports before the field: audio."""
+    shares = data.get("mel_source") or {"audio": 1.0}
+    names = {"audio": "mels of recordings", "flow": "flow mels teacher-forced from them", "text": "flow mels of text"}
+    return ", ".join(f"{names.get(k, k)} ({v:.0%})" for k, v in shares.items())
+
+
 def summarise(values: Iterable[float]) -> dict[str, Any]:
     """Mean and a 95 % Student-t interval of the finite values; ``nan`` counts the rest.
 
@@ -282,7 +289,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         f"- teacher: {teacher['status']}"
         + (f", weights {teacher['weights_id']}, seed {teacher['seed']}" if teacher["weights_id"] else "")
         + (f" ({teacher['reason']})" if teacher["reason"] else ""),
-        f"- data: {', '.join(data['sources'])}, split `{data['split']}`: "
+        f"- data: {', '.join(data['sources'])}, {mel_words(data)}, split `{data['split']}`: "
         f"{data['utterances']} utterances, {data['seconds']:.1f} s",
         f"- floor: {_floor_line(report.get('floor'))}",
         f"- verdict: **{report['verdict']}**",

@@ -11,11 +11,13 @@ otherwise fails naming what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.resources
 import importlib.util
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,24 @@ class WatermarkUnavailableError(ConfigError, ImportError):
 
 def _resource_filename(package: str, resource: str) -> str:
     return str(importlib.resources.files(package) / resource)
+
+
+@contextlib.contextmanager
+def perth_for_chatterbox() -> Iterator[None]:
+    """Chatterbox's TTS classes build ``perth.PerthImplicitWatermarker()`` when constructed; where
+    perth could not define it (no ``pkg_resources``), it stands for :func:`implicit_watermarker`
+    while inside, so that ``from_local`` works here as in Chatterbox's own environment."""
+    import perth
+
+    if perth.PerthImplicitWatermarker is not None:
+        yield
+        return
+    made = implicit_watermarker()
+    perth.PerthImplicitWatermarker = lambda *args, **kwargs: made
+    try:
+        yield
+    finally:
+        perth.PerthImplicitWatermarker = None
 
 
 def implicit_watermarker(device: str = "cpu") -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from train.evaluation.report import format_stat, table
+from train.evaluation.report import format_stat, mel_words, table
 from vocos_distill.config import StudentConfig
 
 # (metric, comparison) pairs the card reports; the list, in this order
@@ -86,7 +86,8 @@ def quality_section(report: Mapping[str, Any] | None) -> str:
     lines = [
         f"`train/evaluate.py` of `{Path(report['checkpoint']['path']).name}` on {data['utterances']} utterances "
         f"({data['seconds']:.1f} s) of the "
-        f"{data['split']} split of {', '.join(f'`{_source_name(s)}`' for s in data['sources'])}; "
+        f"{data['split']} split of {', '.join(f'`{_source_name(s)}`' for s in data['sources'])} "
+        f"({mel_words(data)}); "
         "mean [95 % interval] per utterance. "
         f"Teacher: {report['teacher'].get('status')}"
         + (f" ({report['teacher']['reason']})" if report["teacher"].get("reason") else "")

@@ -164,9 +164,10 @@ def history(checkpoint: Path, depth: int = 6) -> tuple[list[str], list[str], lis
         group = str(config.get("run_group") or config.get("task_name")).replace(
             "${task_name}", str(config.get("task_name"))
         )
+        mels = str((config.get("data") or {}).get("mel_source") or "audio")
         lines.append(
             f"{what}{detail}: run group `{group}`, "
-            f"{steps} steps, targets: {targets or 'n/a'}"
+            f"{steps} steps, targets: {targets or 'n/a'}, mels: {describe_mel_source(mels)}"
             + (f", teacher weights `{teacher}`" if teacher else ", no teacher")
         )
         init = student.get("init_from")
@@ -185,12 +186,26 @@ def history(checkpoint: Path, depth: int = 6) -> tuple[list[str], list[str], lis
     return lines[::-1], bases, runs
 
 
+MEL_SOURCES = {
+    "audio": "S3Gen's mel of each recording",
+    "flow": "S3Gen's flow mel teacher-forced from each recording (what mel2wav is fed in Chatterbox)",
+    "text": "S3Gen's flow mel of T3's tokens for lines of text",
+}
+
+
+def describe_mel_source(mel_source: str) -> str:
+    """``audio+flow`` (or ``audio:1+flow:3``) in words, for the card."""
+    parts = [part.partition(":") for part in mel_source.replace(" ", "").split("+") if part]
+    return "; ".join(f"{MEL_SOURCES.get(name, name)}{f' (weight {w})' if w else ''}" for name, _, w in parts)
+
+
 def training_data(runs: list[dict[str, Any]], root: Path) -> str:
     """The data of every run in the chain, with the licence notes found beside it."""
     sources: list[str] = []
     for config in runs:
         data = config.get("data") or {}
-        for folder in [*(data.get("audio_dirs") or []), data.get("mel_dir"), data.get("paired_audio_dir")]:
+        text = (data.get("flow") or {}).get("text_file") if "text" in str(data.get("mel_source") or "") else None
+        for folder in [*(data.get("audio_dirs") or []), data.get("mel_dir"), data.get("paired_audio_dir"), text]:
             if folder and str(folder) not in sources:
                 sources.append(str(folder))
     if not sources:
@@ -198,6 +213,7 @@ def training_data(runs: list[dict[str, Any]], root: Path) -> str:
     parts = []
     for source in sources:
         folder = Path(source) if Path(source).is_absolute() else root / source
+        folder = folder.parent if folder.is_file() else folder  # a text file: the notes beside it
         notes = [folder / n for n in ("ATTRIBUTION.md", "LICENSE", "LICENSE.md", "README.md")]
         found = next((n for n in notes if n.is_file()), None)
         shown = os.path.relpath(folder, root) if folder.is_relative_to(root) else source

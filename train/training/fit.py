@@ -38,6 +38,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
         compress.check(generator)
     teacher = instantiate_with_weights(cfg.teacher) if cfg.get("teacher") else None
     datamodule = instantiate(cfg.data, teacher=teacher)
+    check_targets(cfg, datamodule)
     module = instantiate(cfg.module, generator=generator, parent=parent_of(cfg, generator))
     if compress is not None:
         warm_start_discriminators(module, cfg.student.init_from)
@@ -47,6 +48,27 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return datamodule, module, trainer
+
+
+def check_targets(cfg: DictConfig, datamodule: Any) -> None:
+    """Targets the mel sources cannot give: a recording for a mel made from text; a
+    sample-aligned recording for the phase loss on flow mels (the flow re-synthesises the clip:
+    it is aligned with the clip frame by frame, not sample by sample, so magnitude losses and
+    the GAN are meaningful against it, and the phase derivative is not)."""
+    sources = getattr(datamodule, "mel_sources", {"audio": 1.0})
+    audio = float(cfg.module.target_weights.get("audio", 0.0))
+    chosen = f"data.mel_source={'+'.join(sources)}"
+    if audio and "text" in sources:
+        raise ConfigError(
+            f"module.target_weights.audio={audio:g} with {chosen}: a mel made from text has no recording; "
+            "set module.target_weights.audio=0 (the teacher's waveform is its target)"
+        )
+    if audio and "flow" in sources and cfg.module.get("phase_loss_weight"):
+        raise ConfigError(
+            f"module.phase_loss_weight with module.target_weights.audio and {chosen}: a flow mel re-synthesises "
+            "its clip, aligned frame by frame but not sample by sample, so the clip's phase is no target "
+            "(set module.phase_loss_weight=0, or module.target_weights.audio=0)"
+        )
 
 
 def check_framing(generator: Any, source: str | None) -> None:

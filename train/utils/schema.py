@@ -49,6 +49,7 @@ SCHEMAS = {
     "trainer": Schema("lightning.pytorch.Trainer", "lightning.pytorch.trainer.trainer.Trainer",
                       exclude=("logger", "callbacks")),
     "data": Schema("train.data.datamodule.VocoderDataModule", exclude=("teacher",)),
+    "flow": Schema("train.data.flow.FlowMels"),
     "module": Schema("train.training.module.VocoderDistillation", exclude=("generator", "parent")),
     "student": Schema("train.student.model.build_student", shape="vocos_distill.config.StudentConfig"),
     "teacher": Schema("train.s3gen.teacher.load_teacher"),
