@@ -8,7 +8,6 @@ Chatterbox's own config table) so that a test can voice text in seconds.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch

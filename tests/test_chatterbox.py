@@ -380,8 +380,11 @@ def test_bench_chatterbox_prints_what_the_swap_buys_end_to_end(tmp_path, capsys,
     out = capsys.readouterr().out
     assert "| CFM steps | vocoder | flow s/s | vocoder s/s | S3Gen s/s | vs HiFT |" in out
     assert "| 2 | HiFT (Chatterbox's own) |" in out and f"| 1 | {release.name} |" in out
-    assert "T3 (532 M parameters" in out
+    assert "T3 (532 M parameters" in out and "tokens/s)" in out
     figures = json.loads(out_json.read_text())
+    work = figures["preparation_work"]  # FLOPs and operators counted on the real call path, and the labelled estimate
+    assert work["gflop_per_audio_s"] > 1 and work["operators_per_clip"] > 1000
+    assert "a GPU, ESTIMATED at 20 TFLOP/s sustained" in out
     rows = figures["cpu, float32"]
     assert [(r["cfm_steps"], r["vocoder"]) for r in rows] == [
         (2, "HiFT (Chatterbox's own)"), (2, release.name), (1, "HiFT (Chatterbox's own)"), (1, release.name)

@@ -328,7 +328,7 @@ def test_publish_refuses_a_release_that_changed_since_export(workspace, tmp_path
 def test_the_cards_history_and_data_come_from_the_run_configs_up_the_chain(tmp_path):
     import yaml
 
-    from train.release.export import history, training_data
+    from train.release.export import describe_run, history, training_data
 
     corpus = tmp_path / "data" / "corpus"
     corpus.mkdir(parents=True)
@@ -354,8 +354,12 @@ def test_the_cards_history_and_data_come_from_the_run_configs_up_the_chain(tmp_p
     lines, bases, runs = history(child)
     assert lines[0] == "initialised from scratch." and lines[1].startswith("training: run group `finetune`, 2500 steps")
     assert (
-        lines[2] == "QAT: run group `finetune-qat`, 300 steps, targets: parent 1, no teacher"
-    )  # interpolation resolved
+        lines[2] == "QAT: run group `finetune-qat`, 300 steps, targets: parent 1, "
+        "mels: S3Gen's mel of each recording, no teacher"
+    )  # interpolation resolved; a run config from before data.mel_source: the mels of recordings
+    runs[1]["data"]["mel_source"] = "audio+flow"
+    flow = describe_run(runs[1])
+    assert "mels: S3Gen's mel of each recording; S3Gen's flow mel teacher-forced from each recording" in flow
     assert bases == [] and len(runs) == 2
     data = training_data(runs, tmp_path)
     assert data.startswith("`data/corpus` (ATTRIBUTION.md)") and "BSD-2-Clause packaging" in data

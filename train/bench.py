@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="time train/prepare.py (experiment=distill, stand-in teacher) with these numbers of processes",
     )
+    parser.add_argument(
+        "--prepare-source",
+        default="audio",
+        help="--prepare-processes: the data.mel_source prepared (audio, flow, text, or a mix such as audio+flow)",
+    )
     args = parser.parse_args(argv)
     if args.streaming:
         figures = streaming_figures(args.students, args.corpus, args.clips, args.clip_seconds, args.chunk_frames,
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.train_steps:
         training_figures(args.train_config, args.train_steps, args.train_compare)
     if args.prepare_processes:
-        preparation_figures(args.prepare_processes)
+        preparation_figures(args.prepare_processes, args.prepare_source)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from train.evaluation.cost import cuda_peak_mb, peak_rss_mb, runtime_bytes, stand_in_teacher
 from vocos_distill.chatterbox import ChatterboxVocoder, load_vocoder
@@ -178,4 +180,54 @@ def t3_row(seconds: float = 2.0, device: str | torch.device = "cpu", seed: int =
         "params_m": sum(p.numel() for p in t3.parameters()) / 1e6,
         "tokens": count,
         "t3_s_per_s": elapsed / (count / TOKENS_PER_SECOND),
+    }
+
+
+# What an estimate of a GPU's flow-mel preparation assumes (labelled as such wherever it is shown)
+GPU_SUSTAINED_TFLOPS = 20.0  # batch-1 kernels: about a third of an H100's fp32 peak, TF32 matmuls
+GPU_KERNEL_S = 10e-6  # launch and scheduling per operator, which dominates small batch-1 kernels
+
+
+class _OperatorCount(TorchDispatchMode):
+    """Counts the aten operators a call runs: on a GPU, one kernel (at least) each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def preparation_work(model: Any, seconds: float = 5.0, steps: int = 10) -> dict[str, float]:
+    """FLOPs and operators of preparing one clip's flow mel and HiFT's target (tokenizer,
+    speaker reference, the flow at ``steps``, HiFT), per second of audio, counted on this CPU;
+    and the seconds a GPU would take under :data:`GPU_SUSTAINED_TFLOPS` and :data:`GPU_KERNEL_S`
+    (an estimate, until a GPU measures it: ``.ci/gpu-check``)."""
+    from train.s3gen.flow import speech_tokens
+
+    generator = torch.Generator().manual_seed(0)
+    clip = 0.1 * torch.randn(int(seconds * SAMPLE_RATE), generator=generator)
+
+    def work() -> None:
+        with torch.inference_mode():
+            speech = speech_tokens(model, clip)
+            ref = model.embed_ref(clip[: 3 * SAMPLE_RATE].unsqueeze(0), SAMPLE_RATE)
+            mel = model.flow_inference(speech, ref_dict=ref, n_cfm_timesteps=steps, finalize=True)
+            model.hift_inference(mel)
+
+    flops = FlopCounterMode(display=False)
+    with flops:
+        work()
+    operators = _OperatorCount()
+    with operators:
+        work()
+    total = flops.get_total_flops()
+    gpu_s = total / (GPU_SUSTAINED_TFLOPS * 1e12) + operators.count * GPU_KERNEL_S
+    return {
+        "gflop_per_audio_s": total / 1e9 / seconds,
+        "operators_per_clip": operators.count,
+        "gpu_estimate_s_per_audio_s": gpu_s / seconds,
+        "clip_seconds": seconds,
     }

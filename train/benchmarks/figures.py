@@ -13,7 +13,15 @@ from typing import Any
 
 import torch
 
-from train.benchmarks.chatterbox import s3gen, s3gen_rows, t3_row
+from train.benchmarks.chatterbox import (
+    GPU_KERNEL_S,
+    GPU_SUSTAINED_TFLOPS,
+    TOKENS_PER_SECOND,
+    preparation_work,
+    s3gen,
+    s3gen_rows,
+    t3_row,
+)
 from train.benchmarks.int8_schemes import FIDELITY, int8_scheme_graphs
 from train.benchmarks.side_by_side import run, short_names, streaming_run
 from train.benchmarks.throughput import train_throughput
@@ -175,7 +183,16 @@ def chatterbox_figures(
             row = t3_row(t3_seconds)
         results["t3"] = row
         print(f"\nT3 ({row['params_m']:.0f} M parameters, random weights, CFG as Chatterbox runs it), CPU 1 thread: "
-              f"{row['t3_s_per_s']:.2f} s per second of speech ({row['tokens']} tokens)")  # fmt: skip
+              f"{row['t3_s_per_s']:.2f} s per second of speech ({row['tokens']} tokens, "
+              f"{TOKENS_PER_SECOND / row['t3_s_per_s']:.1f} tokens/s)")  # fmt: skip
+    with threads(1):
+        work = preparation_work(s3gen("cpu"), seconds=seconds, steps=max(cfm_steps))
+    results["preparation_work"] = work
+    print(f"\nFlow-mel preparation (tokenizer, reference, flow at {max(cfm_steps)} steps, HiFT) of a "
+          f"{work['clip_seconds']:g} s clip: {work['gflop_per_audio_s']:.0f} GFLOP per second of audio, "
+          f"{work['operators_per_clip']} operators; a GPU, ESTIMATED at {GPU_SUSTAINED_TFLOPS:g} TFLOP/s sustained "
+          f"and {GPU_KERNEL_S * 1e6:g} us per operator: {work['gpu_estimate_s_per_audio_s']:.3f} s per second "
+          "of audio (one process)")  # fmt: skip
     return {**results, "cpu": describe_cpu()}
 
 
@@ -192,9 +209,10 @@ def training_figures(overrides: list[str], steps: int, compare: list[str] = ()) 
     return rows
 
 
-def preparation_figures(processes: list[int]) -> list[dict]:
+def preparation_figures(processes: list[int], mel_source: str = "audio") -> list[dict]:
     """Print ``train/prepare.py``'s throughput with each number of ``processes``; returns the rows."""
-    rows = prepare_throughput(processes)
-    print("Prepare stage (experiment=distill on the bundled corpus, stand-in teacher of Chatterbox's size)")
+    rows = prepare_throughput(processes, mel_source=mel_source)
+    print(f"Prepare stage (experiment=distill data.mel_source={mel_source} on the bundled corpus, stand-in "
+          "checkpoint of Chatterbox's size, random weights)")  # fmt: skip
     print(rows_table(rows))
     return rows

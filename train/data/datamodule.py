@@ -95,6 +95,11 @@ class Utterance:
     tokens_key: str | None = None  # text: its cached speech tokens
 
     @property
+    def clip(self) -> str:
+        """What identifies the recording (or line) behind it: a clip's audio and flow entries share it."""
+        return str(self.path) if self.kind in ("audio", "flow") else self.name
+
+    @property
     def source(self) -> str:
         """The ``data.mel_source`` it belongs to (a folder of mels counts as ``audio``)."""
         return self.kind if self.kind in ("flow", "text") else "audio"
@@ -879,9 +884,8 @@ class VocoderDataModule(LightningDataModule):
                 n_val = max(1, sum(bucket(u.group or u.name) < self.val_fraction for u, _ in mine))
                 n_val = min(n_val, self.val_max_utterances or n_val)
             val, train = val + mine[:n_val], train + mine[n_val:]
-        held = {e[0].group for e in val if e[0].group}
-        # a clip validated in one source is not trained on in another
-        train = [e for e in train if e[0].group not in held]
+        held = {e[0].clip for e in val}
+        train = [e for e in train if e[0].clip not in held]  # validated in one source: trained on in none
         if self.val_dirs and not val:
             raise DataError(f"data.val_dirs {[str(d) for d in self.val_dirs]}: no prepared audio there")
         counts = ", ".join(f"{sum(e[0].source == s for e in train)}/{sum(e[0].source == s for e in val)} {s}"

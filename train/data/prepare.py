@@ -27,6 +27,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from train.data.datamodule import PrepareReport, VocoderDataModule
+from train.s3gen.flow import save_stand_in
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.teacher import save_teacher
 from train.utils.config import project_root
@@ -84,13 +85,20 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-def prepare_throughput(processes: Sequence[int], overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Seconds of audio prepared per second with ``N`` processes (``torchrun --standalone``), for
-    each ``N``: ``train/prepare.py experiment=distill`` on the bundled corpus (or what
-    ``overrides`` choose) into a fresh cache, with a stand-in teacher of Chatterbox's size."""
+def prepare_throughput(
+    processes: Sequence[int], overrides: Sequence[str] = (), mel_source: str = "audio"
+) -> list[dict[str, Any]]:
+    """Seconds of audio (and clips) prepared per second with ``N`` processes (``torchrun
+    --standalone``), for each ``N``: ``train/prepare.py experiment=distill`` on the bundled corpus
+    (or what ``overrides`` choose) into a fresh cache, with a stand-in checkpoint of Chatterbox's
+    size: HiFT alone for ``mel_source=audio``, else the whole S3Gen (random weights) whose flow
+    makes the mels."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        teacher = save_teacher(HiFTGenerator(), Path(tmp) / "s3gen.safetensors")
+        if mel_source == "audio":
+            teacher = save_teacher(HiFTGenerator(), Path(tmp) / "s3gen.safetensors")
+        else:
+            teacher = save_stand_in(Path(tmp) / "s3gen.safetensors")
         for count in processes:
             out = Path(tmp) / f"processes{count}"
             command = [
@@ -104,6 +112,7 @@ def prepare_throughput(processes: Sequence[int], overrides: Sequence[str] = ()) 
                 f"teacher.checkpoint={teacher}",
                 f"paths.log_dir={out}",
                 "data.progress=false",
+                f"data.mel_source={mel_source}",
                 *overrides,
             ]
             started = time.perf_counter()
@@ -114,9 +123,13 @@ def prepare_throughput(processes: Sequence[int], overrides: Sequence[str] = ()) 
             reports = [json.loads(p.read_text()) for p in sorted(out.rglob("prepare_rank*.json"))]
             audio = sum(r["audio_seconds"] for r in reports)
             work = max(r["wall_seconds"] for r in reports)
+            clips = sum(len(r["prepared_keys"]) for r in reports)
             rows.append(
                 {
+                    "mel_source": mel_source,
                     "processes": count,
+                    "clips": clips,
+                    "clips_per_s": clips / work,
                     "audio_s": audio,
                     "prepare_s": work,
                     "audio_s_per_s": audio / work,

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,34 @@ def _resolved(config: DictConfig, key: str) -> Any:
         return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node._value()
 
 
+def describe_run(config: Mapping[str, Any]) -> str:
+    """One run of a student's history, for the card: what it did, its steps, targets, mels and teacher."""
+    compress = (config.get("compress") or {}).get("_target_", "")
+    stage = {"train.compress.pruning.Pruning": "structured pruning", "train.compress.qat.QuantizationAware": "QAT"}
+    what = stage.get(compress, "training")
+    steps = (config.get("trainer") or {}).get("max_steps")
+    targets = ", ".join(
+        f"{k} {v:g}" for k, v in ((config.get("module") or {}).get("target_weights") or {}).items() if v
+    )
+    detail = ""
+    if what == "structured pruning":
+        c = config["compress"]
+        detail = (
+            f" to dim {c.get('dim')}, intermediate {c.get('intermediate_dim')}, {c.get('num_layers')} blocks "
+            f"({c.get('importance')} importance, cuts at steps {c.get('at_steps')})"
+        )
+    teacher = (config.get("teacher") or {}).get("checkpoint") if config.get("teacher") else None
+    group = str(config.get("run_group") or config.get("task_name")).replace(
+        "${task_name}", str(config.get("task_name"))
+    )
+    mels = str((config.get("data") or {}).get("mel_source") or "audio")
+    return (
+        f"{what}{detail}: run group `{group}`, "
+        f"{steps} steps, targets: {targets or 'n/a'}, mels: {describe_mel_source(mels)}"
+        + (f", teacher weights `{teacher}`" if teacher else ", no teacher")
+    )
+
+
 def history(checkpoint: Path, depth: int = 6) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """How the student was made, from the run configs up its ``student.init_from`` chain:
     (lines for the card, base models on the Hub, each run's data sources)."""
@@ -146,30 +175,7 @@ def history(checkpoint: Path, depth: int = 6) -> tuple[list[str], list[str], lis
             break
         runs.append(config)
         student = config.get("student") or {}
-        compress = (config.get("compress") or {}).get("_target_", "")
-        stage = {"train.compress.pruning.Pruning": "structured pruning", "train.compress.qat.QuantizationAware": "QAT"}
-        what = stage.get(compress, "training")
-        steps = (config.get("trainer") or {}).get("max_steps")
-        targets = ", ".join(
-            f"{k} {v:g}" for k, v in ((config.get("module") or {}).get("target_weights") or {}).items() if v
-        )
-        detail = ""
-        if what == "structured pruning":
-            c = config["compress"]
-            detail = (
-                f" to dim {c.get('dim')}, intermediate {c.get('intermediate_dim')}, {c.get('num_layers')} blocks "
-                f"({c.get('importance')} importance, cuts at steps {c.get('at_steps')})"
-            )
-        teacher = (config.get("teacher") or {}).get("checkpoint") if config.get("teacher") else None
-        group = str(config.get("run_group") or config.get("task_name")).replace(
-            "${task_name}", str(config.get("task_name"))
-        )
-        mels = str((config.get("data") or {}).get("mel_source") or "audio")
-        lines.append(
-            f"{what}{detail}: run group `{group}`, "
-            f"{steps} steps, targets: {targets or 'n/a'}, mels: {describe_mel_source(mels)}"
-            + (f", teacher weights `{teacher}`" if teacher else ", no teacher")
-        )
+        lines.append(describe_run(config))
         init = student.get("init_from")
         if not init:
             lines.append("initialised from scratch.")

@@ -198,3 +198,19 @@ def teacher_forced(model: Any, audio: Tensor, ref: Mapping[str, Tensor], seed: i
         "audio": audio[: frames * HOP_LENGTH].contiguous(),
         "tokens": tokens[0, : (frames + 1) // 2].cpu(),
     }
+
+
+def save_stand_in(path: str | Path, meanflow: bool = False, seed: int = 0) -> Path:
+    """Write Chatterbox's S3Gen with random weights as its checkpoint is laid out (full size:
+    what the flow and HiFT cost does not depend on the values), for cost figures and GPU checks."""
+    from chatterbox.models.s3gen import S3Gen
+    from safetensors.torch import save
+
+    from vocos_distill.files import atomic_write
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        state = {k: v.contiguous() for k, v in S3Gen(meanflow=meanflow).state_dict().items() if k not in REBUILT}
+    path = Path(path)
+    atomic_write(path, lambda f: f.write(save(state)))
+    return path
