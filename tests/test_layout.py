@@ -48,7 +48,7 @@ def test_the_library_is_grouped_by_job_with_only_entry_points_at_the_top():
         "s3gen", "student", "data", "training", "evaluation", "compress", "release", "utils"
     }  # fmt: skip
     scripts = {"fit", "prepare", "evaluate", "quantize", "bench", "export", "publish", "corpus", "curve", "diagnose",
-               "tradeoff"}  # fmt: skip
+               "tradeoff", "listen"}  # fmt: skip
     assert set(ENTRY_POINTS) == scripts
     for name in SUBPACKAGES:
         init = (PACKAGE / name / "__init__.py").read_text()

@@ -280,6 +280,32 @@ def _floor_line(floor: Mapping[str, Any] | None) -> str:
     )
 
 
+def listening_lines(section: Mapping[str, Any] | None) -> list[str]:
+    """The listening test in Markdown: its gates (from listener data) and its tables, or that
+    there was none (predictors are no stand-in for listeners)."""
+    if not section:
+        return ["## Listening test", "", "No listening test yet: the gates above come from predictors and "
+                "signal metrics; `train/listen.py aggregate` adds listeners' MOS and A/B gates."]  # fmt: skip
+    kept = len(section["listeners"]) - len(section["excluded"])
+    lines = ["## Listening test (gates from listener data)", "",
+             f"{kept} of {len(section['listeners'])} listeners kept after ITU-R BS.1534 post-screening"
+             + "".join(f"; excluded {e['listener']}: {e['why']}" for e in section["excluded"]), ""]  # fmt: skip
+    lines.append(table(["gate (listener data)", "condition", "status"],
+                       [[g["name"], g["condition"], g["status"] + (f" ({g['reason']})" if g["reason"] else "")]
+                        for g in section["gates"]]))  # fmt: skip
+    conditions = section["conditions"]
+    rows = [[f"{c} ({conditions[c]})", format_stat(section["mushra"].get(c), ".1f", count=True),
+             format_stat(section["mos"].get(c), ".2f", count=True)]
+            for c in conditions if c in section["mushra"] or c in section["mos"]]  # fmt: skip
+    lines += ["", table(["condition", "MUSHRA [95 %] (n)", "MOS [95 %] (n)"], rows)]
+    for row in section["ab"]:
+        a, b = row["pair"]
+        p = "–" if row["p_value"] is None else f"{row['p_value']:.3g}"
+        chosen = f"{row['chosen'][a]} vs {row['chosen'][b]} ({row['no_preference']} no preference)"
+        lines.append(f"\nA/B {a} vs {b}: {chosen}, binomial p = {p}")
+    return lines
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
     ckpt, data, teacher = report["checkpoint"], report["data"], report["teacher"]
     lines = [
@@ -307,6 +333,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             ],
         )
     )
+    lines += ["", *listening_lines(report.get("listening"))]
     summary = report["summary"]
     paired = [g for g in PAIRED_GROUPS if g in summary]
     if paired:

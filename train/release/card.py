@@ -15,7 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from train.evaluation.report import format_stat, mel_words, table
+from train.evaluation.report import format_stat, listening_lines, mel_words, table
 from vocos_distill.config import StudentConfig
 
 # (metric, comparison) pairs the card reports; the issue's list, in this order
@@ -77,6 +77,15 @@ def _source_name(path: str) -> str:
 
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.0f} KiB"
+
+
+def listening_section(report: Mapping[str, Any] | None) -> str:
+    """What listeners said, from the report's ``listening`` section, or that nobody has listened yet."""
+    section = (report or {}).get("listening")
+    if not section:
+        return ("No listening test yet: the figures above are signal metrics and MOS predictors, "
+                "not listeners.\n")  # fmt: skip
+    return "\n".join(listening_lines(section)[2:]) + "\n"
 
 
 def quality_section(report: Mapping[str, Any] | None) -> str:
@@ -279,6 +288,9 @@ head: iSTFT, n_fft {config["n_fft"]}, hop {config["hop_length"]}. {facts["parame
 ## Quality
 
 {quality_section(report)}
+## Listening test
+
+{listening_section(report)}
 ## Cost against the teacher
 
 {cost_section(facts.get("cost"))}

@@ -1,0 +1,62 @@
+"""Listening tests: ``python train/listen.py aggregate EXPERIMENT [--report report.json]``.
+
+``aggregate`` reads the listeners' answers under ``EXPERIMENT/answers/`` (one file per submitted
+page; see :mod:`train.listening.answers`), applies ITU-R BS.1534's post-screening, and writes
+``EXPERIMENT/listening.json`` and ``listening.png`` (a box plot per condition). With ``--report``,
+the evaluation report gains the same ``listening`` section (its two gates computed from listener
+data) and its ``summary.md`` beside it is rewritten; the model card of a release made from that
+report quotes it.
+"""
+
+from __future__ import annotations
+
+import rootutils
+
+# train/ is not installed: the checkout this script lives in (its .project-root) goes first on the import path
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, project_root_env_var=False, dotenv=False)
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from train.evaluation.report import read_report, to_markdown, write_report
+from train.listening.aggregate import aggregate, box_plot
+from vocos_distill.errors import ConfigError
+from vocos_distill.files import atomic_write_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("aggregate", help="aggregate the answers into listening.json (and a report)")
+    run.add_argument("experiment", type=Path, help="the experiment folder (experiment.json, answers/)")
+    run.add_argument("--report", type=Path, help="an evaluation's report.json to gain the listening section")
+    args = parser.parse_args(argv)
+    try:
+        section = aggregate(args.experiment)
+        if section["trials"]["mushra"]:
+            box_plot(args.experiment, section, args.experiment / "listening.png")
+        atomic_write_text(args.experiment / "listening.json", json.dumps(section, indent=1))
+        if args.report is not None:
+            report = read_report(args.report)
+            report["listening"] = section
+            write_report(report, args.report)
+            atomic_write_text(args.report.parent / "summary.md", to_markdown(report))
+    except (ConfigError, ValueError) as err:  # a bad experiment, answer file or report: named, nothing changed
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    kept = len(section["listeners"]) - len(section["excluded"])
+    print(f"{args.experiment / 'listening.json'}: {kept} of {len(section['listeners'])} listeners kept")
+    for excluded in section["excluded"]:
+        print(f"  excluded {excluded['listener']}: {excluded['why']}")
+    for gate in section["gates"]:
+        print(
+            f"  gate {gate['name']} (from listener data): {gate['status']}"
+            + (f" ({gate['reason']})" if gate["reason"] else "")
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

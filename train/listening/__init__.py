@@ -1,0 +1,1 @@
+"""Listening tests: listeners' answers, aggregated into the evaluation report (``train/listen.py``)."""
