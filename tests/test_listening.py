@@ -119,3 +119,70 @@ def test_interval_half_widths_shrink_with_listeners():
     rows = interval_half_widths(20.0, [5, 20], trials=10)
     assert rows[0]["ratings"] == 50 and rows[0]["half_width"] == pytest.approx(2.0096 * 20 / 50**0.5, rel=1e-3)
     assert rows[1]["half_width"] < rows[0]["half_width"] / 1.9
+
+
+def fake_release(folder, student_gain, teacher=True, count=3):
+    """A release's listen/ folder: per utterance the ground truth, HiFT's and the student's clip."""
+    import soundfile as sf
+    import torch
+    import torchaudio
+    from helpers import CORPUS_CLIP
+
+    audio, rate = sf.read(str(CORPUS_CLIP), dtype="float32")
+    speech = torchaudio.functional.resample(torch.from_numpy(audio), rate, 24000)
+    (folder / "listen").mkdir(parents=True)
+    for n in range(count):
+        clip = speech[n * 24000 : (n + 1) * 24000]
+        systems = {"audio": clip, "student": student_gain * clip, **({"teacher": 0.7 * clip} if teacher else {})}
+        for system, wav in systems.items():
+            sf.write(str(folder / "listen" / f"{n:02d}-{system}.wav"), wav.numpy(), 24000, subtype="PCM_16")
+    return folder
+
+
+def test_make_writes_a_loudness_matched_experiment_with_the_standard_anchors(tmp_path):
+    import pyloudnorm
+    import soundfile as sf
+    import torch
+
+    from train.listening.experiment import make_experiment
+
+    first = fake_release(tmp_path / "vocos-fp32", student_gain=1.8)
+    second = fake_release(tmp_path / "vocos-int8", student_gain=0.3, teacher=False)
+    out = make_experiment(tmp_path / "exp", [first, second], utterances=2, seed=3)
+    experiment = json.loads((out / "experiment.json").read_text())
+    roles = {c: v["role"] for c, v in experiment["conditions"].items()}
+    assert roles == {"reference": "reference", "hift": "teacher", "vocos-fp32": "student", "vocos-int8": "student",
+                     "griffin_lim": "floor", "lp35": "anchor"}  # fmt: skip
+    assert len(experiment["trials"]) == 2 and len(experiment["blocks"]["mushra"]) == 2
+    assert {tuple(p["pair"]) for p in experiment["blocks"]["ab"]} == {("vocos-fp32", "hift"), ("vocos-int8", "hift")}
+    assert all(b["condition"] != "lp35" for b in experiment["blocks"]["acr"])
+    meter = pyloudnorm.Meter(24000)
+    for trial in experiment["trials"]:
+        for condition, path in trial["audio"].items():
+            wav, _ = sf.read(str(out / path), dtype="float64")
+            if condition != "lp35":  # the anchor is matched too, but BS.1770 weights its missing highs
+                assert meter.integrated_loudness(wav) == pytest.approx(-26.0, abs=0.5), (trial["id"], condition)
+        anchor, _ = sf.read(str(out / trial["audio"]["lp35"]), dtype="float32")
+        spectrum = torch.fft.rfft(torch.from_numpy(anchor)).abs().pow(2)
+        above = spectrum[torch.fft.rfftfreq(anchor.size, 1 / 24000) > 3600].sum() / spectrum.sum()
+        assert above < 1e-4
+    again = make_experiment(tmp_path / "again", [first, second], utterances=2, seed=3)
+    assert json.loads((again / "experiment.json").read_text())["blocks"] == experiment["blocks"]
+    before = (out / "experiment.json").read_bytes()
+    with pytest.raises(ListeningDataError, match="exists"):
+        make_experiment(out, [first], utterances=2)
+    assert (out / "experiment.json").read_bytes() == before and not list(tmp_path.glob(".exp.partial-*"))
+    # the answers to it aggregate with its own condition names
+    ratings = {c: 100 if c == "reference" else 50 for c in roles}
+    write_answer(out, "ann", "mushra-t00", {"block": "mushra", "trial": "t00", "ratings": ratings})
+    assert aggregate(out)["mushra"]["vocos-int8"]["mean"] == 50
+
+
+def test_make_from_the_command_line_and_its_errors(tmp_path):
+    release = fake_release(tmp_path / "release", student_gain=1.0)
+    command = [sys.executable, str(REPO / "train" / "listen.py"), "make", str(tmp_path / "exp"), str(release)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "3 utterances, conditions reference, hift, release, griffin_lim, lp35" in done.stdout
+    missing = subprocess.run([*command[:3], str(tmp_path / "other"), str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 2 and f"{tmp_path}: no listen/ folder" in missing.stderr

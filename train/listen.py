@@ -1,6 +1,9 @@
-"""Listening tests: ``python train/listen.py aggregate EXPERIMENT [--report report.json]``.
+"""Listening tests: ``python train/listen.py make|aggregate ...``.
 
-``aggregate`` reads the listeners' answers under ``EXPERIMENT/answers/`` (one file per submitted
+``make OUT RELEASE [RELEASE ...]`` turns releases' ``listen/`` clips into an experiment folder
+(:mod:`train.listening.experiment`: hidden reference, HiFT, each release's student, the
+Griffin-Lim floor and the 3.5 kHz anchor, loudness-matched; MUSHRA, A/B, ACR and same/different
+pages). ``aggregate`` reads the listeners' answers under ``EXPERIMENT/answers/`` (one file per submitted
 page; see :mod:`train.listening.answers`), applies ITU-R BS.1534's post-screening, and writes
 ``EXPERIMENT/listening.json`` and ``listening.png`` (a box plot per condition). With ``--report``,
 the evaluation report gains the same ``listening`` section (its two gates computed from listener
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from train.evaluation.report import read_report, to_markdown, write_report
 from train.listening.aggregate import aggregate, box_plot
+from train.listening.experiment import make_experiment
 from vocos_distill.errors import ConfigError
 from vocos_distill.files import atomic_write_text
 
@@ -29,10 +33,26 @@ from vocos_distill.files import atomic_write_text
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("make", help="an experiment folder from releases' listen/ clips")
+    make.add_argument("out", type=Path, help="the experiment folder to write (must not exist)")
+    make.add_argument("releases", type=Path, nargs="+", help="release folders; the first gives reference and HiFT")
+    make.add_argument("--utterances", type=int, default=8, help="utterances drawn (seeded)")
+    make.add_argument("--seed", type=int, default=0)
     run = commands.add_parser("aggregate", help="aggregate the answers into listening.json (and a report)")
     run.add_argument("experiment", type=Path, help="the experiment folder (experiment.json, answers/)")
     run.add_argument("--report", type=Path, help="an evaluation's report.json to gain the listening section")
     args = parser.parse_args(argv)
+    if args.command == "make":
+        try:
+            folder = make_experiment(args.out, args.releases, args.utterances, args.seed)
+        except (ConfigError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        experiment = json.loads((folder / "experiment.json").read_text())
+        pages = sum(len(v) for v in experiment["blocks"].values())
+        print(f"{folder}: {len(experiment['trials'])} utterances, conditions {', '.join(experiment['conditions'])}; "
+              f"{pages} pages")  # fmt: skip
+        return 0
     try:
         section = aggregate(args.experiment)
         if section["trials"]["mushra"]:
