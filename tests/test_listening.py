@@ -121,21 +121,27 @@ def test_interval_half_widths_shrink_with_listeners():
     assert rows[1]["half_width"] < rows[0]["half_width"] / 1.9
 
 
-def fake_release(folder, student_gain, teacher=True, count=3):
-    """A release's listen/ folder: per utterance the ground truth, HiFT's and the student's clip."""
+def fake_release(folder, student_gain, teacher=True, count=3, int8=False):
+    """A release's listening page as train/export.py writes it (its own writer): per utterance the
+    ground truth, HiFT's clip and the student's, stand-ins made from real speech."""
     import soundfile as sf
     import torch
     import torchaudio
     from helpers import CORPUS_CLIP
 
+    from train.release.listen import write_listening_page
+
     audio, rate = sf.read(str(CORPUS_CLIP), dtype="float32")
     speech = torchaudio.functional.resample(torch.from_numpy(audio), rate, 24000)
-    (folder / "listen").mkdir(parents=True)
+    utterances = []
     for n in range(count):
         clip = speech[n * 24000 : (n + 1) * 24000]
-        systems = {"audio": clip, "student": student_gain * clip, **({"teacher": 0.7 * clip} if teacher else {})}
-        for system, wav in systems.items():
-            sf.write(str(folder / "listen" / f"{n:02d}-{system}.wav"), wav.numpy(), 24000, subtype="PCM_16")
+        systems = {"audio": clip, **({"teacher": 0.7 * clip} if teacher else {})}
+        systems["this model (fp32)"] = student_gain * clip
+        if int8:
+            systems["this model (int8)"] = 0.9 * student_gain * clip
+        utterances.append((f"speaker{n % 2}/clip{n}.wav", systems))
+    write_listening_page(folder, utterances, "stand-in release")
     return folder
 
 
@@ -147,14 +153,16 @@ def test_make_writes_a_loudness_matched_experiment_with_the_standard_anchors(tmp
     from train.listening.experiment import make_experiment
 
     first = fake_release(tmp_path / "vocos-fp32", student_gain=1.8)
-    second = fake_release(tmp_path / "vocos-int8", student_gain=0.3, teacher=False)
+    second = fake_release(tmp_path / "vocos-int8", student_gain=0.3, teacher=False, int8=True)
     out = make_experiment(tmp_path / "exp", [first, second], utterances=2, seed=3)
     experiment = json.loads((out / "experiment.json").read_text())
     roles = {c: v["role"] for c, v in experiment["conditions"].items()}
-    assert roles == {"reference": "reference", "hift": "teacher", "vocos-fp32": "student", "vocos-int8": "student",
-                     "griffin_lim": "floor", "lp35": "anchor"}  # fmt: skip
+    assert roles == {"reference": "reference", "hift": "teacher", "vocos-fp32": "student", "vocos-int8-fp32": "student",
+                     "vocos-int8-int8": "student", "griffin_lim": "floor", "lp35": "anchor"}  # fmt: skip
     assert len(experiment["trials"]) == 2 and len(experiment["blocks"]["mushra"]) == 2
-    assert {tuple(p["pair"]) for p in experiment["blocks"]["ab"]} == {("vocos-fp32", "hift"), ("vocos-int8", "hift")}
+    assert {tuple(p["pair"]) for p in experiment["blocks"]["ab"]} == {
+        ("vocos-fp32", "hift"), ("vocos-int8-fp32", "hift"), ("vocos-int8-int8", "hift")
+    }  # fmt: skip
     assert all(b["condition"] != "lp35" for b in experiment["blocks"]["acr"])
     meter = pyloudnorm.Meter(24000)
     for trial in experiment["trials"]:
@@ -175,7 +183,7 @@ def test_make_writes_a_loudness_matched_experiment_with_the_standard_anchors(tmp
     # the answers to it aggregate with its own condition names
     ratings = {c: 100 if c == "reference" else 50 for c in roles}
     write_answer(out, "ann", "mushra-t00", {"block": "mushra", "trial": "t00", "ratings": ratings})
-    assert aggregate(out)["mushra"]["vocos-int8"]["mean"] == 50
+    assert aggregate(out)["mushra"]["vocos-int8-int8"]["mean"] == 50
 
 
 def test_make_from_the_command_line_and_its_errors(tmp_path):

@@ -1,10 +1,12 @@
-"""Listening tests: ``python train/listen.py make|aggregate ...``.
+"""Listening tests: ``python train/listen.py make|serve|aggregate ...``.
 
 ``make OUT RELEASE [RELEASE ...]`` turns releases' ``listen/`` clips into an experiment folder
 (:mod:`train.listening.experiment`: hidden reference, HiFT, each release's student, the
 Griffin-Lim floor and the 3.5 kHz anchor, loudness-matched; MUSHRA, A/B, ACR and same/different
-pages). ``aggregate`` reads the listeners' answers under ``EXPERIMENT/answers/`` (one file per submitted
-page; see :mod:`train.listening.answers`), applies ITU-R BS.1534's post-screening, and writes
+pages). ``serve EXPERIMENT`` serves them on 127.0.0.1 (:mod:`train.listening.serve`); each
+submitted page is stored at once. ``aggregate`` reads the listeners' answers under
+``EXPERIMENT/answers/`` (one file per submitted page; see :mod:`train.listening.answers`),
+applies ITU-R BS.1534's post-screening, and writes
 ``EXPERIMENT/listening.json`` and ``listening.png`` (a box plot per condition). With ``--report``,
 the evaluation report gains the same ``listening`` section (its two gates computed from listener
 data) and its ``summary.md`` beside it is rewritten; the model card of a release made from that
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("releases", type=Path, nargs="+", help="release folders; the first gives reference and HiFT")
     make.add_argument("--utterances", type=int, default=8, help="utterances drawn (seeded)")
     make.add_argument("--seed", type=int, default=0)
+    serve = commands.add_parser("serve", help="serve the experiment's pages on this machine")
+    serve.add_argument("experiment", type=Path)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (another only when asked)")
+    serve.add_argument("--port", type=int, default=7860)
     run = commands.add_parser("aggregate", help="aggregate the answers into listening.json (and a report)")
     run.add_argument("experiment", type=Path, help="the experiment folder (experiment.json, answers/)")
     run.add_argument("--report", type=Path, help="an evaluation's report.json to gain the listening section")
@@ -52,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         pages = sum(len(v) for v in experiment["blocks"].values())
         print(f"{folder}: {len(experiment['trials'])} utterances, conditions {', '.join(experiment['conditions'])}; "
               f"{pages} pages")  # fmt: skip
+        return 0
+    if args.command == "serve":
+        from train.listening.serve import serve as serve_pages  # Gradio: imported only to serve
+
+        try:
+            serve_pages(args.experiment, args.host, args.port)
+        except (ConfigError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     try:
         section = aggregate(args.experiment)

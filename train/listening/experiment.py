@@ -1,12 +1,13 @@
 """Make a listening experiment from releases' clips: ``python train/listen.py make OUT RELEASE ...``.
 
-Each release's ``listen/`` folder holds, per utterance, the ground truth (``NN-audio.wav``), HiFT's
-waveform when a teacher was there (``NN-teacher.wav``) and the release's student
-(``NN-student.wav``). For ``utterances`` of them (a seeded choice), the conditions are:
+Each release's ``listen/`` folder (:mod:`train.release.listen`) holds, per utterance, the ground
+truth (``NN-audio.wav``), HiFT's waveform when a teacher was there (``NN-teacher.wav``) and each
+form of the release's student (``NN-this-model-fp32.wav``, ``NN-this-model-int8.wav``). For
+``utterances`` of them (a seeded choice), the conditions are:
 
 * ``reference``: the ground truth, the hidden reference of every MUSHRA trial;
 * ``hift``: HiFT, when the first release has its clips;
-* one student per release, named by the release's folder;
+* one student per release and form, named by the release's folder and the form (``<release>-int8``);
 * ``griffin_lim``: the Griffin-Lim floor on the reference's S3Gen mel;
 * ``lp35``: the reference low-passed at 3.5 kHz, ITU-R BS.1534's standard low anchor (every FFT
   bin above 3.5 kHz set to zero).
@@ -27,6 +28,7 @@ test is served, from a seed of the listener's name. The folder (``experiment.jso
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -48,11 +50,13 @@ from vocos_distill.config import SAMPLE_RATE
 TARGET_LUFS = -26.0
 ANCHOR_HZ = 3500.0
 PEAK = 0.98
-_CLIP = re.compile(r"^(\d+)-(audio|teacher|student)\.wav$")
+_CLIP = re.compile(r"^(\d+)-([a-z0-9-]+)\.wav$")
+NOT_STUDENTS = ("audio", "teacher")
 
 
 def release_clips(release: Path) -> dict[str, dict[str, Path]]:
-    """``utterance number -> {system: wav}`` of a release's ``listen/`` folder."""
+    """``utterance number -> {system: wav}`` of a release's ``listen/`` folder; a student form's
+    system is its slug less ``this-model-`` (``fp32``, ``int8``)."""
     folder = release / "listen"
     if not folder.is_dir():
         raise ListeningDataError(f"{release}: no listen/ folder (a release written by train/export.py has one)")
@@ -60,10 +64,10 @@ def release_clips(release: Path) -> dict[str, dict[str, Path]]:
     for path in sorted(folder.glob("*.wav")):
         match = _CLIP.match(path.name)
         if match:
-            clips.setdefault(match[1], {})[match[2]] = path
-    usable = {k: v for k, v in clips.items() if {"audio", "student"} <= set(v)}
+            clips.setdefault(match[1], {})[match[2].removeprefix("this-model-")] = path
+    usable = {k: v for k, v in clips.items() if "audio" in v and set(v) - set(NOT_STUDENTS)}
     if not usable:
-        raise ListeningDataError(f"{folder}: no NN-audio.wav with its NN-student.wav")
+        raise ListeningDataError(f"{folder}: no NN-audio.wav with a student's clip of the same utterance")
     return usable
 
 
@@ -113,9 +117,15 @@ def make_experiment(out: str | Path, releases: Sequence[str | Path], utterances:
     if not common:
         raise ListeningDataError(f"the releases {', '.join(map(str, releases))} share no utterance in listen/")
     chosen = sorted(random.Random(seed).sample(common, min(utterances, len(common))))
-    students = {re.sub(r"[^A-Za-z0-9_.-]+", "-", r.name): c for r, c in zip(releases, clips, strict=True)}
-    if len(students) != len(releases):
-        raise ListeningDataError("two releases share a folder name: their students would share a condition name")
+    students: dict[str, tuple[dict[str, dict[str, Path]], str]] = {}  # condition -> (clips, form)
+    for release, found in zip(releases, clips, strict=True):
+        forms = sorted({f for u in common for f in found[u]} - set(NOT_STUDENTS))
+        for form in forms:
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", release.name) + ("" if len(forms) == 1 else f"-{form}")
+            if name in students:
+                raise ListeningDataError(f"two releases are both named {release.name}: their students would share "
+                                         "a condition name")  # fmt: skip
+            students[name] = (found, form)
     has_teacher = all("teacher" in clips[0][u] for u in chosen)
     roles = {"reference": "reference", **({"hift": "teacher"} if has_teacher else {}),
              **dict.fromkeys(students, "student"), "griffin_lim": "floor", "lp35": "anchor"}  # fmt: skip
@@ -130,14 +140,16 @@ def make_experiment(out: str | Path, releases: Sequence[str | Path], utterances:
             read = {name: torch.from_numpy(sf.read(str(path), dtype="float32")[0]) for name, path in
                     (("reference", clips[0][utterance]["audio"]),
                      *((("hift", clips[0][utterance]["teacher"]),) if has_teacher else ()),
-                     *((s, c[utterance]["student"]) for s, c in students.items()))}  # fmt: skip
+                     *((s, found[utterance][form]) for s, (found, form) in students.items()))}  # fmt: skip
             reference = read["reference"]
             read["griffin_lim"] = floor(mel(reference.unsqueeze(0)))[0, : reference.shape[-1]]
             read["lp35"] = low_anchor(reference)
             matched, matching[trial] = loudness_matched(read)
             files = {}
             for name, wav in matched.items():
-                path = staging / "audio" / f"{trial}-{name}.wav"
+                # an opaque name: the page's audio addresses must not say which condition is which
+                blind = hashlib.sha1(f"{seed}:{trial}:{name}".encode()).hexdigest()[:12]
+                path = staging / "audio" / f"{blind}.wav"
                 sf.write(str(path), wav.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
                 files[name] = f"audio/{path.name}"
             trials.append({"id": trial, "utterance": utterance, "source": str(clips[0][utterance]["audio"]),
