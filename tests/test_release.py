@@ -192,6 +192,22 @@ def test_listening_page_plays_in_headless_chromium(workspace, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
+def test_a_listening_experiment_is_made_from_an_exported_release(workspace, tmp_path):
+    """``train/listen.py make`` on a release train/export.py wrote offline: its ground truth is the
+    hidden reference, HiFT and both student forms are conditions, with the floor and the anchor."""
+    out = tmp_path / "experiment"
+    command = [sys.executable, str(REPO / "train" / "listen.py"), "make", str(out), str(workspace["folder"])]
+    done = subprocess.run([*command, "--utterances", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    experiment = json.loads((out / "experiment.json").read_text())
+    name = workspace["folder"].name
+    assert {c: v["role"] for c, v in experiment["conditions"].items()} == {
+        "reference": "reference", "hift": "teacher", f"{name}-fp32": "student", f"{name}-int8": "student",
+        "griffin_lim": "floor", "lp35": "anchor",
+    }  # fmt: skip
+    assert all((out / path).is_file() for trial in experiment["trials"] for path in trial["audio"].values())
+
+
 # -- refusals --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_export_refuses_to_overwrite_and_leaves_nothing_behind_on_failure(workspace):
