@@ -112,7 +112,7 @@ def take_test(page, url: str, listener: str, names: dict[str, str], reference_ra
             page.locator("#ab-choice").get_by_label("A" if a not in ("hift", "reference") else "B", exact=True).check()
             page.locator("#ab-submit").click()
         elif page.locator("#acr-submit").is_visible():
-            condition = served_condition(page, "#acr-audio", names)
+            condition = served_condition(page, "#acr-sample", names)
             page.locator("#acr-choice").get_by_label(ACR.get(condition, ACR["student"]), exact=True).check()
             page.locator("#acr-submit").click()
         else:

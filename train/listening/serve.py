@@ -151,23 +151,26 @@ def build_app(folder: str | Path) -> Any:
                                        elem_id=f"mushra-rating-{letter}")  # fmt: skip
                 mushra_parts += [player, slider]
             mushra_submit = gr.Button("Submit", elem_id="mushra-submit")
-        with gr.Column(visible=False) as ab:
-            gr.Markdown("**A/B**: which sounds better?")
-            ab_a = gr.Audio(label="A", interactive=False, elem_id="ab-a")
-            ab_b = gr.Audio(label="B", interactive=False, elem_id="ab-b")
-            ab_choice = gr.Radio(AB_CHOICES, label="Better", elem_id="ab-choice")
-            ab_submit = gr.Button("Submit", elem_id="ab-submit")
-        with gr.Column(visible=False) as acr:
-            gr.Markdown("**Naturalness**: how natural does it sound?")
-            acr_audio = gr.Audio(label="Sample", interactive=False, elem_id="acr-audio")
-            acr_choice = gr.Radio(ACR_CHOICES, label="Score", elem_id="acr-choice")
-            acr_submit = gr.Button("Submit", elem_id="acr-submit")
-        with gr.Column(visible=False) as same_different:
-            gr.Markdown("**Same speaker?** Do the two samples come from the same person?")
-            sd_voice = gr.Audio(label="Voice", interactive=False, elem_id="sd-voice")
-            sd_sample = gr.Audio(label="Sample", interactive=False, elem_id="sd-sample")
-            sd_choice = gr.Radio(SD_CHOICES, label="Speaker", elem_id="sd-choice")
-            sd_submit = gr.Button("Submit", elem_id="sd-submit")
+
+        def choice_page(key: str, intro: str, players: list[str], choices: list[str], label: str) -> tuple:
+            """A page of audio players (``#<key>-<player>``), one choice (``#<key>-choice``) and a submit button."""
+            with gr.Column(visible=False) as column:
+                gr.Markdown(intro)
+                audios = [gr.Audio(label=p, interactive=False, elem_id=f"{key}-{p.lower()}") for p in players]
+                choice = gr.Radio(choices, label=label, elem_id=f"{key}-choice")
+                button = gr.Button("Submit", elem_id=f"{key}-submit")
+            return column, audios, choice, button
+
+        ab, (ab_a, ab_b), ab_choice, ab_submit = choice_page(
+            "ab", "**A/B**: which sounds better?", ["A", "B"], AB_CHOICES, "Better"
+        )
+        acr, (acr_audio,), acr_choice, acr_submit = choice_page(
+            "acr", "**Naturalness**: how natural does it sound?", ["Sample"], ACR_CHOICES, "Score"
+        )
+        same_different, (sd_voice, sd_sample), sd_choice, sd_submit = choice_page(
+            "sd", "**Same speaker?** Do the two samples come from the same person?", ["Voice", "Sample"],
+            SD_CHOICES, "Speaker",
+        )  # fmt: skip
         with gr.Column(visible=False) as done:
             gr.Markdown("Thank you: every page is saved.", elem_id="done")
         outputs = [state, welcome, progress, mushra, ab, acr, same_different, done, *mushra_parts,
