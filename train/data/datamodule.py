@@ -487,8 +487,8 @@ class VocoderDataModule(LightningDataModule):
                 found += clips[-1]
         if "flow" in self.mel_sources:
             found += self._flow_utterances(clips)
-        if "text" in self.mel_sources:
-            found += self._text_utterances([c for folder in clips for c in folder])
+        if "text" in self.mel_sources:  # voices from the training folders: held-out speakers stay unheard
+            found += self._text_utterances([c for folder in clips for c in folder if not c.held_out])
         if self.mel_dir is not None:
             manifest = SourceManifest(self.cache.root, self.mel_dir)
             seen = set()

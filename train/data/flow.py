@@ -15,8 +15,8 @@ Two ways to make the mels Chatterbox's ``mel2wav`` is really fed (``data.mel_sou
 * ``text``: no corpus at all. Each line of ``text_file`` is voiced by the family's T3 (the
   TTS class's own ``generate``: its text normalisation, classifier-free guidance and sampling
   settings, seeded; the multilingual model with ``language``) with a reference voice picked
-  from ``voices_dir`` (the audio folders when unset) by the same hashing; its speech tokens
-  are cached, then the flow makes the mel. Only the teacher's waveform can be the target.
+  from ``voices_dir`` (the training audio folders when unset, never ``val_dirs``) by the same
+  hashing; its speech tokens are cached, then the flow makes the mel. Only the teacher's waveform can be the target.
 
 Every entry is keyed by what it is made from: the clip's (or line's) content, the reference's
 content, the checkpoint file's content, the family, the step count and the seed (and, for text,
@@ -156,7 +156,8 @@ class FlowMels:
         min_seconds: clips shorter than this (after cutting to whole tokens) are skipped.
         min_reference_seconds: shorter clips are not used as another clip's reference.
         text_file: the text source's sentences, one a line (blank lines and ``#`` lines skipped).
-        voices_dir: reference clips for the text source; ``None``: the data's audio folders.
+        voices_dir: reference clips for the text source; ``None``: the clips of ``data.audio_dirs``
+            (never ``val_dirs``).
         language: the multilingual model's language id (``en``, ``fr``, ...), for the text source.
         max_tokens: the most speech tokens T3 makes for one line (Chatterbox's own limit, 1000).
         device: where S3Gen and T3 run (``auto``: CUDA when available).
@@ -207,6 +208,7 @@ class FlowMels:
         self._tts: Any = None
         self._identity: dict[str, str] = {}
         self._voice: Path | None = None
+        self.self_referenced: list[str] = []  # clips that are their own reference (see :meth:`references`)
 
     # -- the checkpoint -------------------------------------------------------------
     def path(self) -> Path:
