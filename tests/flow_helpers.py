@@ -1,9 +1,9 @@
 """Chatterbox checkpoints with random weights, written with the real key layout, for the flow tests.
 
-``s3gen_file`` writes S3Gen at full size (264 M parameters: the flow's cost and layout are the
-real ones); ``chatterbox_folder`` adds what ``ChatterboxTTS.from_local`` reads besides it (the
-voice encoder, T3 and a tokenizer.json), T3 reduced to one Llama layer (shrunk through
-Chatterbox's own config table) so that a test can voice text in seconds.
+``train.s3gen.flow.save_stand_in`` writes S3Gen at full size (264 M parameters: the flow's cost
+and layout are the real ones); ``chatterbox_folder`` adds what ``ChatterboxTTS.from_local`` reads
+besides it (the voice encoder, T3 and a tokenizer.json), T3 reduced to one Llama layer (shrunk
+through Chatterbox's own config table) so that a test can voice text in seconds.
 """
 
 from __future__ import annotations
@@ -13,28 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-# Buffers Chatterbox's checkpoints leave out (S3Gen rebuilds them)
-REBUILT = ("tokenizer._mel_filters", "tokenizer.window")
 # T3's width stays 1024 (its perceiver resampler is built at that size); one Llama layer, a narrow MLP
 TINY_LLAMA = {"intermediate_size": 256, "num_hidden_layers": 1}
-
-
-def s3gen_state(meanflow: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
-    from chatterbox.models.s3gen import S3Gen
-
-    torch.manual_seed(seed)
-    model = S3Gen(meanflow=meanflow)
-    return {k: v.contiguous() for k, v in model.state_dict().items() if k not in REBUILT}
-
-
-def s3gen_file(path: Path, meanflow: bool = False, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = s3gen_state(meanflow, seed)
-    if path.suffix == ".pt":
-        torch.save(state, path)
-    else:
-        save_file(state, str(path))
-    return path
 
 
 def keys_only_file(path: Path, prefixes: tuple[str, ...], extra: tuple[str, ...] = ()) -> Path:

@@ -11,12 +11,12 @@ import time
 import pytest
 import soundfile as sf
 import torch
-from flow_helpers import chatterbox_folder, keys_only_file, s3gen_file, shrink_t3
+from flow_helpers import chatterbox_folder, keys_only_file, shrink_t3
 from helpers import CORPUS_CLIP, REPO, compose, write_clips
 
 from train.data.datamodule import DataError, VocoderDataModule
 from train.data.flow import FlowMels
-from train.s3gen.flow import PARTS, FlowError
+from train.s3gen.flow import PARTS, FlowError, save_stand_in
 from train.s3gen.teacher import load_teacher
 
 RATE = 24000
@@ -25,7 +25,7 @@ RATE = 24000
 @pytest.fixture(scope="module")
 def s3gen(tmp_path_factory):
     """Chatterbox's S3Gen with random weights, as ``s3gen.safetensors``."""
-    return s3gen_file(tmp_path_factory.mktemp("chatterbox") / "s3gen.safetensors")
+    return save_stand_in(tmp_path_factory.mktemp("chatterbox") / "s3gen.safetensors")
 
 
 def speech(seconds: float, offset: float = 0.0):

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from flow_helpers import chatterbox_folder, s3gen_file, shrink_t3
+from flow_helpers import chatterbox_folder, shrink_t3
 from helpers import TINY_STUDENT, compose, write_clips
 
 from train.evaluation.report import read_report
+from train.s3gen.flow import save_stand_in
 from train.training.fit import fit
 
 
@@ -13,7 +14,7 @@ from train.training.fit import fit
 def chatterbox(tmp_path_factory):
     """Chatterbox's S3Gen (full size, random weights) and a folder ``from_local`` reads (T3 reduced)."""
     folder = tmp_path_factory.mktemp("chatterbox")
-    s3gen = s3gen_file(folder / "weights" / "s3gen.safetensors")
+    s3gen = save_stand_in(folder / "weights" / "s3gen.safetensors")
     with pytest.MonkeyPatch.context() as patch:
         shrink_t3(patch)
         chatterbox_folder(folder / "tts", s3gen)

@@ -54,7 +54,7 @@ from train.s3gen.flow import (
     seeded,
     teacher_forced,
 )
-from train.s3gen.teacher import LOCAL_HINT
+from train.s3gen.teacher import LOCAL_HINT, read_checkpoint
 from train.utils.devices import resolve_device
 from vocos_distill.config import SAMPLE_RATE
 from vocos_distill.errors import ConfigError, MissingFileError
@@ -91,13 +91,11 @@ def level_dbfs(audio: Tensor) -> float:
 
 
 def checkpoint_keys(path: Path) -> dict[str, None]:
-    """The tensor names of a checkpoint, without reading a ``.safetensors`` file's values."""
+    """The tensor names of a checkpoint, without reading its values."""
     if path.suffix == ".safetensors":
         with safe_open(str(path), "pt") as f:
             return dict.fromkeys(f.keys())
-    from train.s3gen.teacher import read_checkpoint
-
-    return dict.fromkeys(read_checkpoint(path)[0])
+    return dict.fromkeys(read_checkpoint(path, mmap=True)[0])
 
 
 class ModelUnavailableError(ConfigError):
@@ -208,6 +206,7 @@ class FlowMels:
         self._tts: Any = None
         self._identity: dict[str, str] = {}
         self._voice: Path | None = None
+        self._voice_files: list[Path] | None = None
         self.self_referenced: list[str] = []  # clips that are their own reference (see :meth:`references`)
 
     # -- the checkpoint -------------------------------------------------------------
@@ -257,7 +256,6 @@ class FlowMels:
             else:
                 log.info("loading S3Gen's flow from %s (%s)", self.path(), self.family().name)
                 self._model = load_s3gen(self.path(), self.family().name, self.steps, self.device)
-                self._model.family = self.family()
         return self._model
 
     # -- the corpus source ----------------------------------------------------------
@@ -333,7 +331,10 @@ class FlowMels:
         return out
 
     def voice_files(self) -> list[Path]:
-        """The T3 bundle's files beside the S3Gen checkpoint (their content is in the text keys)."""
+        """The T3 bundle's files beside the S3Gen checkpoint (their content is in the text keys);
+        the folder is listed once."""
+        if self._voice_files is not None:
+            return self._voice_files
         family = self.family()
         folder = self.path().parent
         files = [folder / family.voice]
@@ -344,6 +345,7 @@ class FlowMels:
                 f"data.mel_source=text needs Chatterbox's T3 beside {self.path()}: {', '.join(missing)} not found "
                 f"there (the {family.name} checkpoint folder as {family.repo_id} ships it)"
             )
+        self._voice_files = files
         return files
 
     def tokens_key(self, cache_root: Path, line: Line, voice_key: str) -> str:

@@ -34,6 +34,16 @@ MOS_DEGRADATION = 0.2  # the plan's gate: MOS at most this much below the teache
 AB_ALPHA = 0.05
 
 
+def mushra_ratings(answers: Sequence[Answer]) -> dict[str, list[float]]:
+    """Every MUSHRA rating of ``answers``, by condition."""
+    ratings: dict[str, list[float]] = defaultdict(list)
+    for answer in answers:
+        if answer.block == "mushra":
+            for condition, rating in answer.body["ratings"].items():
+                ratings[condition].append(float(rating))
+    return ratings
+
+
 def post_screening(conditions: Mapping[str, str], answers: Sequence[Answer]) -> dict[str, str]:
     """``listener -> why`` for each listener BS.1534's post-screening excludes."""
     reference = [c for c, role in conditions.items() if role == "reference"]
@@ -130,13 +140,10 @@ def aggregate(folder: str | Path) -> dict[str, Any]:
     conditions, answers = read_answers(folder)
     excluded = post_screening(conditions, answers)
     kept = [a for a in answers if a.listener not in excluded]
-    mushra: dict[str, list[float]] = defaultdict(list)
+    mushra = mushra_ratings(kept)
     acr: dict[str, list[float]] = defaultdict(list)
     for answer in kept:
-        if answer.block == "mushra":
-            for condition, rating in answer.body["ratings"].items():
-                mushra[condition].append(float(rating))
-        elif answer.block == "acr":
+        if answer.block == "acr":
             acr[answer.body["condition"]].append(float(answer.body["score"]))
     mushra_summary = {c: summarise(v) for c, v in sorted(mushra.items())}
     mos = {c: summarise(v) for c, v in sorted(acr.items())}
@@ -174,11 +181,7 @@ def box_plot(folder: str | Path, section: Mapping[str, Any], out: str | Path) ->
 
     excluded = {e["listener"] for e in section["excluded"]}
     conditions, answers = read_answers(folder)
-    ratings: dict[str, list[float]] = defaultdict(list)
-    for answer in answers:
-        if answer.block == "mushra" and answer.listener not in excluded:
-            for condition, rating in answer.body["ratings"].items():
-                ratings[condition].append(rating)
+    ratings = mushra_ratings([a for a in answers if a.listener not in excluded])
     names = sorted(ratings, key=lambda c: -sum(ratings[c]) / len(ratings[c]))
     figure, axes = plt.subplots(figsize=(1.2 * max(len(names), 3) + 1, 3.5))
     axes.boxplot([ratings[c] for c in names], tick_labels=[f"{c}\n({conditions[c]})" for c in names])

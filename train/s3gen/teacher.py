@@ -37,8 +37,9 @@ class CheckpointError(ConfigError, ValueError):
     """A checkpoint does not hold a HiFT state dict of the expected layout."""
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a ``.safetensors`` or torch (``.pt``/``.pth``/``.bin``) file -> (tensors, metadata)."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a ``.safetensors`` or torch (``.pt``/``.pth``/``.bin``) file -> (tensors, metadata);
+    ``mmap``: a torch file's tensors are mapped, not read (for its keys and shapes alone)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"teacher checkpoint not found: {path}. {LOCAL_HINT}")
@@ -46,7 +47,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
         return load_file(str(path)), metadata
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
