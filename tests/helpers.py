@@ -188,3 +188,21 @@ def save_ckpt(model, path):
     """A training checkpoint's student part: ``generator.*`` weights and the build config."""
     torch.save({"state_dict": {f"generator.{k}": v for k, v in model.state_dict().items()},
                 "student_config": model.config.to_dict()}, path)  # fmt: skip
+
+
+def write_release(folder: Path, model=None, fp32_graph: bool = True) -> Path:
+    """A release folder as ``train/export.py`` lays out its loadable part: vocos' ``config.yaml``
+    and ``pytorch_model.bin``, ``model.onnx`` and ``model.int8.onnx`` (with its probe), from a
+    tiny fake-quantised student (or ``model``)."""
+    from train.release.vocos_layout import write_vocos_layout
+    from train.student.graph import export_onnx
+    from train.student.quantized import prepare, strip
+
+    if model is None:
+        model = prepare(student(dim=32, intermediate_dim=64, num_layers=2, seed=1)).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_vocos_layout(strip(model), folder)
+    if fp32_graph:
+        export_onnx(model, folder / "model.onnx")
+    export_onnx(model, folder / "model.int8.onnx", quantize=True)
+    return folder

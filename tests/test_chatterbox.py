@@ -24,6 +24,7 @@ from vocos_distill.chatterbox import (
     ChatterboxVocoder,
     VocoderFallbackWarning,
     load_vocoder,
+    restore_hift,
     s3gen_mel_spec,
     use_student,
 )
@@ -141,6 +142,31 @@ def test_the_swap_returns_what_it_replaced_and_finds_every_chatterbox_model(s3ge
         s3gen.mel2wav = previous
     with pytest.raises(TypeError, match="has no S3Gen vocoder"):
         use_student(object(), release)
+
+
+def test_use_student_again_replaces_the_student_and_restore_hift_goes_back(s3gen, release, student):
+    """Issue 37, 2: a second call (a notebook cell run twice) returned the first student, so going
+    "back to HiFT" with what it returned kept a student. Through S3Gen's own inference."""
+    hift = s3gen.mel2wav
+    assert type(hift).__name__ == "HiFTGenerator"
+    first = use_student(s3gen, release, runtime="torch")
+    second = use_student(s3gen, release, runtime="int8")
+    assert first is hift and second is hift and s3gen.mel2wav.runtime == "int8"
+    wav, mel = synthesise(s3gen, seed=5)
+    with torch.no_grad():
+        expected = student(mel.float())
+    expected[:, :960] *= s3gen.trim_fade
+    assert 10 * torch.log10(expected.pow(2).sum() / (wav - expected).pow(2).sum()) > 20  # the second student speaks
+    taken = restore_hift(s3gen)
+    assert isinstance(taken, ChatterboxVocoder) and taken.runtime == "int8" and s3gen.mel2wav is hift
+    assert restore_hift(s3gen) is None and s3gen.mel2wav is hift
+    torch.manual_seed(0)
+    again, mel = synthesise(s3gen, seed=5)  # HiFT speaks again: not the student's audio
+    assert again.shape == wav.shape and (again - wav).abs().max() > 1e-3
+    use_student(s3gen, release, runtime="torch")
+    with pytest.warns(VocoderFallbackWarning, match="keeping Chatterbox's own vocoder \\(HiFTGenerator\\)"):
+        assert use_student(s3gen, release / "nowhere") is hift
+    assert s3gen.mel2wav is hift  # a failed swap leaves Chatterbox's own vocoder, whatever was in place
 
 
 def test_auto_picks_the_int8_graph_on_cpu(s3gen, release, student):

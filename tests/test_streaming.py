@@ -175,6 +175,88 @@ def test_what_cannot_stream_says_so():
     assert stream.flush().numel() == 0  # nothing pushed, nothing out
 
 
+@pytest.mark.parametrize(
+    ("chunk", "said"),
+    [
+        (torch.zeros(1, 80, 5, dtype=torch.bool), "floating-point .* got torch.bool"),
+        (torch.zeros(1, 80, 5, dtype=torch.int64), "floating-point .* got torch.int64"),
+        (torch.zeros(1, 80, 5, dtype=torch.complex64), "floating-point .* got torch.complex64"),
+        (torch.zeros(1, 80, 5, device="meta"), "on the meta device"),
+    ],
+)
+def test_a_chunk_of_another_dtype_or_device_is_refused_by_name(chunk, said):
+    """Issue 37, 8: a complex chunk used to lose its imaginary part silently, an integer or bool
+    chunk was decoded as numbers, and a meta chunk failed inside Tensor.item()."""
+    student = _student(1)
+    mel = _mel(1, 30, 2)
+    stream = StreamingVocoder(student)
+    first = stream.push(mel[..., :10])
+    with pytest.raises((TypeError, ValueError), match=said):
+        stream.push(chunk)
+    rest = [stream.push(mel[..., 10:]), stream.flush()]
+    assert (torch.cat([first, *rest], -1) - _offline(student, mel)).abs().max() < 1e-5  # nothing changed
+
+
+def test_every_call_returns_batch_by_samples():
+    """Issue 37, 9: a flush with nothing pushed gave (0, 0)."""
+    student = _student(1)
+    stream = StreamingVocoder(student)
+    assert stream.flush().shape == (1, 0)  # Chatterbox's batch of one: no frames, no samples
+    stream.reset()
+    assert stream.push(_mel(2, 0, 0)).shape == (2, 0)
+    assert stream.flush().shape == (2, 0)
+    stream.reset()
+    assert stream.push(_mel(2, 3, 0)).shape[0] == 2 and stream.flush().shape[0] == 2
+
+
+def test_a_lookahead_past_the_receptive_field_is_refused():
+    """Issue 37, 10: lookahead=1000 held every sample back until flush(), silently."""
+    student = _student(2)
+    right = student.receptive_field.right
+    assert StreamingVocoder(student, right).exact
+    with pytest.raises(ValueError, match=rf"lookahead 1000 .* 0\.\.{right} frames"):
+        StreamingVocoder(student, 1000)
+    with pytest.raises(ValueError, match="lookahead must be a whole number"):
+        StreamingVocoder(student, 2.5)
+
+
+def test_a_second_thread_pushing_into_a_busy_stream_is_refused():
+    """Issue 37, 11: two threads pushing into one stream got garbage (147,120 samples for 600
+    frames). A stream is single-threaded: a push while another is under way raises, and the
+    stream goes on as if it had not been offered."""
+    import threading
+
+    from vocos_distill.vocoder import StreamBusyError
+
+    student = _student(1)
+    mel = _mel(1, 40, 3)
+    stream = StreamingVocoder(student)
+    inside, release = threading.Event(), threading.Event()
+    push = stream._push
+
+    def slow_push(chunk):
+        inside.set()
+        release.wait(10)
+        return push(chunk)
+
+    stream._push = slow_push
+    pieces = []
+    worker = threading.Thread(target=lambda: pieces.append(stream.push(mel[..., :20])))
+    worker.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(StreamBusyError, match="another thread"):
+            stream.push(mel[..., 20:])
+        with pytest.raises(StreamBusyError):
+            stream.flush()
+    finally:
+        release.set()
+        worker.join(10)
+    stream._push = push
+    pieces += [stream.push(mel[..., 20:]), stream.flush()]
+    assert (torch.cat(pieces, -1) - _offline(student, mel)).abs().max() < 1e-5
+
+
 # -- the streaming figures (train/benchmarks/streaming.py, python -m train.bench --streaming) ---------
 
 

@@ -20,9 +20,17 @@ INSTALL = f'pip install "vocos-distill @ git+{HOMEPAGE}@v{__version__}"'
 _WHERE = {
     "ChatterboxStream": "chatterbox",
     "ChatterboxVocoder": "chatterbox",
-    "VocoderFallbackWarning": "chatterbox",
     "load_vocoder": "chatterbox",
+    "restore_hift": "chatterbox",
     "use_student": "chatterbox",
+    # what a user catches or filters: errors (ConfigError and its kinds) and the fallback warnings
+    "ConfigError": "errors",
+    "Int8FallbackWarning": "errors",
+    "VocoderFallbackWarning": "errors",
+    "VocoderUnavailableError": "errors",
+    "Int8MismatchError": "int8_check",
+    "StreamBusyError": "vocoder",
+    "StreamClosedError": "vocoder",
     "Field": "config",
     "StudentConfig": "config",
     "RUNTIMES": "release",

@@ -6,10 +6,11 @@ and calls it as ``wav, source = mel2wav.inference(speech_feat=mel, cache_source=
 under inference mode, with ``mel`` a ``(1, 80, T)`` S3Gen log-mel in the S3Gen's dtype; it then
 fades the first 960 samples in itself and discards ``source``. :class:`ChatterboxVocoder` is that
 interface around a student; :func:`use_student` puts one in place (after the model is loaded:
-Turbo loads its checkpoint strictly) and hands back the vocoder it replaced; with
-``fallback=True`` a student that cannot be had, or that was released for another mel, leaves
-HiFT in place with a warning that says why. What the caller wrote wrong (a runtime that does
-not exist, an argument of the wrong type) raises whatever ``fallback`` says.
+Turbo loads its checkpoint strictly) and hands back Chatterbox's own vocoder, however often it
+is called; :func:`restore_hift` puts that back. With ``fallback=True`` a student that cannot be
+had, or that was released for another mel, leaves HiFT in place with one warning that says why.
+What the caller wrote wrong (a runtime that does not exist, an argument of the wrong type)
+raises whatever ``fallback`` says.
 
 :class:`ChatterboxStream` decodes mels as they arrive in chunks through
 :mod:`vocos_distill.streaming` and applies S3Gen's fade to the stream's
@@ -34,10 +35,10 @@ from torch import Tensor, nn
 from vocos import Vocos
 
 from vocos_distill.config import MEL_SPEC
-from vocos_distill.errors import ConfigError
+from vocos_distill.errors import ConfigError, VocoderFallbackWarning
 from vocos_distill.loader import load_student
 from vocos_distill.onnx import OnnxVocoder
-from vocos_distill.release import RUNTIMES, load_release
+from vocos_distill.release import RUNTIMES, Loaded, open_release
 from vocos_distill.student import VocosStudent
 from vocos_distill.vocoder import MelStream, Vocoder
 
@@ -49,10 +50,10 @@ TRIM_SAMPLES = 960  # S3Gen's own fade-in: 20 ms of silence, then a 20 ms raised
 ENVIRONMENT_ERRORS = (ConfigError, OSError, ImportError)
 # S3Gen -> why use_student() kept its own vocoder (the warning's text), for ChatterboxStream to say
 _FALLBACKS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
-
-
-class VocoderFallbackWarning(UserWarning):
-    """:func:`use_student` kept Chatterbox's own vocoder; the message says why."""
+# S3Gen -> the vocoder it had before use_student() first replaced it (Chatterbox's HiFT): what every
+# later call returns and restore_hift() puts back. Kept here, not on the student, so that HiFT's
+# parameters never become the student's.
+_ORIGINALS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 
 
 class ChatterboxVocoder(nn.Module):
@@ -104,20 +105,34 @@ def load_vocoder(
 ) -> ChatterboxVocoder:
     """A :class:`ChatterboxVocoder` from a release folder or Hub id (:func:`load_release`, which
     says what ``runtime`` can be), a student file (:func:`~vocos_distill.loader.load_student`),
-    a :class:`~vocos_distill.vocoder.Vocoder` or a ``vocos.Vocos``."""
+    a :class:`~vocos_distill.vocoder.Vocoder` or a ``vocos.Vocos``. A form of a release that
+    ``runtime="auto"`` passed over is said in one :class:`VocoderFallbackWarning`."""
+    vocoder, loaded = _open(source, runtime, device, local_files_only, mel_spec)
+    said = loaded.warning(str(source)) if loaded is not None else None
+    if said is not None:
+        warnings.warn(said[0], said[1], stacklevel=2)
+    return vocoder
+
+
+def _open(
+    source: str | Path | nn.Module,
+    runtime: str,
+    device: str | torch.device,
+    local_files_only: bool,
+    mel_spec: dict[str, Any] | None,
+) -> tuple[ChatterboxVocoder, Loaded | None]:
     device = torch.device(device)
     if isinstance(source, nn.Module):
         vocoder = as_vocoder(source).to(device).eval()
-        return ChatterboxVocoder(
-            vocoder, type(source).__name__, "onnx" if isinstance(vocoder, OnnxVocoder) else "torch"
-        )
+        kind = "onnx" if isinstance(vocoder, OnnxVocoder) else "torch"
+        return ChatterboxVocoder(vocoder, type(source).__name__, kind), None
     source = str(source)
     path = Path(source).expanduser()
     if path.is_file():  # a student checkpoint or an ONNX graph of this project
         vocoder = load_student(path, device)
-        return ChatterboxVocoder(vocoder, source, "onnx" if isinstance(vocoder, OnnxVocoder) else "torch")
-    chosen, vocoder = load_release(source, runtime, device, local_files_only, mel_spec)
-    return ChatterboxVocoder(vocoder, source, chosen)
+        return ChatterboxVocoder(vocoder, source, "onnx" if isinstance(vocoder, OnnxVocoder) else "torch"), None
+    loaded = open_release(source, runtime, device, local_files_only, mel_spec)
+    return ChatterboxVocoder(loaded.vocoder, source, loaded.runtime), loaded
 
 
 def as_vocoder(module: nn.Module) -> Vocoder:
@@ -192,38 +207,70 @@ def use_student(
     runtime: str = "auto",
     local_files_only: bool = False,
 ) -> nn.Module:
-    """Put the student in place of a loaded Chatterbox model's vocoder; return the vocoder it had.
+    """Put the student in place of a loaded Chatterbox model's vocoder; return Chatterbox's own.
 
     ``model``: ``ChatterboxTTS`` / ``ChatterboxTurboTTS`` / ``ChatterboxMultilingualTTS`` /
     ``ChatterboxVC``, or an S3Gen. ``source``: a release folder, a Hub id, a student file or a
-    module (see :func:`load_vocoder`); it runs on the S3Gen's device. With ``fallback=True``, a
-    student the environment cannot give (no such release, offline and not cached, a corrupt
-    file, made for another mel, an int8 graph failing its check here) leaves the vocoder as it
-    was and warns (:class:`VocoderFallbackWarning`) with the reason; ``fallback=False`` raises
-    instead. A ``runtime`` that does not exist, arguments of the wrong type or a model without
-    an S3Gen raise either way. Undo with ``s3gen.mel2wav = previous``.
+    module (see :func:`load_vocoder`); it runs on the S3Gen's device.
+
+    Called again on a model that already holds a student, it replaces that student and still
+    returns the vocoder the model had before the first call (its HiFT), so
+    ``s3gen.mel2wav = returned`` or :func:`restore_hift` always goes back to Chatterbox's own.
+
+    With ``fallback=True``, a student the environment cannot give (no such release, offline and
+    not cached, a corrupt file, made for another mel, an int8 graph failing its check here)
+    puts Chatterbox's own vocoder in place (a student put there earlier included) and warns once
+    (:class:`VocoderFallbackWarning`, at the caller's line) with the reason; ``fallback=False``
+    raises instead and changes nothing. With ``runtime="auto"``, a form of the release that
+    cannot be used is passed over for the next (int8 -> fp32 ONNX -> PyTorch), said in one
+    warning too. A ``runtime`` that does not exist, arguments of the wrong type or a model
+    without an S3Gen raise either way.
     """
     s3gen = s3gen_of(model)
     check_arguments(source, runtime, fallback=fallback, local_files_only=local_files_only)
-    previous = s3gen.mel2wav
+    current = s3gen.mel2wav
+    if isinstance(current, ChatterboxVocoder) and s3gen in _ORIGINALS:
+        original = _ORIGINALS[s3gen]
+    else:  # the model's own vocoder (or one the caller put there by hand): what "back" means
+        original = current
     parameter = next(s3gen.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     try:
-        vocoder = load_vocoder(source, runtime, device, local_files_only, s3gen_mel_spec(s3gen))
+        vocoder, loaded = _open(source, runtime, device, local_files_only, s3gen_mel_spec(s3gen))
     except ENVIRONMENT_ERRORS as err:
         if not fallback:
             raise
         message = (
-            f"keeping Chatterbox's own vocoder ({type(previous).__name__}): the student {source} could not be used: "
+            f"keeping Chatterbox's own vocoder ({type(original).__name__}): the student {source} could not be used: "
             f"{type(err).__name__}: {err}"
         )
-        warnings.warn(message, VocoderFallbackWarning, stacklevel=2)
+        s3gen.mel2wav = original
+        _ORIGINALS.pop(s3gen, None)
         _FALLBACKS[s3gen] = message
-        return previous
+        warnings.warn(message, VocoderFallbackWarning, stacklevel=2)
+        return original
     _FALLBACKS.pop(s3gen, None)
+    _ORIGINALS[s3gen] = original
     s3gen.mel2wav = vocoder
-    log.info("s3gen.mel2wav is now %s (was %s)", vocoder.source, type(previous).__name__)
-    return previous
+    log.info("s3gen.mel2wav is now %s (%s; Chatterbox's own: %s)", vocoder.source, vocoder.runtime,
+             type(original).__name__)  # fmt: skip
+    said = loaded.warning(str(source)) if loaded is not None else None
+    if said is not None:
+        warnings.warn(said[0], said[1], stacklevel=2)
+    return original
+
+
+def restore_hift(model: Any) -> nn.Module | None:
+    """Put back the vocoder :func:`use_student` first replaced (Chatterbox's HiFT); return the
+    student taken out, or None when no student of :func:`use_student`'s was in place (nothing
+    changes then)."""
+    s3gen = s3gen_of(model)
+    original = _ORIGINALS.pop(s3gen, None)
+    if original is None:
+        return None
+    student, s3gen.mel2wav = s3gen.mel2wav, original
+    _FALLBACKS.pop(s3gen, None)
+    return student
 
 
 class ChatterboxStream:

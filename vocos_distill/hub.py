@@ -1,15 +1,18 @@
 """Fetching weights from the Hugging Face Hub, with errors that say what to do instead.
 
-Before the first download a process asks the Hub once, with a short timeout, whether it
-answers at all. When it does not (no network, DNS failure, a firewall), downloads use the
-local Hugging Face cache only: huggingface_hub would otherwise retry each file five times
-with back-off (about 25 s) before giving the same answer.
+Before a download this module asks the Hub, with a short timeout, whether it answers at all.
+When it does not (no network, DNS failure, a firewall), this module's own downloads use the
+local Hugging Face cache only for the next :data:`UNREACHABLE_TTL_S` seconds: huggingface_hub
+would otherwise retry each file five times with back-off (about 25 s) before giving the same
+answer. That answer is this module's alone: huggingface_hub's settings (``HF_HUB_OFFLINE``
+among them) belong to the process, and Chatterbox's own downloads go on as they would have.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,25 +24,44 @@ from vocos_distill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 3.0
+UNREACHABLE_TTL_S = 60.0  # how long a Hub that did not answer is taken to be away before it is asked again
+_unreachable: dict[str, tuple[float, str]] = {}  # endpoint -> (when it did not answer, why)
+_lock = threading.Lock()
 
 
 class WeightsUnavailableError(ConfigError, RuntimeError):
     """Weights could not be found locally nor downloaded."""
 
 
-@functools.cache
 def unreachable(endpoint: str) -> str | None:
     """Why the Hub at ``endpoint`` does not answer, or ``None`` when it does (any HTTP status
-    counts as an answer). Asked once per process and endpoint."""
+    counts as an answer). A Hub that did not answer is not asked again for
+    :data:`UNREACHABLE_TTL_S` seconds; one that answered is asked each time (a HEAD request)."""
+    with _lock:
+        known = _unreachable.get(endpoint)
+        if known is not None and time.monotonic() - known[0] < UNREACHABLE_TTL_S:
+            return known[1]
     request = urllib.request.Request(endpoint.rstrip("/") + "/api/models?limit=1", method="HEAD")
+    why = None
     try:
         urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S).close()
     except urllib.error.HTTPError:
-        return None
+        pass
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        return f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
-    return None
+        why = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
+    with _lock:
+        if why is None:
+            _unreachable.pop(endpoint, None)
+        else:
+            _unreachable[endpoint] = (time.monotonic(), why)
+    return why
+
+
+def forget_unreachable() -> None:
+    """Ask the Hub again at the next download, whatever it answered before."""
+    with _lock:
+        _unreachable.clear()
 
 
 def fetch_file(
@@ -60,12 +82,12 @@ def fetch_file(
     why_offline = None
     if not local_files_only and not constants.HF_HUB_OFFLINE:
         why_offline = unreachable(constants.ENDPOINT)
-        if why_offline:
-            # offline for the rest of the process, for huggingface_hub too (it would otherwise
-            # still ask the Hub for its own registries, with cache-only downloads as well)
-            constants.HF_HUB_OFFLINE = True
+        if why_offline:  # this download alone from the cache: huggingface_hub's own settings are the process's
             log.info(
-                "the Hugging Face Hub at %s does not answer (%s): local cache only", constants.ENDPOINT, why_offline
+                "the Hugging Face Hub at %s does not answer (%s): '%s' from the local cache only",
+                constants.ENDPOINT,
+                why_offline,
+                filename,
             )
     try:
         path = hf_hub_download(

@@ -12,6 +12,7 @@ Runtime); :func:`vocos_distill.loader.load_student` reads either from a file. A
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -59,34 +60,55 @@ class StreamClosedError(RuntimeError):
     """``push`` after ``flush``: the stream has ended (``reset()`` starts a new one)."""
 
 
+class StreamBusyError(RuntimeError):
+    """A call on a stream while another thread's call on it is under way: a stream is one
+    utterance, decoded in order, so it is used from one thread at a time (one stream per thread)."""
+
+
 class MelStream:
     """What every stream shares: ``push(chunk)`` returns the audio that is final so far,
     ``flush()`` the rest; chunks are ``(B, n_mels, frames)`` with any number of frames (zero
-    included), the batch size fixed by the first chunk. A refused chunk (wrong shape, NaN or
-    inf, another batch size) raises before anything changes, so the stream goes on as if it had
-    not been offered.
+    included), the batch size fixed by the first chunk; every call returns ``(B, samples)``
+    (``B`` 1 for a stream that was given no chunk at all). A refused chunk (wrong shape, dtype
+    or device, NaN or inf, another batch size) raises before anything changes, so the stream
+    goes on as if it had not been offered. A chunk of floating-point values on any device with
+    data is decoded on the vocoder's.
 
-    ``lookahead``: mel frames held back before a frame's audio is emitted; ``None`` (the default)
-    is the right side of the receptive field, which makes the stream equal to offline decoding.
-    Each frame fewer lowers the latency by 20 ms and makes the audio near each chunk's end
-    approximate (decoded as if the utterance ended at the last frame pushed)."""
+    ``lookahead``: mel frames held back before a frame's audio is emitted, ``0`` up to the right
+    side of the receptive field; ``None`` (the default) is that right side, which makes the stream
+    equal to offline decoding. Each frame fewer lowers the latency by 20 ms and makes the audio
+    near each chunk's end approximate (decoded as if the utterance ended at the last frame pushed).
+
+    A stream is one utterance decoded in order, used from one thread at a time: a call while
+    another thread's call on the same stream is under way raises :class:`StreamBusyError`
+    (and changes nothing). Give each thread its own stream."""
 
     def __init__(self, n_mels: int, hop: int, field: Field, lookahead: int | None) -> None:
         if lookahead is None:
             lookahead = field.right
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
             raise ValueError(f"lookahead must be a whole number of frames >= 0 (or None); got {lookahead!r}")
+        if lookahead > field.right:
+            raise ValueError(
+                f"lookahead {lookahead} frames is more than this vocoder's receptive field looks ahead: choose "
+                f"0..{field.right} frames (None: {field.right}, exact); more would only hold audio back"
+            )
         self.n_mels, self.hop, self.field, self.lookahead = n_mels, hop, field, lookahead
         self.exact = lookahead >= field.right
+        self._busy = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
         """Forget the stream; the next push starts a new utterance."""
-        self._batch: int | None = None
-        self._frames = 0  # mel frames pushed
-        self._emitted = 0  # samples returned
-        self._closed = False
-        self._reset()
+        with self._exclusive("reset"):
+            self._batch: int | None = None
+            self._frames = 0  # mel frames pushed
+            self._emitted = 0  # samples returned
+            self._closed = False
+            self._reset()
+
+    def _exclusive(self, call: str) -> _Exclusive:
+        return _Exclusive(self._busy, call)
 
     @property
     def samples_emitted(self) -> int:
@@ -94,27 +116,29 @@ class MelStream:
 
     def push(self, mel: Tensor) -> Tensor:
         """Take the next mel frames; return the audio ``(B, samples)`` that is final so far."""
-        if self._closed:
-            raise StreamClosedError("push() after flush(): this stream has ended; call reset() to start another")
-        mel = self._check(mel)
-        with torch.inference_mode():
-            out = self._push(mel)  # computes without changing the stream, then commits
-        self._batch = mel.shape[0]
-        self._frames += mel.shape[-1]
-        self._emitted += out.shape[-1]
-        return out
+        with self._exclusive("push"):
+            if self._closed:
+                raise StreamClosedError("push() after flush(): this stream has ended; call reset() to start another")
+            mel = self._check(mel)
+            with torch.inference_mode():
+                out = self._push(mel)  # computes without changing the stream, then commits
+            self._batch = mel.shape[0]
+            self._frames += mel.shape[-1]
+            self._emitted += out.shape[-1]
+            return out
 
     def flush(self) -> Tensor:
-        """End the stream and return the rest of the audio: in all, ``frames * hop`` samples."""
-        if self._closed:
-            raise StreamClosedError("flush() after flush(): this stream has ended; call reset() to start another")
-        self._closed = True
-        if self._batch is None:  # nothing was pushed
-            return torch.zeros(0, 0)
-        with torch.inference_mode():
-            out = self._flush()
-        self._emitted += out.shape[-1]
-        return out
+        """End the stream and return the rest of the audio ``(B, samples)``: in all, ``frames * hop``."""
+        with self._exclusive("flush"):
+            if self._closed:
+                raise StreamClosedError("flush() after flush(): this stream has ended; call reset() to start another")
+            self._closed = True
+            if self._batch is None:  # nothing was pushed: no frames, no samples, a batch of one
+                return torch.zeros(1, 0, device=self._device())
+            with torch.inference_mode():
+                out = self._flush()
+            self._emitted += out.shape[-1]
+            return out
 
     def decode(self, mel: Tensor, chunk_frames: int | Sequence[int]) -> Tensor:
         """Stream a whole mel: chunks of ``chunk_frames`` frames (or of these sizes in turn, the
@@ -137,6 +161,12 @@ class MelStream:
     def _check(self, mel: Tensor) -> Tensor:
         if not isinstance(mel, Tensor):
             raise TypeError(f"a mel chunk must be a tensor (B, {self.n_mels}, frames); got {type(mel).__name__}")
+        if not mel.dtype.is_floating_point:
+            raise TypeError(
+                f"a mel chunk must hold floating-point values (float16, bfloat16, float32 or float64); got {mel.dtype}"
+            )
+        if mel.device.type == "meta":
+            raise ValueError("a mel chunk on the meta device holds no values: give it on the CPU or a GPU")
         if mel.dim() != 3 or mel.shape[1] != self.n_mels:
             raise ValueError(
                 f"a mel chunk must be (B, {self.n_mels}, frames): this vocoder takes {self.n_mels} mel bins; "
@@ -160,3 +190,20 @@ class MelStream:
 
     def _flush(self) -> Tensor:
         raise NotImplementedError
+
+
+class _Exclusive:
+    """A stream's lock, taken without waiting: a second thread's call raises instead of interleaving."""
+
+    def __init__(self, lock: threading.Lock, call: str) -> None:
+        self.lock, self.call = lock, call
+
+    def __enter__(self) -> None:
+        if not self.lock.acquire(blocking=False):
+            raise StreamBusyError(
+                f"{self.call}() while another thread's call on this stream is under way: a stream is used from one "
+                "thread at a time (give each thread its own stream)"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
