@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -341,6 +342,13 @@ def test_readme_use_in_chatterbox_runs_as_written(s3gen, release, student, monke
     assert len(blocks) == 2
     released = "checkpoints/release/vocos-s3gen-long-256x768x6-qat-int8"
     assert all(released in block for block in blocks)
+    # the line beside them says how to make that folder (.ci/chatterbox-pins runs it): export's default folder
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("\n## Use in Chatterbox\n")[1]
+    (line,) = re.findall(r"`(python train/export\.py [^`]+)`", text.split("\n## ")[0])
+    assert f"name={Path(released).name}" in line.split() and "checkpoint=" in line
+    paths = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "paths" / "default.yaml").read_text())
+    assert paths["release_dir"] == "${paths.log_dir}/release" and paths["log_dir"].endswith("/checkpoints")
+
     model = object.__new__(ChatterboxTTS)
     model.s3gen = s3gen
     monkeypatch.setattr(ChatterboxTTS, "from_pretrained", classmethod(lambda cls, device: model))
