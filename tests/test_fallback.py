@@ -270,15 +270,15 @@ def test_the_names_a_user_catches_are_public_and_warnings_point_at_their_line(mo
     folder = copy_of()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
         use_student(model, folder)
-        line = sys._getframe().f_lineno  # noqa: E702
     assert [w.category for w in seen] == [vocos_distill.Int8FallbackWarning]
     assert (seen[0].filename, seen[0].lineno) == (__file__, line)
     assert model.mel2wav.runtime == "onnx" and "3.0 dB" in str(seen[0].message)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
         use_student(model, folder / "nowhere")
-        line = sys._getframe().f_lineno  # noqa: E702
     assert (seen[0].filename, seen[0].lineno) == (__file__, line)
     with pytest.raises(vocos_distill.Int8MismatchError):
         use_student(model, folder, runtime="int8", fallback=False)

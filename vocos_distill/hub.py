@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
 from vocos_distill.errors import ConfigError
@@ -90,13 +90,14 @@ def fetch_file(
                 filename,
             )
     try:
-        path = hf_hub_download(
-            repo_id,
-            filename,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only or why_offline is not None,
-        )
+        if why_offline is not None:  # the cache alone, read directly: not even huggingface_hub's own requests
+            path = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+            if not isinstance(path, str):
+                raise LocalEntryNotFoundError(f"'{filename}' of '{repo_id}' is not in the local cache")
+        else:
+            path = hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+            )
     except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError, OSError, ValueError) as err:
         if why_offline:
             cause = f"the Hub at {constants.ENDPOINT} does not answer ({why_offline}) and it is not in the local cache"
