@@ -196,8 +196,13 @@ def test_a_listening_experiment_is_made_from_an_exported_release(workspace, tmp_
     """``train/listen.py make`` on a release train/export.py wrote offline: its ground truth is the
     hidden reference, HiFT and both student forms are conditions, with the floor and the anchor."""
     out = tmp_path / "experiment"
+    labels = json.loads((workspace["folder"] / "listen" / "clips.json").read_text())
+    assert labels["00"]["utterance"].endswith(".wav") and labels["00"]["speaker"] == ""  # clips at the data's root
     command = [sys.executable, str(REPO / "train" / "listen.py"), "make", str(out), str(workspace["folder"])]
-    done = subprocess.run([*command, "--utterances", "1"], capture_output=True, text=True, timeout=300)
+    refused = subprocess.run([*command, "--utterances", "1"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "no speaker label" in refused.stderr  # one folder: no speakers to compare
+    blocks = ["--blocks", "headphones,mushra,ab,acr"]
+    done = subprocess.run([*command, "--utterances", "1", *blocks], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     experiment = json.loads((out / "experiment.json").read_text())
     name = workspace["folder"].name

@@ -303,6 +303,24 @@ def listening_lines(section: Mapping[str, Any] | None) -> list[str]:
         p = "–" if row["p_value"] is None else f"{row['p_value']:.3g}"
         chosen = f"{row['chosen'][a]} vs {row['chosen'][b]} ({row['no_preference']} no preference)"
         lines.append(f"\nA/B {a} vs {b}: {chosen}, binomial p = {p}")
+    students = section.get("student_gates") or {}
+    if students:
+        names = [g["name"] for g in section["gates"]]
+        this = section.get("student")
+        rows = [[s, *(students[s].get(n, "–") for n in names)] for s in students]
+        lines += ["", "Each student's listening gates" + (f" (this report's: {this})" if this else "") + ":", "",
+                  table(["student", *names], rows)]  # fmt: skip
+    speakers = section.get("same_different") or {}
+    if speakers:
+
+        def rate(value: float | None) -> str:
+            return "–" if value is None else f"{100 * value:.0f} %"
+
+        rows = [[c, rate(v["correct"]), rate(v["same_speaker_rate"]), rate(v.get("different_speaker_rate")),
+                 str(v["n"])] for c, v in speakers.items()]  # fmt: skip
+        lines += ["", "Same/different speaker (two utterances: one speaker, or two):", "",
+                  table(["condition", "correct", "one speaker: said same", "two speakers: said different", "pages"],
+                        rows)]  # fmt: skip
     return lines
 
 

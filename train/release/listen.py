@@ -2,6 +2,9 @@
 
 Everything is relative to the page (``listen/<n>-<system>.wav``, ``listen/<n>-mels.png``), so it
 works from ``file://``, from a Hub repo's file view once downloaded, or from any static server.
+``listen/clips.json`` names each clip number's utterance and speaker (the utterance's folder, as
+``data.flow``'s default ``speaker_pattern`` says), which a listening test's same/different-speaker
+block needs (:mod:`train.listening.experiment`).
 Each player shows its duration once the browser has read it (``data-duration``), which is also
 what the page's test reads back from headless Chromium.
 """
@@ -9,6 +12,7 @@ what the page's test reads back from headless Chromium.
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +27,15 @@ from vocos_distill.config import SAMPLE_RATE
 PAGE = "listen.html"
 FOLDER = "listen"
 TITLES = {"audio": "ground truth", "teacher": "teacher (HiFT)"}
+LABELS = "clips.json"
+
+
+def speaker_of(utterance: str) -> str:
+    """The speaker of an utterance named by its path inside its data folder (``flow:`` and the like
+    stripped): its folder, or "" when it has none."""
+    path = utterance.split(":", 1)[1] if re.match(r"^[a-z]+:", utterance) else utterance
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
 
 _SCRIPT = """
 for (const audio of document.querySelectorAll("audio")) {
@@ -62,6 +75,9 @@ def write_listening_page(
     media.mkdir(parents=True, exist_ok=True)
     mel = S3GenMel()
     written, sections = [], []
+    labels = {f"{i:02d}": {"utterance": name, "speaker": speaker_of(name)} for i, (name, _) in enumerate(utterances)}
+    (media / LABELS).write_text(json.dumps(labels, indent=1))
+    written.append(media / LABELS)
     for index, (name, wavs) in enumerate(utterances):
         rows = []
         for system, wav in wavs.items():
