@@ -7,6 +7,7 @@ check, and is screened out.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,13 @@ from train.listening.serve import Study
 MUSHRA = {"reference": 100, "hift": 80, "student": 70, "griffin_lim": 40, "lp35": 20}
 ACR = {"reference": 5, "hift": 4, "student": 4, "griffin_lim": 2}
 LETTERS = "ABCDEFGHIJKLMNOP"
+# LISTENING_SCREENSHOTS=docs/images: the pages as ann sees them, for docs/evaluation.md#listening-tests
+SHOTS = os.environ.get("LISTENING_SCREENSHOTS")
+
+
+def screenshot(page, name: str) -> None:
+    if SHOTS and not (Path(SHOTS) / name).exists():
+        page.screenshot(path=str(Path(SHOTS) / name), full_page=True)
 
 # What the page shows: the visible section's name
 SHOWN = "(() => { const s = document.querySelector('section.shown'); return s ? s.id.slice(5) : null; })()"
@@ -87,6 +95,7 @@ class Listener:
             self.page.locator(f"#hp-play-{i}").click()
             answer = trial["quietest"] if not self.careless else trial["quietest"] % 3 + 1
             self.page.locator(f"input[name=hp-{i}][value='{answer}']").check()
+        screenshot(self.page, "listening-headphones.png")
         self.page.locator("#hp-submit").click()
 
     def familiarisation(self, view: dict) -> None:
@@ -116,6 +125,7 @@ class Listener:
         page.locator("#loop-start").fill("0.2")
         page.locator("#loop-end").fill("0.6")
         page.locator("#mushra-play-a").click()
+        screenshot(page, "listening-mushra.png")
         page.locator("#stop").click()
         page.locator("#mushra-submit").click()
 

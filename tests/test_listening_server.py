@@ -170,6 +170,8 @@ def test_a_taken_name_is_refused_and_the_resume_link_survives_a_restart(experime
         status, again = server.api("/api/answer", {"page": "headphones", "responses": [2] * 6}, carol)
         assert status == 409 and "already answered" in again["error"]  # a second tab cannot overwrite
         assert (experiment / "answers" / "carol" / "headphones.json").read_bytes() == stored
+        status, progress, _ = server.request("GET", "/progress")  # the experimenter's view, on this machine
+        assert status == 200 and b"<td>carol</td><td>1 of" in progress
     finally:
         server.stop()
     restarted = Served(experiment, tmp_path / "b.log")
