@@ -30,6 +30,7 @@ def screenshot(page, name: str) -> None:
     if SHOTS and not (Path(SHOTS) / name).exists():
         page.screenshot(path=str(Path(SHOTS) / name), full_page=True)
 
+
 # What the page shows: the visible section's name
 SHOWN = "(() => { const s = document.querySelector('section.shown'); return s ? s.id.slice(5) : null; })()"
 
