@@ -5,8 +5,11 @@ import pytest
 import torch
 from helpers import small_config, write_clips
 
-import train.data.datamodule as datamodule_module
-from train.data.datamodule import SegmentSampler, TensorCache, VocoderDataModule
+import train.data.fill as fill_module
+import train.data.sources as sources_module
+from train.data.cache import TensorCache
+from train.data.datamodule import VocoderDataModule
+from train.data.segments import SegmentSampler
 from train.s3gen.hift import HiFTGenerator
 
 
@@ -44,8 +47,8 @@ def test_prepare_caches_mel_audio_and_teacher_and_serves_segments(tmp_path, teac
 def test_second_prepare_reuses_the_cache_without_the_teacher(tmp_path, teacher, monkeypatch):
     write_clips(tmp_path / "clips")
     calls = []
-    real = datamodule_module.synthesize
-    monkeypatch.setattr(datamodule_module, "synthesize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fill_module.synthesize
+    monkeypatch.setattr(fill_module, "synthesize", lambda *a, **k: calls.append(1) or real(*a, **k))
     make(tmp_path, teacher=teacher).prepare_data()
     assert len(calls) == 5
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}
@@ -210,8 +213,8 @@ def test_unchanged_source_files_are_not_read_again(tmp_path, monkeypatch):
     clips = write_clips(tmp_path / "clips", count=3)
     make(tmp_path).prepare_data()
     hashed = []
-    real = datamodule_module.file_digest
-    monkeypatch.setattr(datamodule_module, "file_digest", lambda *p: hashed.append(p) or real(*p))
+    real = sources_module.file_digest
+    monkeypatch.setattr(sources_module, "file_digest", lambda *p: hashed.append(p) or real(*p))
     make(tmp_path).prepare_data()
     assert hashed == []
     (clips / "clip1.wav").write_bytes((clips / "clip0.wav").read_bytes())  # changed content and mtime
@@ -245,14 +248,14 @@ def test_concurrent_preparation_does_each_entry_once(tmp_path, teacher, monkeypa
 
     write_clips(tmp_path / "clips", count=4)
     calls = []
-    real = datamodule_module.synthesize
+    real = fill_module.synthesize
 
     def slow(*args, **kwargs):
         calls.append(1)
         time.sleep(0.2)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(datamodule_module, "synthesize", slow)
+    monkeypatch.setattr(fill_module, "synthesize", slow)
     modules = [make(tmp_path, teacher=teacher) for _ in range(2)]
     threads = [threading.Thread(target=m.prepare_data) for m in modules]
     for t in threads:
@@ -295,7 +298,7 @@ def tone(hz: float, seconds: float = 1.0) -> torch.Tensor:
 
 
 def test_speed_perturbation_scales_pitch_and_pairs_the_audio_with_its_own_mel():
-    from train.data.datamodule import speed_perturbed
+    from train.data.augment import speed_perturbed
     from train.s3gen.mel import S3GenMel
 
     mel, audio = S3GenMel(), tone(200.0)
@@ -313,7 +316,7 @@ def test_speed_perturbation_scales_pitch_and_pairs_the_audio_with_its_own_mel():
 
 
 def test_a_tilted_segment_keeps_its_level_and_pitch_and_moves_energy_across_1_khz():
-    from train.data.datamodule import speed_perturbed, tilted
+    from train.data.augment import speed_perturbed, tilted
     from train.s3gen.mel import S3GenMel
 
     mel, audio = S3GenMel(), tone(200.0) + tone(4000.0)

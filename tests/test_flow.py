@@ -14,7 +14,8 @@ import torch
 from flow_helpers import chatterbox_folder, keys_only_file, shrink_t3
 from helpers import CORPUS_CLIP, REPO, compose, write_clips
 
-from train.data.datamodule import DataError, VocoderDataModule
+from train.data.datamodule import VocoderDataModule
+from train.data.sources import DataError
 from train.data.flow import FlowMels
 from train.s3gen.flow import PARTS, FlowError, save_stand_in
 from train.s3gen.teacher import load_teacher
@@ -65,7 +66,7 @@ def test_a_flow_mel_is_two_frames_per_token_and_aligned_with_its_clip(tmp_path, 
     tokens, frames = entry["tokens"].numel(), entry["mel"].shape[-1]
     assert (tokens, frames, entry["audio"].numel()) == (17, 34, 34 * 480)
     assert abs(frames - 0.7 * RATE / 480) <= 1  # within one frame of the clip's own length
-    clip = dm._read_24k(flows[0].path)  # the clip at 24 kHz, as S3Gen's mel takes it
+    clip = dm.filler.read_24k(flows[0].path)  # the clip at 24 kHz, as S3Gen's mel takes it
     assert clip.numel() == int(0.7 * RATE) and torch.equal(entry["audio"], clip[: 34 * 480])  # cut to whole tokens
     again = data(tmp_path / "second", [clips], s3gen)
     again.prepare()

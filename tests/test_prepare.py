@@ -9,7 +9,8 @@ import pytest
 import torch
 from helpers import REPO, small_config, write_clips, write_s3gen_checkpoint
 
-from train.data.datamodule import Utterance, shard
+from train.data.fill import shard
+from train.data.sources import Utterance
 from train.s3gen.hift import HiFTGenerator
 
 

@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 from helpers import REPO, write_clips
 
-from train.data.datamodule import DataError, VocoderDataModule
+from train.data.datamodule import VocoderDataModule
+from train.data.sources import DataError
 from train.data.speech import (
     HELDOUT_SPEAKERS,
     LICENCES,

@@ -26,7 +26,8 @@ from typing import Any
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from train.data.datamodule import PrepareReport, VocoderDataModule
+from train.data.datamodule import VocoderDataModule
+from train.data.fill import PrepareReport
 from train.s3gen.flow import save_stand_in
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.teacher import save_teacher
