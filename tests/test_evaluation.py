@@ -236,7 +236,7 @@ def test_wandb_gets_figures_table_and_audio(tmp_path, workspace, wandb_offline):
 def test_a_long_utterance_is_scored_on_a_bounded_number_of_windows(tmp_path, workspace):
     import soundfile as sf
 
-    from train.evaluation.metrics import windows
+    from train.evaluation.windows import windows
 
     long_dir = tmp_path / "long"
     long_dir.mkdir()

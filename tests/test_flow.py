@@ -15,8 +15,8 @@ from flow_helpers import chatterbox_folder, keys_only_file, shrink_t3
 from helpers import CORPUS_CLIP, REPO, compose, write_clips
 
 from train.data.datamodule import VocoderDataModule
-from train.data.sources import DataError
 from train.data.flow import FlowMels
+from train.data.sources import DataError
 from train.s3gen.flow import PARTS, FlowError, save_stand_in
 from train.s3gen.teacher import load_teacher
 

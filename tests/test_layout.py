@@ -296,3 +296,78 @@ def test_the_design_notes_map_the_tree():
     runtime_row = next(line for line in section.splitlines() if line.startswith("| `vocos_distill/`"))
     modules = {p.name for p in RUNTIME.glob("*.py")} - {"__init__.py"}
     assert set(re.findall(r"`(\w+\.py)`", runtime_row)) == modules
+
+
+# -- one owner for each job (issue 39) -----------------------------------------------------------------
+def project_modules() -> dict[str, Path]:
+    """Every module of the training code and the runtime, by dotted name."""
+    out = {}
+    for root in (PACKAGE, RUNTIME):
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(REPO).with_suffix("")
+            out[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = path
+    return out
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the project's modules it imports, at any depth in the file (functions included):
+    ``from a.b import c`` counts as ``a.b.c`` when that is a module, else as ``a.b``."""
+    modules = project_modules()
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    found.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_no_module_imports_itself_round_a_circle():
+    """Between modules, not only packages, and counting imports hidden in functions."""
+    graph = module_graph()
+    assert "train.evaluation.score_cache" in graph and "vocos_distill.release" in graph
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise AssertionError("import circle: " + " -> ".join([*path[path.index(name) :], name]))
+        if name in done:
+            return
+        for other in sorted(graph[name]):
+            visit(other, [*path, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def test_every_module_is_under_500_lines():
+    sizes = {name: len(path.read_text().splitlines()) for name, path in project_modules().items()}
+    assert max(sizes.values()) > 100  # it measured something
+    assert {name: n for name, n in sizes.items() if n >= 500} == {}
+
+
+OWN = ("train", "vocos_distill")
+
+
+def test_a_function_level_import_of_the_projects_own_modules_says_why():
+    """Imports inside functions hide dependencies; one of the project's own modules is imported
+    there only to keep something slow or optional off a path (a comment on or above it says so)."""
+    silent = []
+    for path in project_modules().values():
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                own = isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OWN
+                if own:
+                    line, above = lines[node.lineno - 1], lines[node.lineno - 2].strip()
+                    if "#" not in line and not above.startswith("#"):
+                        silent.append(f"{path.relative_to(REPO)}:{node.lineno}: {line.strip()}")
+    assert silent == []

@@ -349,7 +349,7 @@ def test_publish_refuses_a_release_that_changed_since_export(workspace, tmp_path
 def test_the_cards_history_and_data_come_from_the_run_configs_up_the_chain(tmp_path):
     import yaml
 
-    from train.release.export import describe_run, history, training_data
+    from train.release.provenance import describe_run, history, training_data
 
     corpus = tmp_path / "data" / "corpus"
     corpus.mkdir(parents=True)

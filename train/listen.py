@@ -28,8 +28,10 @@ from pathlib import Path
 
 from train.evaluation.report import read_report, to_markdown, verdict, write_report
 from train.listening.aggregate import aggregate, answers_csv, box_plot
-from train.listening.answers import BLOCKS, ListeningDataError
+from train.listening.answers import BLOCKS, EXPERIMENT, ListeningDataError
 from train.listening.experiment import make_experiment
+from train.listening.serve import read_password
+from train.listening.serve import serve as serve_pages
 from vocos_distill.errors import ConfigError
 from vocos_distill.files import atomic_write_text
 
@@ -70,9 +72,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{pages} pages")  # fmt: skip
         return 0
     if args.command == "serve":
-        from train.listening.serve import read_password
-        from train.listening.serve import serve as serve_pages
-
         try:
             serve_pages(args.experiment, args.host, args.port, read_password(args.password_file))
         except (ConfigError, ValueError, OSError) as err:
@@ -117,7 +116,6 @@ def bind(section: dict, report: dict, where: Path) -> dict:
     """The experiment's condition that ``report`` evaluates (by the checkpoint's SHA-256, which a
     release's ``release.json`` records), and each student's gate results; refuses a report of a
     checkpoint that is none of the experiment's conditions."""
-    from train.listening.answers import EXPERIMENT
 
     experiment = json.loads((Path(section["experiment"]) / EXPERIMENT).read_text())
     sha = report["checkpoint"]["sha256"]

@@ -104,12 +104,21 @@ def read_probe(metadata: dict[str, str]) -> Probe | None:
 
 
 def snr_db(reference: Any, estimate: Any) -> float:
-    """10 log10 of the reference's energy over the error's (inf when equal); arrays or CPU tensors."""
+    """10 log10(|reference|^2 / |reference - estimate|^2) over all samples, in float64: how closely
+    one runtime or decoding reproduces another's waveform (not a quality score against audio).
+    Arrays or tensors (on any device); equal signals give a large finite value (the error's energy
+    is floored at 1e-20). The one SNR of this project: the int8 probe, the export's checks and
+    the benchmarks all use it."""
     import numpy as np
 
-    reference = np.asarray(reference, dtype=np.float64)
-    noise = float(np.sum((reference - np.asarray(estimate, dtype=np.float64)) ** 2))
-    return float("inf") if noise == 0 else float(10 * np.log10(float(np.sum(reference**2)) / noise))
+    def as_array(x: Any) -> np.ndarray:
+        if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+            x = x.detach().double().cpu().numpy()
+        return np.asarray(x, dtype=np.float64)
+
+    reference, estimate = as_array(reference), as_array(estimate)
+    noise = max(float(np.sum((reference - estimate) ** 2)), 1e-20)
+    return float(10 * np.log10(float(np.sum(reference**2)) / noise))
 
 
 # -- the machine ----------------------------------------------------------------------------------

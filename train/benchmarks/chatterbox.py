@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from train.evaluation.cost import cuda_peak_mb, peak_rss_mb, runtime_bytes, stand_in_teacher
+from train.s3gen.flow import speech_tokens
 from vocos_distill.chatterbox import ChatterboxVocoder, load_vocoder
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 from vocos_distill.timing import interleaved, time_call
@@ -205,7 +206,6 @@ def preparation_work(model: Any, seconds: float = 5.0, steps: int = 10) -> dict[
     speaker reference, the flow at ``steps``, HiFT), per second of audio, counted on this CPU;
     and the seconds a GPU would take under :data:`GPU_SUSTAINED_TFLOPS` and :data:`GPU_KERNEL_S`
     (an estimate, until a GPU measures it: ``.ci/gpu-check``)."""
-    from train.s3gen.flow import speech_tokens
 
     generator = torch.Generator().manual_seed(0)
     clip = 0.1 * torch.randn(int(seconds * SAMPLE_RATE), generator=generator)

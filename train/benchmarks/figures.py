@@ -23,11 +23,11 @@ from train.benchmarks.chatterbox import (
     t3_row,
 )
 from train.benchmarks.int8_schemes import FIDELITY, int8_scheme_graphs
-from train.benchmarks.side_by_side import run, short_names, streaming_run
+from train.benchmarks.side_by_side import streaming_run
 from train.benchmarks.throughput import train_throughput
 from train.data.audio import corpus_mels
 from train.data.prepare import prepare_throughput
-from train.evaluation.cost import CostSettings
+from train.evaluation.cost import CostSettings, run, short_names
 from train.evaluation.report import cost_table, rows_table, table
 from vocos_distill.files import atomic_write_text
 from vocos_distill.int8_check import describe_cpu

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from train.data.audio import corpus_mels
-from train.evaluation.metrics import snr_db
 from train.student.graph import INT8_SCHEME, INT8_SCHEMES, export_onnx, probe_windows
 from train.student.model import load_student
 from train.student.quantized import strip
+from vocos_distill.int8_check import snr_db
 from vocos_distill.onnx import OnnxVocoder
 from vocos_distill.timing import frames_of, interleaved, threads, timing_mel
 

@@ -25,8 +25,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from train.evaluation.metrics import MetricError, QualityMetrics, mel_distance_db, pesq_wb, snr_db
+from train.evaluation.metrics import MetricError, QualityMetrics, mel_distance_db, pesq_wb
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.int8_check import snr_db
 from vocos_distill.timing import time_call, timing_mel
 
 log = logging.getLogger(__name__)

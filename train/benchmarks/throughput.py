@@ -11,6 +11,7 @@ import time
 from lightning.pytorch import Callback, LightningDataModule
 from torch.utils.data import DataLoader
 
+from train.utils.config import project_root
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 
 
@@ -48,8 +49,8 @@ def train_throughput(overrides: list[str], steps: int, compare: list[str] = (), 
     """
     from hydra import compose, initialize_config_dir
 
+    # Lightning, in the process that trains only: this module's import stays light
     from train.training.fit import build
-    from train.utils.config import project_root
 
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(project_root() / "conf"), version_base="1.3"):
         base = [

@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from torchao.quantization import quantize_
 from torchao.quantization.qat import QATConfig
 
-from train.evaluation.metrics import snr_db
 from train.student.graph import INT8_SCHEME, INT8_SCHEMES, export_onnx, overflow_risks
 from train.student.quantized import base_config, int8_kernels, prepare, strip
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.int8_check import snr_db
 from vocos_distill.onnx import OnnxVocoder
 from vocos_distill.timing import threads, time_call
 

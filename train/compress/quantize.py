@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 
 from train.compress.compare import compare
 from train.data.held_out import held_out_items
-from train.evaluation.metrics import snr_db
 from train.evaluation.report import rows_table
 from train.student.graph import export_onnx, probe_windows
 from train.student.model import student_from_file
@@ -21,7 +20,7 @@ from train.student.quantized import is_prepared
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 from vocos_distill.errors import ConfigError
 from vocos_distill.files import atomic_write, atomic_write_text, sha256_file
-from vocos_distill.int8_check import describe_cpu
+from vocos_distill.int8_check import describe_cpu, snr_db
 from vocos_distill.onnx import OnnxVocoder
 
 log = logging.getLogger(__name__)

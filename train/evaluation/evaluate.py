@@ -28,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from train.evaluation import cost, plots, report
-from train.evaluation.metrics import WINDOW_RULE, QualityMetrics
+from train.evaluation.metrics import QualityMetrics
 from train.evaluation.pool import ScoringPool, resolve_workers
 from train.evaluation.score_cache import ScoreCache, signal_key
+from train.evaluation.windows import WINDOW_RULE
 from train.s3gen.hift import HiFTGenerator
 from train.student.model import load_student
 from train.utils.devices import resolve_device

@@ -27,7 +27,6 @@ with a :class:`MetricWarning` naming the utterance; the other metrics still run.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,7 +40,8 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from train.evaluation.score_cache import ScoreCache, all_finite, signal_key
+from train.evaluation.predictors import distillmos_model, dnsmos_model, speaker_encoder
+from train.evaluation.score_cache import Pitch, ScoreCache, all_finite, signal_key
 from train.s3gen.mel import S3GenMel
 from train.utils.devices import resolve_device
 from vocos_distill.config import SAMPLE_RATE
@@ -91,15 +91,6 @@ NO_REFERENCE: dict[str, MetricInfo] = {
 }
 PREDICTORS = {"dnsmos": ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808"), "distillmos": ("distillmos",)}
 SPEAKER_ENCODERS = ("resemblyzer",)
-
-
-@dataclass(frozen=True)
-class Pitch:
-    """CREPE pitch track at 10 ms frames: F0 (Hz), periodicity (0 in silence) and voicing."""
-
-    f0: np.ndarray
-    periodicity: np.ndarray
-    voiced: np.ndarray
 
 
 class Analysis:
@@ -398,48 +389,8 @@ class QualityMetrics:
         return speaker_encoder().embed_utterance(speech)
 
 
-@functools.cache
-def distillmos_model() -> Any:
-    """DistillMOS (variant 7, its weights in the ``distillmos`` wheel), on the CPU, in eval mode."""
-    import contextlib
-    import io
-
-    import distillmos
-
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints where it loaded its weights from
-        return distillmos.ConvTransformerSQAModel().eval()
-
-
-@functools.cache
-def speaker_encoder() -> Any:
-    """resemblyzer's speaker encoder (its weights in the wheel), on the CPU."""
-    from resemblyzer import VoiceEncoder
-
-    return VoiceEncoder("cpu", verbose=False)
-
-
 def speaker_similarity(estimate: Analysis, reference: Analysis) -> float:
     return float(np.dot(estimate.speaker, reference.speaker))
-
-
-@functools.cache
-def _dnsmos_model(threads: int) -> Any:
-    from speechmos import dnsmos
-
-    from vocos_distill.onnx import session
-
-    folder = Path(dnsmos.__file__).parent / "dnsmos_models"
-    model = object.__new__(dnsmos.DNSMOS)  # speechmos' model, its sessions as the vocoders' own:
-    # `threads` threads that do not spin
-    model.onnx_sess = session(folder / "sig_bak_ovr.onnx", threads)
-    model.p808_onnx_sess = session(folder / "model_v8.onnx", threads)
-    return model
-
-
-def dnsmos_model() -> Any:
-    """speechmos' DNSMOS (``speechmos.dnsmos.run`` without its sessions' defaults: every core,
-    spinning between calls), with as many threads as ``torch.get_num_threads()`` says."""
-    return _dnsmos_model(torch.get_num_threads())
 
 
 def _warn_failed(name: str, metric: str, err: Exception) -> None:
@@ -474,13 +425,6 @@ def stoi(estimate: Analysis, reference: Analysis, extended: bool = False) -> flo
     if any("Not enough STFT frames" in str(w.message) for w in caught):
         raise MetricError("not enough non-silent frames for STOI (needs about 0.4 s of speech)")
     return value
-
-
-def snr_db(reference: Tensor, estimate: Tensor) -> float:
-    """10 log10(|reference|^2 / |reference - estimate|^2) over all samples: how closely one
-    runtime or decoding reproduces another's waveform (not a quality score against audio)."""
-    noise = (reference - estimate).pow(2).sum().clamp_min(1e-20)
-    return float(10 * torch.log10(reference.pow(2).sum() / noise))
 
 
 def mel_distance_db(estimate: Analysis, reference: Analysis) -> float:
@@ -529,44 +473,3 @@ def vuv_f1(estimate: Analysis, reference: Analysis) -> float:
 def periodicity_rmse(estimate: Analysis, reference: Analysis) -> float:
     e, r, n = _pitch_pair(estimate, reference)
     return float(np.sqrt(np.mean((e.periodicity[:n] - r.periodicity[:n]) ** 2)))
-
-
-# -- long utterances -------------------------------------------------------------------
-WINDOW_RULE = (
-    "Utterances longer than scoring.window_seconds are cut into equal, consecutive, frame-aligned "
-    "windows about that long (round(length / window) of them); at most scoring.max_windows, evenly "
-    "spaced from the first to the last, are scored, and each metric of the utterance is the "
-    "length-weighted mean of its finite window scores."
-)
-
-
-def windows(n_samples: int, window_samples: int, max_windows: int, align: int = 480) -> list[tuple[int, int]]:
-    """``(start, end)`` sample spans that score a signal of ``n_samples`` (see :data:`WINDOW_RULE`).
-
-    Keeps every metric's input short (PESQ's own code crashes the process on signals of about
-    two minutes; CREPE and DNSMOS memory and time grow with length) and the number of windows
-    bounded, so one long file costs at most ``max_windows`` windows of work.
-    """
-    if max_windows < 1 or window_samples < align:
-        raise ValueError("scoring.max_windows must be >= 1 and scoring.window_seconds at least one frame")
-    count = max(1, round(n_samples / window_samples))
-    bounds = [min(n_samples, round(i * n_samples / count / align) * align) for i in range(count)] + [n_samples]
-    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
-    if len(spans) > max_windows:
-        picks = sorted({round(i * (len(spans) - 1) / max(1, max_windows - 1)) for i in range(max_windows)})
-        spans = [spans[i] for i in picks]
-    return spans
-
-
-def combine_windows(scored: list[tuple[int, dict[str, dict[str, float]]]]) -> dict[str, dict[str, float]]:
-    """Length-weighted mean, per comparison and metric, of the finite scores of ``(length, scores)``
-    windows; NaN where no window has a finite score."""
-    combined: dict[str, dict[str, float]] = {}
-    for group in dict.fromkeys(g for _, scores in scored for g in scores):
-        metrics = dict.fromkeys(m for _, scores in scored for m in scores.get(group, {}))
-        combined[group] = {}
-        for metric in metrics:
-            pairs = [(n, s[group][metric]) for n, s in scored if math.isfinite(s.get(group, {}).get(metric, math.nan))]
-            weight = sum(n for n, _ in pairs)
-            combined[group][metric] = sum(n * v for n, v in pairs) / weight if weight else math.nan
-    return combined

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from train.evaluation.metrics import Analysis, QualityMetrics, combine_windows, windows
+from train.evaluation.metrics import Analysis, QualityMetrics
+from train.evaluation.report import PAIRED_GROUPS, SYSTEMS
+from train.evaluation.windows import combine_windows, windows
 from vocos_distill.config import SAMPLE_RATE
 from vocos_distill.errors import ConfigError
 
@@ -51,7 +53,6 @@ def resolve_workers(workers: int | str) -> int:
 
 def score_signals(metrics: QualityMetrics, signals: dict[str, Analysis], name: str) -> dict[str, dict[str, float]]:
     """Every comparison the available signals allow."""
-    from train.evaluation.report import PAIRED_GROUPS, SYSTEMS
 
     scores = {}
     for group in PAIRED_GROUPS:
@@ -68,7 +69,7 @@ def score_signals(metrics: QualityMetrics, signals: dict[str, Analysis], name: s
 def score_utterance(
     metrics: QualityMetrics, wavs: dict[str, Tensor], name: str, window_s: float, max_windows: int
 ) -> tuple[dict[str, Any], dict[str, Analysis]]:
-    """Score one utterance on bounded windows (:data:`train.evaluation.metrics.WINDOW_RULE`): its
+    """Score one utterance on bounded windows (:data:`train.evaluation.windows.WINDOW_RULE`): its
     record for the report, and the analyses of its first window (for plots)."""
     length = min(w.shape[-1] for w in wavs.values())
     spans = windows(length, round(window_s * SAMPLE_RATE), max_windows)

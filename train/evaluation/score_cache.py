@@ -26,6 +26,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,15 @@ class ScoreCache:
         return float(value)
 
 
+@dataclass(frozen=True)
+class Pitch:
+    """CREPE pitch track at 10 ms frames: F0 (Hz), periodicity (0 in silence) and voicing."""
+
+    f0: np.ndarray
+    periodicity: np.ndarray
+    voiced: np.ndarray
+
+
 def all_finite(scores: dict[str, float]) -> bool:
     """Keep only complete results: a NaN was a failure, whose warning a later run should repeat."""
     return all(math.isfinite(v) for v in scores.values())
@@ -152,8 +162,6 @@ def _to_arrays(kind: str, value: Any) -> dict[str, np.ndarray]:
 
 def _from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> Any:
     if kind == "pitch":
-        from train.evaluation.metrics import Pitch
-
         f0, periodicity, voiced = arrays["f0"], arrays["periodicity"], arrays["voiced"]
         if not (f0.shape == periodicity.shape == voiced.shape and voiced.dtype == np.bool_):
             raise ValueError("pitch arrays of different lengths or types")

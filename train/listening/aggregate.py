@@ -38,6 +38,7 @@ from scipy import stats
 
 from train.evaluation.report import summarise
 from train.listening.answers import EXPERIMENT, Answer, read_answers
+from vocos_distill.files import atomic_write
 
 REFERENCE_FLOOR = 90.0  # BS.1534-3: the hidden reference rated below this ...
 REFERENCE_SHARE = 0.15  # ... in more than this share of a listener's trials excludes them
@@ -312,8 +313,6 @@ def box_plot(folder: str | Path, section: Mapping[str, Any], out: str | Path) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from vocos_distill.files import atomic_write
 
     excluded = {e["listener"] for e in section["excluded"]}
     conditions, answers = read_answers(folder)

@@ -161,6 +161,7 @@ def log_artifact(folder: Path, manifest: dict[str, Any], cfg: DictConfig, result
     """The release as a W&B ``model`` artifact, its checks, verdict and Hub commit as metadata."""
     import wandb  # here: slow to import, and a dry run never needs it
 
+    # W&B, only when the release is logged there: it is slow to import
     from train.utils.tracking import wandb_mode
 
     metadata = {

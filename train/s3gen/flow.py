@@ -31,6 +31,7 @@ from torch import Tensor
 from train.s3gen.teacher import CheckpointError, read_checkpoint
 from train.utils.devices import resolve_device
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +206,6 @@ def save_stand_in(path: str | Path, meanflow: bool = False, seed: int = 0) -> Pa
     what the flow and HiFT cost does not depend on the values), for cost figures and GPU checks."""
     from chatterbox.models.s3gen import S3Gen
     from safetensors.torch import save
-
-    from vocos_distill.files import atomic_write
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -38,8 +38,11 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from train.s3gen.mel import S3GenMel
+from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 from vocos_distill.files import atomic_write
 from vocos_distill.heads import AmplitudePriorHead, amplitude_prior, polar, same_output
+from vocos_distill.int8_check import PROBE_KEY, snr_db
 from vocos_distill.onnx import OnnxArtifactError, session
 
 log = logging.getLogger(__name__)
@@ -295,7 +298,6 @@ def export_onnx(
     and ``metadata`` go into the model's metadata. The time axis (and batch) are dynamic.
     """
     from train.student.quantized import DESCRIPTION, strip  # torchao is slow to import
-    from vocos_distill.int8_check import PROBE_KEY, snr_db
 
     if quantize and scheme not in INT8_SCHEMES:
         raise ValueError(f"scheme={scheme!r}: choose one of {', '.join(INT8_SCHEMES)}")
@@ -370,9 +372,6 @@ def default_probe_mel(n_mels: int = 80, frames: int = 24) -> Tensor:
     held-out speech at hand: a voiced source gliding 110 -> 190 Hz through three formants, with
     breath noise and a syllable-rate envelope."""
     import numpy as np
-
-    from train.s3gen.mel import S3GenMel
-    from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 
     samples = frames * HOP_LENGTH
     t = np.arange(samples) / SAMPLE_RATE

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import train.utils.config  # noqa: F401  (resolvers the configs use)
 from train.compress.stage import CompressionError, CompressionStage
+from train.student.model import load_student
 from train.training.module import check_precision
 from train.utils.instantiate import instantiate, instantiate_dict, instantiate_with_weights
 from vocos_distill.config import HOP_LENGTH, N_MELS
@@ -119,7 +120,6 @@ def parent_of(cfg: DictConfig, generator: Any) -> Any:
         )
     if option == "student.init_from":
         return copy.deepcopy(generator).eval().requires_grad_(False)
-    from train.student.model import load_student
 
     return load_student(str(source))
 
