@@ -18,7 +18,7 @@ from typing import Any
 from train.evaluation.report import format_stat, read_report, summarise
 from vocos_distill.errors import ConfigError
 
-HIFT_PARAMS = 20_821_295  # Chatterbox's HiFT (shared/conformance manifest; tests/test_tradeoff.py counts it)
+HIFT_PARAMS = 20_821_295  # Chatterbox's HiFT (docs/conformance.md; tests/test_tradeoff.py counts it)
 HIFT_BYTES = 4 * HIFT_PARAMS
 
 

@@ -1,5 +1,5 @@
 """HiFT, Chatterbox's vocoder (HiFi-GAN + neural source filter + iSTFT), written from
-the architecture facts in ``shared/conformance/README.md``.
+the architecture facts in ``docs/conformance.md``.
 
 The module's state dict has exactly the keys and shapes of the ``mel2wav.`` part of
 Chatterbox's ``s3gen.safetensors`` when built with the default arguments, and it

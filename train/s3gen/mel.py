@@ -1,6 +1,6 @@
 """The S3Gen log-mel front-end, computed exactly as Chatterbox / CosyVoice do.
 
-Facts (see ``shared/conformance/README.md``): 24 kHz, n_fft = win = 1920 (periodic
+Facts (see ``docs/conformance.md``): 24 kHz, n_fft = win = 1920 (periodic
 Hann), hop 480 (50 frames/s), reflect padding of (n_fft - hop) / 2 samples per side
 and ``center=False``, magnitude ``sqrt(re^2 + im^2 + 1e-9)``, 80 Slaney mel filters
 over 0-8 kHz with Slaney area normalisation, natural log of ``clamp(mel, 1e-5)``.
