@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPORTS = ["torch", "lightning", "hydra", "hydra_zen", "rootutils", "vocos", "chatterbox.models.s3gen",
-           "chatterbox.tts", "train.data.flow", "train.s3gen.flow", "train.training.fit", "train.bench",
+           "chatterbox.tts", "train.data.flow_mels", "train.s3gen.flow", "train.training.fit", "train.bench",
            "vocos_distill.chatterbox"]  # fmt: skip
 
 
@@ -49,7 +49,7 @@ def main() -> None:
         checkpoint = save_stand_in(Path(tmp) / "s3gen.safetensors")
         # flow-mel preparation on the GPU: the bundled corpus, flow mels only, a fresh cache
         from train.data.datamodule import VocoderDataModule
-        from train.data.flow import FlowMels
+        from train.data.flow_mels import FlowMels
         from train.s3gen.teacher import load_teacher
 
         teacher = load_teacher(checkpoint, device="cuda")
@@ -67,9 +67,9 @@ def main() -> None:
         fit = [sys.executable, "-c", FIT, str(checkpoint), f"{tmp}/cache", f"{tmp}/runs"]
         out = shell("experiment=distill, 200 steps, bf16-mixed", fit, rows, 240)
         rows += [tuple(line[len("ROW ") :].split("|", 1)) for line in out.splitlines() if line.startswith("ROW ")]
-    shell("python -m train.bench (fp32)", [sys.executable, "-m", "train.bench", "--train-steps", "0",
+    shell("python train/bench.py (fp32)", [sys.executable, "-m", "train.bench", "--train-steps", "0",
                                            "--seconds", "10"], rows, 120)  # fmt: skip
-    shell("python -m train.bench --chatterbox", [sys.executable, "-m", "train.bench", "--chatterbox",
+    shell("python train/bench.py --chatterbox", [sys.executable, "-m", "train.bench", "--chatterbox",
                                                  "--seconds", "10", "--t3-seconds", "2"], rows, 120)  # fmt: skip
     print(f"\n| check on {gpu} | result |\n|---|---|")
     for name, value in rows:
@@ -81,7 +81,7 @@ import math, sys, time
 from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
-import train.utils.config
+import train.utils.hydra_setup
 from train.training.fit import fit
 
 checkpoint, cache, runs = sys.argv[1:4]

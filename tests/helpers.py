@@ -112,7 +112,7 @@ def compose(overrides: list[str], tmp_path: Path, config_name: str = "train"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import train.utils.config  # noqa: F401  (resolvers)
+    import train.utils.hydra_setup  # noqa: F401  (resolvers)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(

@@ -406,7 +406,7 @@ def test_chatterboxs_watermark_survives_on_the_students_speech(s3gen, tmp_path):
 
 
 def test_bench_chatterbox_prints_what_the_swap_buys_end_to_end(tmp_path, capsys, release):
-    """``python -m train.bench --chatterbox`` on a tiny setting: Chatterbox's own S3Gen, both CFM
+    """``python train/bench.py --chatterbox`` on a tiny setting: Chatterbox's own S3Gen, both CFM
     step counts, HiFT and a student release side by side, T3 for one token."""
     import json
 

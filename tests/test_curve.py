@@ -1,4 +1,4 @@
-"""``python -m train.curve``: a run's held-out learning curve beside the Griffin-Lim floor."""
+"""``python train/curve.py``: a run's held-out learning curve beside the Griffin-Lim floor."""
 
 import subprocess
 import sys

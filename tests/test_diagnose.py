@@ -1,4 +1,4 @@
-"""``python -m train.diagnose``: a vocoder's log-mel distance split into magnitude and phase."""
+"""``python train/diagnose.py``: a vocoder's log-mel distance split into magnitude and phase."""
 
 import subprocess
 import sys

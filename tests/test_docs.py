@@ -97,3 +97,15 @@ def test_every_figure_in_readme_names_its_machine():
     for row in body:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[column], row
+
+
+def test_every_command_runs_a_script_one_way():
+    """Every script is run as ``python train/<name>.py`` (no ``python -m train.<name>``), and each
+    one README and docs name exists."""
+    scripts = {p.stem for p in (REPO / "train").glob("*.py") if p.stem != "__init__"}
+    named = set()
+    for page in PAGES:
+        text = page.read_text()
+        assert "python -m train." not in text, page
+        named |= set(re.findall(r"python train/([a-z_]+)\.py", text))
+    assert {"fit", "bench", "curve", "listen"} <= named and named <= scripts, named - scripts

@@ -15,7 +15,7 @@ from flow_helpers import chatterbox_folder, keys_only_file, shrink_t3
 from helpers import CORPUS_CLIP, REPO, compose, write_clips
 
 from train.data.datamodule import VocoderDataModule
-from train.data.flow import FlowMels
+from train.data.flow_mels import FlowMels
 from train.data.sources import DataError
 from train.s3gen.flow import PARTS, FlowError, save_stand_in
 from train.s3gen.teacher import load_teacher
@@ -214,7 +214,7 @@ def test_fit_refuses_audio_targets_for_text_and_the_phase_loss_on_flow_audio(tmp
 
 
 def test_a_multilingual_pt_file_is_its_family(tmp_path):
-    from train.data.flow import checkpoint_keys
+    from train.data.flow_mels import checkpoint_keys
     from train.s3gen.flow import check_family
 
     path = tmp_path / "s3gen.pt"

@@ -192,7 +192,7 @@ def fake_release(folder, student_gain, teacher=True, count=3, int8=False):
     import torchaudio
     from helpers import CORPUS_CLIP
 
-    from train.release.listen import write_listening_page
+    from train.release.listening_page import write_listening_page
 
     audio, rate = sf.read(str(CORPUS_CLIP), dtype="float32")
     speech = torchaudio.functional.resample(torch.from_numpy(audio), rate, 24000)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 from helpers import compose, save_ckpt, write_clips
 
-from train.benchmarks.streaming import probe_lookahead
+from train.benchmarks.stream_figures import probe_lookahead
 from train.compress.lookahead import Lookahead, with_lookahead
 from train.compress.pruning import prune
 from train.compress.stage import CompressionError

@@ -10,8 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import train.utils.config  # noqa: F401  (resolvers)
-from train.utils.config import run_name
+import train.utils.hydra_setup  # noqa: F401  (resolvers)
+from train.utils.hydra_setup import run_name
 
 
 @pytest.fixture

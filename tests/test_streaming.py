@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from train.benchmarks.streaming import snr_db
+from train.benchmarks.stream_figures import snr_db
 from train.compress.pruning import prune_widths
 from train.student.model import build_student
 from train.student.quantized import int8_kernels
@@ -257,7 +257,7 @@ def test_a_second_thread_pushing_into_a_busy_stream_is_refused():
     assert (torch.cat(pieces, -1) - _offline(student, mel)).abs().max() < 1e-5
 
 
-# -- the streaming figures (train/benchmarks/streaming.py, python -m train.bench --streaming) ---------
+# -- the streaming figures (train/benchmarks/stream_figures.py, python train/bench.py --streaming) ---------
 
 
 def _per_frame_vocoder(mel):
@@ -266,7 +266,7 @@ def _per_frame_vocoder(mel):
 
 
 def test_overlap_and_fade_is_exact_for_a_frame_local_model_and_concatenates_without_overlap():
-    from train.benchmarks.streaming import overlap_fade
+    from train.benchmarks.stream_figures import overlap_fade
 
     mel = _mel(1, 53, 6)
     expected = _per_frame_vocoder(mel)
@@ -280,7 +280,7 @@ def test_overlap_and_fade_is_exact_for_a_frame_local_model_and_concatenates_with
 
 
 def test_seam_metric_sees_steps_at_joins_and_not_a_smooth_signal():
-    from train.benchmarks.streaming import seam_db
+    from train.benchmarks.stream_figures import seam_db
 
     t = torch.arange(48_000) / 24_000
     smooth = torch.sin(2 * torch.pi * 220 * t)
@@ -295,7 +295,7 @@ def test_seam_metric_sees_steps_at_joins_and_not_a_smooth_signal():
 def test_probe_finds_the_computed_field_and_hifts_look_ahead():
     from helpers import tiny_config
 
-    from train.benchmarks.streaming import probe_lookahead
+    from train.benchmarks.stream_figures import probe_lookahead
     from train.s3gen.hift import HiFTGenerator
 
     student = _student(2)
@@ -311,7 +311,7 @@ def test_probe_finds_the_computed_field_and_hifts_look_ahead():
 def test_lookahead_rows_exact_at_the_field_and_worse_below_it():
     from helpers import CORPUS_CLIP
 
-    from train.benchmarks.streaming import first_audio_rows, lookahead_rows
+    from train.benchmarks.stream_figures import first_audio_rows, lookahead_rows
     from train.data.audio import corpus_mels
 
     (mel,) = corpus_mels(CORPUS_CLIP.parent, 1, 2.0)

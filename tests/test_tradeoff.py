@@ -1,4 +1,4 @@
-"""``python -m train.tradeoff``: size against quality from evaluation reports."""
+"""``python train/tradeoff.py``: size against quality from evaluation reports."""
 
 import pytest
 

@@ -1,10 +1,10 @@
-"""Cost benchmark: ``python -m train.bench [--students A [B ...]] [--json FILE] [--seconds 10] [--train-steps 20]``.
+"""Cost benchmark: ``python train/bench.py [--students A [B ...]] [--json FILE] [--seconds 10] [--train-steps 20]``.
 
 Teacher and student side by side in one run, on the same mel (inference cost), then the
 training step with the real data pipeline and with the same batches in memory. See
 :mod:`train.benchmarks.side_by_side`. ``--streaming``: first audio, look-ahead and seams
-(:mod:`train.benchmarks.streaming`); ``--chatterbox``: what the swap buys inside Chatterbox's
-own S3Gen (:mod:`train.benchmarks.chatterbox`).
+(:mod:`train.benchmarks.stream_figures`); ``--chatterbox``: what the swap buys inside Chatterbox's
+own S3Gen (:mod:`train.benchmarks.in_chatterbox`).
 """
 
 from __future__ import annotations

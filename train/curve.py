@@ -1,4 +1,4 @@
-"""Held-out learning curve of a run: ``python -m train.curve RUN_FOLDER [--png FILE]``.
+"""Held-out learning curve of a run: ``python train/curve.py RUN_FOLDER [--png FILE]``.
 
 Prints a Markdown table (updates, minutes, PESQ-wb, log-mel distance, and the Griffin-Lim
 floor) and writes the figure (``learning_curve.png`` in the run folder by default).

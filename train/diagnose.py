@@ -1,4 +1,4 @@
-"""Magnitude or phase? ``python -m train.diagnose CKPT 'AUDIO_GLOB' [--count 20] [--scores] [--bands] [--voicing]``.
+"""Magnitude or phase? ``python train/diagnose.py CKPT 'AUDIO_GLOB' [--count 20] [--scores] [--bands] [--voicing]``.
 
 Vocodes the S3Gen mel of every ``--step``-th file matching the glob (sorted), then prints the
 mean S3Gen log-mel distance to the audio of the output and of its magnitude/phase swaps
@@ -26,23 +26,23 @@ import numpy as np
 import torch
 
 from train.data.audio import read_audio
-from train.evaluation.diagnose import SWAPS, VARIANTS, band_swaps, prior_variants, swap_distances, voicing_swaps
+from train.evaluation.diagnose import (
+    SWAPS,
+    VARIANTS,
+    band_swaps,
+    frame_voicing,
+    prior_variants,
+    swap_distances,
+    voicing_swaps,
+)
 from train.evaluation.griffin_lim import GriffinLim
-from train.evaluation.metrics import Analysis, QualityMetrics, pesq_wb, stoi
+from train.evaluation.metrics import QualityMetrics, pesq_wb, stoi
 from train.s3gen.mel import S3GenMel
 from train.student.model import load_student
-from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.config import SAMPLE_RATE
 from vocos_distill.errors import ConfigError
 
 PAIRED = (("PESQ-wb", pesq_wb), ("ESTOI", lambda e, r: stoi(e, r, extended=True)))
-
-
-def frame_voicing(reference: Analysis, samples: int) -> torch.Tensor:
-    """The ground truth's CREPE voicing (10 ms) at the diagnosis' STFT frames (one per 480 samples,
-    centred), each frame taking the 10 ms frame at its centre; past the track's end, unvoiced."""
-    voiced = torch.from_numpy(reference.pitch.voiced)
-    centres = torch.arange(samples // HOP_LENGTH + 1) * HOP_LENGTH * 100 // SAMPLE_RATE
-    return torch.where(centres < len(voiced), voiced[centres.clamp(max=len(voiced) - 1)], False)
 
 
 def main(argv: list[str] | None = None) -> int:

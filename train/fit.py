@@ -8,7 +8,7 @@ rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True, proje
 import hydra
 from omegaconf import DictConfig
 
-import train.utils.config  # noqa: F401  (resolvers and schemas the configs use)
+import train.utils.hydra_setup  # noqa: F401  (resolvers and schemas the configs use)
 from train.utils.entry import run
 
 

@@ -1,4 +1,4 @@
-"""Size against quality: ``python -m train.tradeoff NAME=REPORT [NAME=REPORT ...]``.
+"""Size against quality: ``python train/tradeoff.py NAME=REPORT [NAME=REPORT ...]``.
 
 Prints a Markdown table of evaluation reports (``report.json`` of ``train/evaluate.py``) of
 the same clips: a parent and its compressed children, with the floor and the ground truth

@@ -1,2 +1,2 @@
-"""Benchmarks for ``python -m train.bench``: teacher and students side by side (cost, streaming
+"""Benchmarks for ``python train/bench.py``: teacher and students side by side (cost, streaming
 latency and quality), and training and preparation throughput."""

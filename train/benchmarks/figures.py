@@ -1,4 +1,4 @@
-"""What ``python -m train.bench`` prints: each benchmark's rows as tables, with the machine and
+"""What ``python train/bench.py`` prints: each benchmark's rows as tables, with the machine and
 the ratios, and optionally as JSON. The measurements themselves are in the modules beside this
 one, which stay light: some of them run in fresh processes that must import little."""
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from train.benchmarks.chatterbox import (
+from train.benchmarks.in_chatterbox import (
     GPU_KERNEL_S,
     GPU_SUSTAINED_TFLOPS,
     TOKENS_PER_SECOND,

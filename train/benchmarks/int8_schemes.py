@@ -1,4 +1,4 @@
-"""Every int8 scheme of a checkpoint's graph, for ``python -m train.bench --int8-schemes``: each
+"""Every int8 scheme of a checkpoint's graph, for ``python train/bench.py --int8-schemes``: each
 graph's SNR against the checkpoint (fake-quantised and fp32) and its speed, timed in turn."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Inference cost of teacher and student side by side, for ``python -m train.bench``.
+"""Inference cost of teacher and student side by side, for ``python train/bench.py``.
 
 Parameters, weight-file bytes, seconds of compute per second of audio on this CPU (1 thread
 and all threads) and on CUDA when there is one, peak memory, first-chunk latency
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from train.benchmarks.streaming import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
+from train.benchmarks.stream_figures import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
 from train.evaluation.cost import short_names, stand_in_teacher
 from train.student.model import load_student
 from vocos_distill.onnx import OnnxVocoder

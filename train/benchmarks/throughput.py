@@ -1,4 +1,4 @@
-"""Training throughput, for ``python -m train.bench``: seconds of audio trained per second of
+"""Training throughput, for ``python train/bench.py``: seconds of audio trained per second of
 wall time at the configured batch, with the real data pipeline and with the same batches
 already in memory (the data-free baseline)."""
 
@@ -11,7 +11,7 @@ import time
 from lightning.pytorch import Callback, LightningDataModule
 from torch.utils.data import DataLoader
 
-from train.utils.config import project_root
+from train.utils.hydra_setup import project_root
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 
 

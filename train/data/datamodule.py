@@ -21,7 +21,7 @@ from train.data.audio import AUDIO_SUFFIXES, MEL_SUFFIXES
 from train.data.augment import check_speed_factors, check_tilt
 from train.data.cache import FrameIndex, TensorCache
 from train.data.fill import CacheFiller, PrepareReport
-from train.data.flow import FlowMels
+from train.data.flow_mels import FlowMels
 from train.data.segments import SegmentSampler, UtteranceDataset
 from train.data.sources import Corpus, DataError, Entry, Utterance, check_flow, parse_sources, split
 from train.data.speech import missing_hint
@@ -43,7 +43,7 @@ class VocoderDataModule(LightningDataModule):
             mel of T3's tokens for each line of ``flow.text_file``: teacher targets only), or a
             mix joined by ``+``: ``audio+flow`` (equal shares of training draws), ``audio:1+flow:3``.
             Validation holds each source's held-out entries.
-        flow: how flow mels are made (:class:`train.data.flow.FlowMels`; the configs' ``data.flow``).
+        flow: how flow mels are made (:class:`train.data.flow_mels.FlowMels`; the configs' ``data.flow``).
         mel_dir: folder of pre-computed S3Gen mels (``.npy`` / ``.pt``, shape (80, T)), e.g.
             the flow model's outputs; ``paired_audio_dir`` may hold audio with the same
             relative names.

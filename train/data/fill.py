@@ -21,7 +21,7 @@ from torch import Tensor
 
 from train.data.audio import read_audio, read_mel
 from train.data.cache import TensorCache
-from train.data.flow import FlowMels
+from train.data.flow_mels import FlowMels
 from train.data.sources import Utterance
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.mel import S3GenMel

@@ -31,7 +31,7 @@ from train.data.fill import PrepareReport
 from train.s3gen.flow import save_stand_in
 from train.s3gen.hift import HiFTGenerator
 from train.s3gen.teacher import save_teacher
-from train.utils.config import project_root
+from train.utils.hydra_setup import project_root
 from train.utils.instantiate import instantiate, instantiate_with_weights
 from vocos_distill.files import atomic_write_text, remove_stale_temporaries
 

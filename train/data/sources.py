@@ -20,7 +20,7 @@ import soundfile as sf
 
 from train.data.audio import AUDIO_SUFFIXES, MEL_SUFFIXES, find_files
 from train.data.cache import SourceManifest, TensorCache
-from train.data.flow import FlowMels, Line, duration, voice_for
+from train.data.flow_mels import FlowMels, Line, duration, voice_for
 from train.s3gen.hift import HiFTGenerator
 from vocos_distill.errors import ConfigError, MissingFileError
 from vocos_distill.files import atomic_write_text

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CostSettings:
     """How cost is measured, the same wherever it is (``train/evaluate.py`` and ``train/export.py``:
-    their ``cost:`` node; ``python -m train.bench``: its options).
+    their ``cost:`` node; ``python train/bench.py``: its options).
 
     ``seconds``: mel length timed; ``repeats``: timed runs per setting (the median is kept);
     ``chunk_frames``: chunk sizes whose first audio is timed; ``cuda``: time CUDA too (None: when

@@ -1,4 +1,4 @@
-"""A run's held-out learning curve, read from its CSV log: ``python -m train.curve RUN_FOLDER``.
+"""A run's held-out learning curve, read from its CSV log: ``python train/curve.py RUN_FOLDER``.
 
 Each validation logs ``val/pesq_wb``, ``val/mel_distance`` (nepers) and, once computed, the
 Griffin-Lim floor's ``val/floor_*`` (:class:`train.training.module.VocoderDistillation`);

@@ -1,4 +1,4 @@
-"""Where a vocoder's log-mel distance comes from: its magnitudes or its phase.
+"""Where a vocoder's log-mel distance comes from: its magnitudes or its phase (``train/diagnose.py``).
 
 Each clip is rebuilt from the STFT magnitude of one signal and the STFT phase of another
 (n_fft 1920, hop 480, centred, Hann) and its S3Gen log-mel distance to the ground truth is
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from train.evaluation.metrics import DB_PER_NEPER
+from train.evaluation.metrics import DB_PER_NEPER, Analysis
 from train.s3gen.mel import S3GenMel
 from vocos_distill.config import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from vocos_distill.heads import polar
@@ -105,3 +105,11 @@ def prior_variants(student: nn.Module, mel: Tensor, floor: nn.Module) -> dict[st
             floor(mel),
         )
     return {name: wav[0] for name, wav in zip(VARIANTS, outputs, strict=True)}
+
+
+def frame_voicing(reference: Analysis, samples: int) -> torch.Tensor:
+    """The ground truth's CREPE voicing (10 ms) at the diagnosis' STFT frames (one per 480 samples,
+    centred), each frame taking the 10 ms frame at its centre; past the track's end, unvoiced."""
+    voiced = torch.from_numpy(reference.pitch.voiced)
+    centres = torch.arange(samples // HOP_LENGTH + 1) * HOP_LENGTH * 100 // SAMPLE_RATE
+    return torch.where(centres < len(voiced), voiced[centres.clamp(max=len(voiced) - 1)], False)

@@ -1,4 +1,4 @@
-"""Size against quality across evaluation reports: ``python -m train.tradeoff NAME=REPORT ...``.
+"""Size against quality across evaluation reports: ``python train/tradeoff.py NAME=REPORT ...``.
 
 One row per report (a parent and its compressed children, evaluated on the same clips), then
 the Griffin-Lim floor and the ground truth from the first report: size and how many times

@@ -1,6 +1,6 @@
 """Make a listening experiment from releases' clips: ``python train/listen.py make OUT RELEASE ...``.
 
-Each release's ``listen/`` folder (:mod:`train.release.listen`) holds, per utterance, the ground
+Each release's ``listen/`` folder (:mod:`train.release.listening_page`) holds, per utterance, the ground
 truth (``NN-audio.wav``), HiFT's waveform when a teacher was there (``NN-teacher.wav``) and each
 form of the release's student (``NN-this-model-fp32.wav``, ``NN-this-model-int8.wav``). For
 ``utterances`` of them (a seeded choice), the conditions are:

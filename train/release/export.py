@@ -7,7 +7,7 @@ The folder (``checkpoints/release/<name>/`` by default)::
     model.onnx                       fp32, the iSTFT in the graph (train.student.graph)
     model.int8.onnx                  QAT students: the int8 runtime (train/quantize.py's numerics)
     README.md                        the model card (train.release.card)
-    listen.html, listen/             the A/B listening page (train.release.listen)
+    listen.html, listen/             the A/B listening page (train.release.listening_page)
     release.json                     sizes, sha256s, source checkpoint, git commit, verdict, checks
 
 It is built in a temporary folder beside the destination and renamed into place only after
@@ -40,7 +40,7 @@ from train.data.held_out import held_out_items
 from train.evaluation import cost as benchmark
 from train.evaluation.cost import CostSettings
 from train.evaluation.report import read_report, table
-from train.release import card, listen
+from train.release import card, listening_page
 from train.release.provenance import history, training_data
 from train.release.publish import MANIFEST
 from train.release.vocos_layout import feature_residual, load_vocos, write_vocos_layout
@@ -271,7 +271,9 @@ def _build(
             if int8:
                 systems["this model (int8)"] = quantized(mel)[0]
             wavs.append((utterance, systems))
-    listen.write_listening_page(folder, wavs, f"{name}: listening test", "<p>Held-out speech, not trained on.</p>")
+    listening_page.write_listening_page(
+        folder, wavs, f"{name}: listening test", "<p>Held-out speech, not trained on.</p>"
+    )
 
     lines, bases, runs = history(checkpoint)
     facts = {

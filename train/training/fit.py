@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-import train.utils.config  # noqa: F401  (resolvers the configs use)
+import train.utils.hydra_setup  # noqa: F401  (resolvers the configs use)
 from train.compress.stage import CompressionError, CompressionStage
 from train.student.model import load_student
 from train.training.module import check_precision

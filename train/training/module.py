@@ -85,7 +85,7 @@ class VocoderDistillation(LightningModule):
         (``val/floor_mel_distance``, ``val/floor_pesq_wb``): the line a run must cross.
     freeze_discriminators: no weight gradients for the discriminators in the generator step
         (they would be discarded). ``False`` only to measure what that saves
-        (``python -m train.bench --train-compare module.freeze_discriminators=false``).
+        (``python train/bench.py --train-compare module.freeze_discriminators=false``).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""What the swap buys inside Chatterbox, for ``python -m train.bench --chatterbox``.
+"""What the swap buys inside Chatterbox, for ``python train/bench.py --chatterbox``.
 
 Chatterbox's own ``S3Gen`` (chatterbox-tts, random weights: cost does not depend on the values)
 makes a mel from speech tokens with its flow (``S3Gen.flow_inference``, 10 CFM steps as in
