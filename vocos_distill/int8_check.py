@@ -90,6 +90,33 @@ def _unpack(packed: dict[str, Any]) -> np.ndarray:
     return data.reshape(packed["shape"]).astype(np.float32)
 
 
+def _pack(array: np.ndarray) -> dict[str, Any]:
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.float16)
+    return {"shape": list(array.shape), "float16": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+PROBE_STRIDE = 8  # every 8th output sample is kept: the SNR over them is within ~0.2 dB of the SNR over all
+# Windows kept: on a 256/768 x 6 QAT student, the full-range graph on AVX2 lost 0.7 dB on the loudest
+# window but 3.8-8 dB on each of the 5 windows it reproduced worst on an exact kernel (129 windows)
+PROBE_WINDOWS = 3
+
+
+def encode_probe(mel: np.ndarray, expected: np.ndarray, snr_db: float, min_snr_db: float) -> str:
+    """The probe as it is stored in a graph's metadata: the mels and every :data:`PROBE_STRIDE`-th
+    sample of the expected outputs, in float16 (its rounding is ~66 dB down); 9 KB a window."""
+    return json.dumps(
+        {
+            "mel": _pack(mel),
+            "expected": _pack(expected[..., ::PROBE_STRIDE]),
+            "stride": PROBE_STRIDE,
+            "snr_db": round(snr_db, 2),
+            "min_snr_db": min_snr_db,
+        }
+    )
+
+
 def read_probe(metadata: dict[str, str]) -> Probe | None:
     if PROBE_KEY not in metadata:
         return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,13 @@ from omegaconf import DictConfig
 from train.compress.compare import compare
 from train.data.held_out import held_out_items
 from train.evaluation.report import rows_table
-from train.student.graph import export_onnx, probe_windows
+from train.student.graph import Int8GraphError, write_int8_graph
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 from vocos_distill.errors import ConfigError
-from vocos_distill.files import atomic_write, atomic_write_text, sha256_file
-from vocos_distill.int8_check import describe_cpu, snr_db
-from vocos_distill.onnx import OnnxVocoder
+from vocos_distill.files import atomic_write_text, sha256_file
+from vocos_distill.int8_check import describe_cpu
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +39,17 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         )
     output = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint.with_suffix(".int8.onnx")
     mels = [item["mel"].unsqueeze(0) for _, item in held_out_items(cfg.data, cfg.max_utterances, cfg.get("max_frames"))]
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        source = {"source": checkpoint.name, "source_sha256": sha256_file(checkpoint)}
-        graph = export_onnx(
-            student,
-            Path(tmp) / "student.onnx",
-            quantize=True,
-            metadata=source,
-            probe=probe_windows(mels),
-            min_snr_db=cfg.min_snr_db,
-        )
-        runtime = OnnxVocoder(graph, check=False)  # checked below, on every validation mel
-        snrs = [snr_db(student(m), runtime(m)) for m in mels]
-        data = runtime.path.read_bytes()
+    source = {"source": checkpoint.name, "source_sha256": sha256_file(checkpoint)}
+    try:
+        snrs = write_int8_graph(student, output, mels, cfg.min_snr_db, metadata=source)
+    except Int8GraphError as err:
+        raise QuantizationError(
+            f"the int8 runtime reproduces {checkpoint} at only {err.worst_db:.1f} dB SNR "
+            f"(min_snr_db={cfg.min_snr_db}); nothing written to {output}. Measured on {describe_cpu()}. "
+            "Train longer with compress=qat, or lower min_snr_db knowingly."
+        ) from None
     worst = min(snrs)
+    data = output.read_bytes()
     log.info(
         "int8 runtime vs the model as trained (fake-quantised if QAT), %d validation mels: SNR min %.1f, mean %.1f dB "
         "on %s",
@@ -63,13 +58,6 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         sum(snrs) / len(snrs),
         describe_cpu(),
     )
-    if worst < cfg.min_snr_db:
-        raise QuantizationError(
-            f"the int8 runtime reproduces {checkpoint} at only {worst:.1f} dB SNR (min_snr_db={cfg.min_snr_db}); "
-            f"nothing written to {output}. Measured on {describe_cpu()}. Train longer with compress=qat, or lower "
-            "min_snr_db knowingly."
-        )
-    atomic_write(output, lambda f: f.write(data))
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "output": str(output),

@@ -22,7 +22,6 @@ call); :class:`vocos_distill.onnx.OnnxVocoder` runs such a file.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -40,10 +39,11 @@ from torch import Tensor, nn
 
 from train.s3gen.mel import S3GenMel
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.errors import ConfigError
 from vocos_distill.files import atomic_write
 from vocos_distill.heads import AmplitudePriorHead, amplitude_prior, polar, same_output
-from vocos_distill.int8_check import PROBE_KEY, snr_db
-from vocos_distill.onnx import OnnxArtifactError, session
+from vocos_distill.int8_check import PROBE_KEY, PROBE_STRIDE, PROBE_WINDOWS, encode_probe, snr_db
+from vocos_distill.onnx import OnnxArtifactError, OnnxVocoder, session
 
 log = logging.getLogger(__name__)
 for _name in ("onnx_ir", "onnxscript"):  # the exporter's optimiser logs every pass at INFO
@@ -97,31 +97,6 @@ def overflow_risks(model: Any) -> list[str]:
                 f"2 * {U8_MAX} * {largest} = {2 * U8_MAX * largest:,} > {INT16_MAX:,}"
             )
     return risks
-
-
-def _pack(array: np.ndarray) -> dict[str, Any]:
-    array = np.ascontiguousarray(array, dtype=np.float16)
-    return {"shape": list(array.shape), "float16": base64.b64encode(array.tobytes()).decode("ascii")}
-
-
-PROBE_STRIDE = 8  # every 8th output sample is kept: the SNR over them is within ~0.2 dB of the SNR over all
-# Windows kept: on a 256/768 x 6 QAT student, the full-range graph on AVX2 lost 0.7 dB on the loudest
-# window but 3.8-8 dB on each of the 5 windows it reproduced worst on an exact kernel (129 windows)
-PROBE_WINDOWS = 3
-
-
-def encode_probe(mel: np.ndarray, expected: np.ndarray, snr_db: float, min_snr_db: float) -> str:
-    """The probe as it is stored in a graph's metadata: the mels and every :data:`PROBE_STRIDE`-th
-    sample of the expected outputs, in float16 (its rounding is ~66 dB down); 9 KB a window."""
-    return json.dumps(
-        {
-            "mel": _pack(mel),
-            "expected": _pack(expected[..., ::PROBE_STRIDE]),
-            "stride": PROBE_STRIDE,
-            "snr_db": round(snr_db, 2),
-            "min_snr_db": min_snr_db,
-        }
-    )
 
 
 def _overlap_add(frames: Tensor, hop: int) -> Tensor:
@@ -405,3 +380,37 @@ def probe_windows(mels: list[Tensor], frames: int = 24, most: int = 64) -> Tenso
         return default_probe_mel(frames=frames)
     chosen = torch.linspace(0, len(windows) - 1, min(most, len(windows))).round().long().tolist()
     return torch.cat([windows[i] for i in sorted(set(chosen))])
+
+
+class Int8GraphError(ConfigError, ValueError):
+    """An int8 graph that does not reproduce its model at ``min_snr_db`` on the validation mels."""
+
+    def __init__(self, worst_db: float, min_snr_db: float) -> None:
+        super().__init__(f"the int8 graph reproduces its model at only {worst_db:.1f} dB SNR (min_snr_db={min_snr_db})")
+        self.worst_db, self.min_snr_db = worst_db, min_snr_db
+
+
+def write_int8_graph(
+    student: nn.Module,
+    path: str | Path,
+    mels: list[Tensor],
+    min_snr_db: float,
+    istft: str = "matmul",
+    metadata: dict[str, str] | None = None,
+) -> list[float]:
+    """The one writer of an int8 graph (``train/quantize.py`` and ``train/export.py`` both call it):
+    ``student`` (fake-quantised QAT, or plain) quantised, the probe chosen from ``mels``' windows
+    and embedded (:func:`probe_windows`, :func:`export_onnx`), then the graph run on every mel of
+    ``mels`` against ``student``; written to ``path`` only if each reaches ``min_snr_db``, else an
+    :class:`Int8GraphError` and nothing written. Returns the SNR of each mel, in dB."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        staged = export_onnx(student, Path(tmp) / path.name, quantize=True, istft=istft, metadata=metadata,
+                             probe=probe_windows(mels), min_snr_db=min_snr_db)  # fmt: skip
+        runtime = OnnxVocoder(staged, check=False)  # checked here, on every validation mel
+        snrs = [snr_db(student(mel), runtime(mel)) for mel in mels]
+        if min(snrs) < min_snr_db:
+            raise Int8GraphError(min(snrs), min_snr_db)
+        data = staged.read_bytes()
+    atomic_write(path, lambda f: f.write(data))
+    return snrs
