@@ -50,9 +50,9 @@ def main(readme: str, release: str, mel_path: str, out: str) -> None:
     namespace: dict = {}
     exec(offline.replace(RELEASED, release), namespace)
     assert namespace["hift"] is hift and s3gen.mel2wav is hift, "use_student did not swap in and back"
-    from vocos_distill import load_vocoder
+    from vocos_distill import from_pretrained
 
-    auto_runtime = load_vocoder(release).runtime  # what runtime="auto" took (the check and timing are cached)
+    auto_runtime = from_pretrained(release).runtime  # what runtime="auto" took (the check and timing are cached)
     played: list[torch.Tensor] = []
     namespace.update(flow_chunks=[mel[..., i : i + 13] for i in range(0, mel.shape[-1], 13)], play=played.append)
     exec(streaming.replace(RELEASED, release), namespace)

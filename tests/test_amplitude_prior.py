@@ -12,9 +12,9 @@ from train.release.vocos_layout import load_vocos, write_vocos_layout
 from train.student.graph import export_onnx
 from train.student.model import build_student
 from train.student.quantized import SCHEME, prepare, strip
+from vocos_distill import from_pretrained
 from vocos_distill.config import StudentConfig, StudentConfigError
 from vocos_distill.heads import AmplitudePriorHead, polar
-from vocos_distill.loader import load_student
 from vocos_distill.release import load_release
 
 
@@ -56,7 +56,7 @@ def test_files_record_it_only_when_set_and_a_bad_value_is_refused(tmp_path, mel)
         StudentConfig.from_dict({"amplitude_prior": "yes"})
     student = prior_student()
     save_ckpt(student, tmp_path / "prior.ckpt")
-    loaded = load_student(tmp_path / "prior.ckpt")
+    loaded = from_pretrained(tmp_path / "prior.ckpt")
     assert isinstance(loaded.head, AmplitudePriorHead)
     with torch.no_grad():
         assert torch.equal(loaded(mel), student(mel))
@@ -70,7 +70,7 @@ def test_it_streams_exactly_and_exports_to_onnx(tmp_path, mel):
         chunks = [stream.push(mel[..., i : i + 6]) for i in range(0, mel.shape[-1], 6)]
         streamed = torch.cat([*chunks, stream.flush()], dim=-1)
     assert (streamed - offline).abs().max() < 1e-5
-    fp32 = load_student(export_onnx(student, tmp_path / "prior.onnx"))
+    fp32 = from_pretrained(export_onnx(student, tmp_path / "prior.onnx"))
     assert fp32.config.amplitude_prior
     with torch.no_grad():
         assert (fp32(mel) - offline).abs().max() < 1e-4
@@ -106,7 +106,7 @@ def test_a_release_loads_through_the_runtime_and_plain_vocos_refuses_to_decode_i
     with torch.no_grad():
         assert runtime == "torch" and torch.allclose(vocoder(mel), student(mel), atol=1e-6)
     vocos = load_vocos(folder)  # vocos builds it (strict load) ...
-    with pytest.raises(TypeError, match="needs the mel.*load_release"):  # ... but cannot decode without the mel
+    with pytest.raises(TypeError, match="needs the mel.*from_pretrained"):  # ... but cannot decode without the mel
         vocos.decode(mel)
 
 

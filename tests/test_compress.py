@@ -11,8 +11,9 @@ from vocos.models import VocosBackbone
 from train.compress.compare import snr_db
 from train.compress.pruning import Pruning, check_targets, drop_blocks, prune, prune_widths, schedule
 from train.compress.stage import CompressionError
+from train.student import from_pretrained
 from train.student.graph import export_onnx
-from train.student.model import build_student, load_student
+from train.student.model import build_student
 from train.student.quantized import SCHEME, is_prepared, prepare, strip
 from train.training.fit import build, fit
 from vocos_distill.onnx import OnnxArtifactError, OnnxVocoder
@@ -36,7 +37,7 @@ def test_pruning_to_the_parents_own_shape_changes_nothing(mel):
 
 
 @pytest.mark.parametrize("importance", ["magnitude", "taylor"])
-def test_pruning_gives_the_stock_vocos_shapes_and_loads_with_load_student(tmp_path, mel, importance):
+def test_pruning_gives_the_stock_vocos_shapes_and_loads_with_from_pretrained(tmp_path, mel, importance):
     parent = student()
     loss = lambda s: (s(mel) - parent(mel).detach()).pow(2).mean()  # noqa: E731
     pruned = prune(parent, {"dim": 16, "intermediate_dim": 24, "num_layers": 1}, importance, mel, loss)
@@ -47,7 +48,7 @@ def test_pruning_gives_the_stock_vocos_shapes_and_loads_with_load_student(tmp_pa
     assert pruned.config == parent.config.replace(dim=16, intermediate_dim=24, num_layers=1)
     assert not any("torch_pruning" in type(m).__module__ for m in pruned.modules())
     save_ckpt(pruned, tmp_path / "pruned.ckpt")
-    loaded = load_student(tmp_path / "pruned.ckpt")
+    loaded = from_pretrained(tmp_path / "pruned.ckpt")
     with torch.no_grad():
         assert torch.equal(loaded(mel), pruned(mel))
     # what is kept is the parent's own channels: the input embedding's surviving rows are parent rows
@@ -120,7 +121,7 @@ def test_int8_runtime_matches_the_fake_quantised_model_and_its_graph_matches_pyt
 
     weights = count_parameters(strip(fake))  # the ONNX graphs hold the same weights, plus the iSTFT's constants
     assert count_parameters(fp32) > weights and count_parameters(int8) > weights
-    assert type(load_student(tmp_path / "s.onnx")) is OnnxVocoder
+    assert type(from_pretrained(tmp_path / "s.onnx")) is OnnxVocoder
     import onnx
 
     quantized = [n for n in onnx.load(str(tmp_path / "s.onnx")).graph.node if n.op_type == "MatMulInteger"]
@@ -174,7 +175,7 @@ def test_finetune_prune_qat_chain_with_resume_mid_prune_and_mid_qat(tmp_path, cl
     assert f"next stage: python train/quantize.py checkpoint={qat['last_checkpoint']}" in caplog.text
     step, shape = saved(qat["last_checkpoint"])
     assert qat["resumed_from"] and step == 4 and shape == {**second_shape(second), "fake_quant": SCHEME}
-    assert is_prepared(load_student(qat["last_checkpoint"]))
+    assert is_prepared(from_pretrained(qat["last_checkpoint"]))
 
 
 def second_shape(result):
@@ -319,7 +320,7 @@ def test_pruning_under_two_process_ddp_cuts_once_before_the_model_is_wrapped(tmp
 def test_an_unreadable_onnx_student_is_named(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(OnnxArtifactError, match=r"junk.onnx: not a student graph written by this project"):
-        load_student(tmp_path / "junk.onnx")
+        from_pretrained(tmp_path / "junk.onnx")
     # a spectrum-only graph (what train/quantize.py wrote before the iSTFT moved into the graph)
     import onnx
 
@@ -328,7 +329,7 @@ def test_an_unreadable_onnx_student_is_named(tmp_path):
     model.graph.output[0].name = "real"  # output is not the waveform, as those graphs were
     onnx.save(model, str(tmp_path / "old.onnx"))
     with pytest.raises(OnnxArtifactError, match=r"old.onnx: a graph with outputs \['real'\], not the waveform"):
-        load_student(tmp_path / "old.onnx")
+        from_pretrained(tmp_path / "old.onnx")
 
 
 @pytest.mark.slow

@@ -383,3 +383,23 @@ def test_fuzz_every_broken_release_loads_a_working_form_or_keeps_hift_and_says_w
             assert named in message or (kind == "file" and what == "config.yaml"), (kind, what, how, message)
             assert "keeping Chatterbox's own vocoder" in message
     assert outcomes["student"] and outcomes["hift"], outcomes
+
+
+# -- one way to load a student (issue 39) --------------------------------------------------------------------
+def test_one_way_to_load_a_student_and_the_old_names_warn(release, model):
+    import vocos_distill.loader as loader
+    from vocos_distill.chatterbox import load_vocoder
+    from vocos_distill.release import load_release
+
+    vocoder = vocos_distill.from_pretrained(release, runtime="onnx")
+    assert vocoder.runtime == "onnx" and not vocoder.training
+    assert vocos_distill.from_pretrained(release / "model.int8.onnx").runtime == "int8"  # a file, too
+    for old, call in (
+        ("load_release", lambda: load_release(release, runtime="torch")),
+        ("load_student", lambda: loader.load_student(release / "model.onnx")),
+        ("load_vocoder", lambda: load_vocoder(release, runtime="torch")),
+    ):
+        with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: use .*from_pretrained"):
+            call()
+    for gone in ("read_student_file", "student_from_file"):
+        assert not hasattr(vocos_distill, gone)

@@ -21,9 +21,9 @@ from train.student.graph import export_onnx
 from train.student.model import build_student
 from train.student.quantized import SCHEME, prepare, strip
 from train.training.fit import fit
+from vocos_distill import from_pretrained
 from vocos_distill.backbone import LookaheadConv1d
 from vocos_distill.config import StudentConfig, StudentConfigError
-from vocos_distill.loader import load_student
 from vocos_distill.release import load_release
 
 HOP = 480
@@ -143,12 +143,12 @@ def test_pruning_qat_onnx_and_int8_keep_it(tmp_path, mel):
     assert strip(qat).config.lookahead == 1
     with torch.no_grad():
         offline = pruned(mel)
-    graph = load_student(export_onnx(pruned, tmp_path / "s.onnx"))
+    graph = from_pretrained(export_onnx(pruned, tmp_path / "s.onnx"))
     assert graph.config.lookahead == 1 and graph.receptive_field == pruned.receptive_field
     with torch.no_grad():
         assert (graph(mel) - offline).abs().max() < 1e-4
         assert (graph.stream().decode(mel, 5) - offline).abs().max() < 1e-4  # windowed by its receptive field
-    int8 = load_student(export_onnx(pruned, tmp_path / "s.int8.onnx", quantize=True))
+    int8 = from_pretrained(export_onnx(pruned, tmp_path / "s.int8.onnx", quantize=True))
     assert int8.config.lookahead == 1
 
 
@@ -191,7 +191,7 @@ def test_the_stage_distils_a_parent_into_the_lookahead_student_and_resumes_in_it
     assert cfg.run_group.endswith("-lookahead2") and cfg.module.target_weights.parent == 1.0
     fit(cfg)
     last = tmp_path / "c" / "checkpoints" / "last.ckpt"
-    child = load_student(last)
+    child = from_pretrained(last)
     assert child.config.lookahead == 2 and reach(child)[0] == 2
     assert torch.load(last, weights_only=True)["student_config"]["lookahead"] == 2
     fit(stage("c", "student.lookahead=2", "trainer.max_steps=5", f"ckpt_path={last}"))  # resumes into the same modules

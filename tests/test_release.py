@@ -392,7 +392,7 @@ def test_the_cards_history_and_data_come_from_the_run_configs_up_the_chain(tmp_p
         ({}, [], "Vocos.from_pretrained"),
         ({"lookahead": 4}, ["LookaheadBackbone"], "Vocos.from_pretrained"),
         ({"lookahead": 1}, ["LookaheadBackbone", "ShiftedISTFTHead"], "Vocos.from_pretrained"),
-        ({"lookahead": 4, "amplitude_prior": True}, ["LookaheadBackbone"], "load_release"),
+        ({"lookahead": 4, "amplitude_prior": True}, ["LookaheadBackbone"], "from_pretrained"),
     ],
 )
 def test_the_card_says_how_a_short_lookahead_student_loads(shape, classes, loader):

@@ -5,12 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from train.student.model import (
-    build_student,
-    load_student,
-    load_vocos_state_dict,
-    warm_start,
-)
+from train.student import from_pretrained
+from train.student.model import build_student, load_vocos_state_dict, warm_start
 from vocos_distill.config import StudentConfig
 from vocos_distill.hub import WeightsUnavailableError
 from vocos_distill.loader import StudentFileError
@@ -74,7 +70,7 @@ def tiny_student():
 
 
 @pytest.mark.parametrize("layout", ["lightning.ckpt", "generator.safetensors", "generator.pt"])
-def test_load_student_rebuilds_the_architecture_from_any_checkpoint_layout(tmp_path, layout):
+def test_from_pretrained_rebuilds_the_architecture_from_any_checkpoint_layout(tmp_path, layout):
     student = tiny_student()
     path = tmp_path / layout
     state = {k: v.contiguous() for k, v in student.state_dict().items()}
@@ -85,7 +81,7 @@ def test_load_student_rebuilds_the_architecture_from_any_checkpoint_layout(tmp_p
         save_file(state, str(path))
     else:
         torch.save(state, path)
-    loaded = load_student(path)
+    loaded = from_pretrained(path)
     assert loaded.config == student.config and loaded.config.num_layers == 2
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     mel = torch.randn(1, 80, 12)
@@ -93,20 +89,20 @@ def test_load_student_rebuilds_the_architecture_from_any_checkpoint_layout(tmp_p
     assert StudentConfig.of_state(state).n_fft == 1920
 
 
-def test_load_student_errors_name_the_file(tmp_path):
+def test_from_pretrained_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        load_student(tmp_path / "missing.ckpt")
+        from_pretrained(tmp_path / "missing.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(StudentFileError, match="junk.ckpt: cannot read"):
-        load_student(tmp_path / "junk.ckpt")
+        from_pretrained(tmp_path / "junk.ckpt")
     torch.save({"state_dict": {"conv_pre.bias": torch.zeros(3)}}, tmp_path / "hift.pt")
     with pytest.raises(StudentFileError, match=r"hift.pt: no Vocos student inside.*conv_pre.bias"):
-        load_student(tmp_path / "hift.pt")
+        from_pretrained(tmp_path / "hift.pt")
     state = tiny_student().state_dict()
     state["head.out.bias"] = torch.zeros(5)
     torch.save(state, tmp_path / "bent.pt")
     with pytest.raises(StudentFileError, match=r"(?s)bent.pt: does not load.*head.out.bias"):
-        load_student(tmp_path / "bent.pt")
+        from_pretrained(tmp_path / "bent.pt")
 
 
 # -- defect: checkpoints did not say how to rebuild the student ---------------------------
@@ -122,7 +118,7 @@ def test_a_training_checkpoint_carries_the_student_build_config(tmp_path):
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "run.ckpt")
-    loaded = load_student(tmp_path / "run.ckpt")
+    loaded = from_pretrained(tmp_path / "run.ckpt")
     assert loaded.config == student.config
     mel = torch.randn(1, 80, 10)
     assert loaded(mel).shape == (1, 10 * 240)
@@ -136,7 +132,7 @@ def test_a_bare_safetensors_file_with_config_metadata_rebuilds_exactly(tmp_path)
         str(tmp_path / "g.safetensors"),
         metadata={"config": json.dumps(student.config.to_dict())},
     )
-    assert load_student(tmp_path / "g.safetensors").config == student.config
+    assert from_pretrained(tmp_path / "g.safetensors").config == student.config
 
 
 def test_shape_inference_is_only_a_fallback_and_refuses_uneven_blocks(tmp_path):
@@ -147,7 +143,7 @@ def test_shape_inference_is_only_a_fallback_and_refuses_uneven_blocks(tmp_path):
     state["backbone.convnext.1.pwconv2.weight"] = torch.zeros(32, 48)
     torch.save(state, tmp_path / "uneven.pt")
     with pytest.raises(StudentFileError, match=r"uneven.pt.*intermediate widths differ.*\[64, 48\]"):
-        load_student(tmp_path / "uneven.pt")
+        from_pretrained(tmp_path / "uneven.pt")
 
 
 # -- defect: a warm start that copied nothing passed silently --------------------------------

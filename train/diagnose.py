@@ -38,7 +38,7 @@ from train.evaluation.diagnose import (
 from train.evaluation.griffin_lim import GriffinLim
 from train.evaluation.metrics import QualityMetrics, pesq_wb, stoi
 from train.s3gen.mel import S3GenMel
-from train.student.model import load_student
+from train.student import from_pretrained
 from vocos_distill.config import SAMPLE_RATE
 from vocos_distill.errors import ConfigError
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no file matches {args.audio!r}", file=sys.stderr)
         return 2
     try:
-        student = load_student(args.checkpoint, "cpu")
+        student = from_pretrained(args.checkpoint, device="cpu")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ _WHERE = {
     "StudentConfig": "config",
     "RUNTIMES": "release",
     "load_release": "release",
+    "from_pretrained": "loader",
     "load_student": "loader",
     "MelStream": "vocoder",
     "Vocoder": "vocoder",

@@ -36,7 +36,7 @@ from vocos import Vocos
 
 from vocos_distill.config import MEL_SPEC
 from vocos_distill.errors import ConfigError, VocoderFallbackWarning
-from vocos_distill.loader import load_student
+from vocos_distill.loader import _from_file
 from vocos_distill.onnx import OnnxVocoder
 from vocos_distill.release import RUNTIMES, Loaded, open_release
 from vocos_distill.student import VocosStudent
@@ -61,11 +61,11 @@ class ChatterboxVocoder(nn.Module):
     (a :class:`~vocos_distill.vocoder.Vocoder`: PyTorch fp32, pruned, QAT or torchao int8, or an
     ONNX graph)."""
 
-    def __init__(self, vocoder: Vocoder, source: str = "", runtime: str = "torch") -> None:
+    def __init__(self, vocoder: Vocoder, source: str = "", runtime: str | None = None) -> None:
         super().__init__()
         self.vocoder = vocoder
         self.source = source
-        self.runtime = runtime
+        self.runtime = runtime or vocoder.runtime
         self.n_mels = vocoder.n_mels
 
     def extra_repr(self) -> str:
@@ -103,10 +103,11 @@ def load_vocoder(
     local_files_only: bool = False,
     mel_spec: dict[str, Any] | None = None,
 ) -> ChatterboxVocoder:
-    """A :class:`ChatterboxVocoder` from a release folder or Hub id (:func:`load_release`, which
-    says what ``runtime`` can be), a student file (:func:`~vocos_distill.loader.load_student`),
-    a :class:`~vocos_distill.vocoder.Vocoder` or a ``vocos.Vocos``. A form of a release that
-    ``runtime="auto"`` passed over is said in one :class:`VocoderFallbackWarning`."""
+    """Deprecated: ``ChatterboxVocoder(vocos_distill.from_pretrained(source, ...))``, or
+    :func:`use_student`, which puts it in place. A :class:`ChatterboxVocoder` from a release
+    folder or Hub id, a student file, a :class:`~vocos_distill.vocoder.Vocoder` or a ``vocos.Vocos``."""
+    warnings.warn("vocos_distill.load_vocoder is deprecated: use ChatterboxVocoder(vocos_distill.from_pretrained(...)) "
+                  "or use_student", DeprecationWarning, stacklevel=2)  # fmt: skip
     vocoder, loaded = _open(source, runtime, device, local_files_only, mel_spec)
     said = loaded.warning(str(source)) if loaded is not None else None
     if said is not None:
@@ -129,8 +130,8 @@ def _open(
     source = str(source)
     path = Path(source).expanduser()
     if path.is_file():  # a student checkpoint or an ONNX graph of this project
-        vocoder = load_student(path, device)
-        return ChatterboxVocoder(vocoder, source, "onnx" if isinstance(vocoder, OnnxVocoder) else "torch"), None
+        vocoder = _from_file(path, device)
+        return ChatterboxVocoder(vocoder, source, vocoder.runtime), None
     loaded = open_release(source, runtime, device, local_files_only, mel_spec)
     return ChatterboxVocoder(loaded.vocoder, source, loaded.runtime), loaded
 

@@ -124,7 +124,7 @@ class AmplitudePriorHead(ISTFTHead):
     def forward(self, x: Tensor) -> Tensor:
         raise TypeError(
             "this student's head refines the magnitude of the mel itself (amplitude_prior) and needs the mel, "
-            "which vocos' Vocos.decode does not pass: load it with vocos_distill.load_release or load_student"
+            "which vocos' Vocos.decode does not pass: load it with vocos_distill.from_pretrained"
         )
 
     def prior(self, mel: Tensor) -> Tensor:

@@ -1,8 +1,16 @@
-"""A student file (a training checkpoint, a bare generator, an ONNX graph) as a :class:`Vocoder`."""
+"""The one way to get a student: :func:`from_pretrained`, as ``vocos``' own ``Vocos.from_pretrained``.
+
+A release folder, a Hub id or a student file (a training checkpoint, a bare generator, an ONNX
+graph) -> a :class:`~vocos_distill.vocoder.Vocoder` in eval mode, gradients off. The runtime, the
+Chatterbox drop-in, evaluation, export and the benchmarks all load students through it. The
+names of earlier versions (``load_release``, ``load_student``) stay as thin aliases that warn.
+"""
 
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +20,20 @@ from torch import Tensor
 from vocos_distill.config import CONFIG_KEY, StudentConfig, StudentConfigError
 from vocos_distill.errors import MissingFileError
 from vocos_distill.onnx import OnnxVocoder
+from vocos_distill.release import open_release
 from vocos_distill.student import VocosStudent
 from vocos_distill.vocoder import Vocoder
 
 STUDENT_FILES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+# How a student trained fake-quantised (QAT) is rebuilt as it trained: the training install
+# (train.student.model) registers it; without it such a checkpoint is refused, naming what to do.
+_fake_quantise: Callable[[VocosStudent, str, str], None] | None = None
+
+
+def register_fake_quantiser(fake_quantise: Callable[[VocosStudent, str, str], None]) -> None:
+    """Let :func:`from_pretrained` rebuild QAT checkpoints: ``fake_quantise(student, scheme, where)``."""
+    global _fake_quantise
+    _fake_quantise = fake_quantise
 
 
 class StudentFileError(StudentConfigError):
@@ -81,18 +99,53 @@ def student_of_state(path: str | Path, state: dict[str, Tensor], config: Student
     return student
 
 
-def load_student(path: str | Path, device: str | torch.device = "cpu") -> Vocoder:
-    """A student file as a :class:`Vocoder` in eval mode with gradients off: an ONNX graph
-    (``.onnx``, fp32 or int8 with its self-check) or a plain student (``.ckpt``, ``.safetensors``,
-    ``.pt``, ``.pth``, ``.bin``). A QAT checkpoint needs the training install
-    (``train.student.load_student`` rebuilds it fake-quantised)."""
-    path = Path(path).expanduser()
+def from_pretrained(
+    source: str | Path,
+    *,
+    runtime: str = "auto",
+    device: str | torch.device = "cpu",
+    local_files_only: bool = False,
+    mel_spec: dict[str, Any] | None = None,
+) -> Vocoder:
+    """A student from a release folder, a Hub id (``owner/name``) or a student file, in eval mode
+    with gradients off.
+
+    A release is read in ``runtime`` (``auto``, ``torch``, ``onnx``, ``int8``; see
+    :func:`vocos_distill.release.load_release`), checked against ``mel_spec`` (S3Gen's by
+    default); a form ``auto`` passed over is said in one
+    :class:`~vocos_distill.errors.VocoderFallbackWarning` at the caller's line. A file is an ONNX
+    graph (``.onnx``, fp32 or int8 with its self-check) or a checkpoint (``.ckpt``,
+    ``.safetensors``, ``.pt``, ``.pth``, ``.bin``); a QAT checkpoint comes back fake-quantised as
+    it trained, which needs the training install. ``vocoder.runtime`` says which form it is."""
+    path = Path(str(source)).expanduser()
+    if path.is_file():
+        return _from_file(path, torch.device(device))
+    if path.suffix in (*STUDENT_FILES, ".onnx"):
+        raise MissingFileError(f"student file not found: {path}")
+    loaded = open_release(str(source), runtime, device, local_files_only, mel_spec)
+    said = loaded.warning(str(source))
+    if said is not None:
+        warnings.warn(said[0], said[1], stacklevel=2)
+    return loaded.vocoder
+
+
+def _from_file(path: Path, device: torch.device) -> Vocoder:
     if path.suffix == ".onnx":
         return OnnxVocoder(path).eval()
     state, config = read_student_file(path)
+    student = student_of_state(path, state, config)
     if config is not None and config.fake_quant:
-        raise StudentFileError(
-            f"{path}: a student trained fake-quantised ({config.fake_quant}); load it with "
-            "train.student.load_student (the training install), or export it (train/export.py)"
-        )
-    return student_of_state(path, state, config).to(device).eval().requires_grad_(False)
+        if _fake_quantise is None:
+            raise StudentFileError(
+                f"{path}: a student trained fake-quantised ({config.fake_quant}); rebuilding it needs the training "
+                "install (train.student), or export it first (train/export.py)"
+            )
+        _fake_quantise(student, config.fake_quant, str(path))
+    return student.to(device).eval().requires_grad_(False)
+
+
+def load_student(path: str | Path, device: str | torch.device = "cpu") -> Vocoder:
+    """Deprecated: :func:`from_pretrained` (which takes a student file as well)."""
+    warnings.warn("vocos_distill.loader.load_student is deprecated: use vocos_distill.from_pretrained",
+                  DeprecationWarning, stacklevel=2)  # fmt: skip
+    return from_pretrained(path, device=device)

@@ -99,6 +99,10 @@ class OnnxVocoder(Vocoder):
     def is_int8(self) -> bool:
         return self.quantization != "fp32"
 
+    @property
+    def runtime(self) -> str:
+        return "int8" if self.is_int8 else "onnx"
+
     @cached_property
     def sha256(self) -> str:
         """The graph file's SHA-256: what its self-check and speed check are remembered by."""

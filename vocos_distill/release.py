@@ -2,7 +2,7 @@
 
 A release (``train/export.py``) holds ``config.yaml`` and ``pytorch_model.bin`` in vocos' own
 layout (``Vocos.from_pretrained`` loads it), ``model.onnx`` (fp32, the iSTFT in the graph) and
-``model.int8.onnx`` (int8 with its probe). :func:`load_release` reads one of them as a
+``model.int8.onnx`` (int8 with its probe). :func:`vocos_distill.from_pretrained` reads one of them as a
 :class:`~vocos_distill.vocoder.Vocoder`, after checking that the release was made for the
 mel it will be given.
 
@@ -353,7 +353,9 @@ def load_release(
     local_files_only: bool = False,
     mel_spec: dict[str, Any] | None = None,
 ) -> tuple[str, Vocoder]:
-    """``(runtime, vocoder)`` of a release folder or Hub id.
+    """Deprecated (release cards written by vocos-distill 0.2 call it): ``(runtime, vocoder)`` of a
+    release folder or Hub id. Use :func:`vocos_distill.from_pretrained`, whose vocoder says its
+    ``runtime``.
 
     ``runtime``: ``torch`` (the fp32 weights, read through ``vocos``' own classes), ``onnx`` /
     ``int8`` (the release's ONNX graphs through ONNX Runtime, CPU; int8 after its self-check),
@@ -362,6 +364,8 @@ def load_release(
     over is said in one :class:`VocoderFallbackWarning`. ``mel_spec``: the mel the release must
     have been made for (default: S3Gen's).
     """
+    warnings.warn("vocos_distill.load_release is deprecated: use vocos_distill.from_pretrained (vocoder.runtime "
+                  "says the form)", DeprecationWarning, stacklevel=2)  # fmt: skip
     loaded = open_release(source, runtime, device, local_files_only, mel_spec)
     said = loaded.warning(str(source))
     if said is not None:

@@ -5,7 +5,7 @@ and says what callers need to know without asking which form it is: its mel bins
 receptive field, device and dtype, and how it streams. Two forms implement it:
 :class:`vocos_distill.student.VocosStudent` (PyTorch: fp32, pruned, fake-quantised for QAT,
 torchao int8) and :class:`vocos_distill.onnx.OnnxVocoder` (an ONNX graph, fp32 or int8, on ONNX
-Runtime); :func:`vocos_distill.loader.load_student` reads either from a file. A
+Runtime); :func:`vocos_distill.from_pretrained` reads either from a file or a release. A
 :class:`MelStream` (:mod:`vocos_distill.streaming`) decodes mel chunks as they arrive.
 """
 
@@ -41,6 +41,11 @@ class Vocoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+    @property
+    def runtime(self) -> str:
+        """Which form it is: ``torch`` (PyTorch), ``onnx`` (an fp32 graph) or ``int8`` (an int8 graph)."""
+        return "torch"
 
     @property
     def dtype(self) -> torch.dtype:

@@ -25,8 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from train.evaluation.cost import cuda_peak_mb, peak_rss_mb, runtime_bytes, stand_in_teacher
 from train.s3gen.flow import speech_tokens
-from vocos_distill.chatterbox import ChatterboxVocoder, load_vocoder
+from vocos_distill.chatterbox import ChatterboxVocoder, as_vocoder
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
+from vocos_distill.loader import from_pretrained
 from vocos_distill.timing import interleaved, time_call
 
 TOKENS_PER_SECOND = 25  # S3 speech tokens (S3Gen makes 2 mel frames of each)
@@ -97,15 +98,19 @@ def s3gen_rows(
     memory: bool = True,
 ) -> list[dict[str, Any]]:
     """A row per CFM step count and vocoder (HiFT first, then ``students``: modules or what
-    :func:`~vocos_distill.chatterbox.load_vocoder` takes, already loaded), timed on ``model``'s
+    :func:`vocos_distill.from_pretrained` takes, already loaded), timed on ``model``'s
     own flow output for ``seconds`` of tokens."""
     sync = torch.cuda.synchronize if model.device.type == "cuda" else None
     ref, speech = reference(model), tokens(seconds).to(model.device)
     hift = model.mel2wav
     vocoders: dict[str, nn.Module] = {"HiFT (Chatterbox's own)": hift}
     for name, student in students.items():
-        loaded = isinstance(student, ChatterboxVocoder)
-        vocoders[name] = student if loaded else load_vocoder(student, device=model.device)
+        if isinstance(student, ChatterboxVocoder):
+            vocoders[name] = student
+        elif isinstance(student, nn.Module):
+            vocoders[name] = ChatterboxVocoder(as_vocoder(student).to(model.device).eval(), name)
+        else:
+            vocoders[name] = ChatterboxVocoder(from_pretrained(student, device=model.device), str(student))
     rows = []
     for steps in cfm_steps:
 

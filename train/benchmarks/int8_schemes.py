@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from train.data.audio import corpus_mels
+from train.student import from_pretrained
 from train.student.graph import INT8_SCHEME, INT8_SCHEMES, export_onnx, probe_windows
-from train.student.model import load_student
 from train.student.quantized import strip
 from vocos_distill.int8_check import snr_db
 from vocos_distill.onnx import OnnxVocoder
@@ -34,7 +34,7 @@ def int8_scheme_graphs(
         files.append(checkpoint)
         if Path(checkpoint).suffix == ".onnx":
             continue
-        model = load_student(checkpoint)
+        model = from_pretrained(checkpoint)
         plain = strip(model)
         own = folder / str(index)
         own.mkdir()

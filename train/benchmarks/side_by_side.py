@@ -17,7 +17,7 @@ from torch import Tensor
 
 from train.benchmarks.stream_figures import first_audio_rows, lookahead_rows, probe_lookahead, seam_rows
 from train.evaluation.cost import short_names, stand_in_teacher
-from train.student.model import load_student
+from train.student import from_pretrained
 from vocos_distill.onnx import OnnxVocoder
 
 
@@ -43,7 +43,7 @@ def streaming_run(
     models = [("teacher (HiFT)", teacher, "window", hift_lookahead)]
     streamable = []
     for name, path in zip(short_names(students), students, strict=True):
-        model = load_student(path)
+        model = from_pretrained(path)
         if isinstance(model, OnnxVocoder):
             name = f"{name} (ONNX Runtime, windows)"
         elif is_prepared(model):

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from train.s3gen.hift import HiFTGenerator
-from train.student.model import build_student, load_student
+from train.student import build_student, from_pretrained
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 from vocos_distill.onnx import OnnxVocoder
 from vocos_distill.timing import frames_of, threads, time_call, timing_mel
@@ -222,7 +222,7 @@ def run(settings: CostSettings | None = None, students: Sequence[str | Path] = (
     """Cost rows of the teacher and each student on one mel of ``settings.seconds`` (the
     benchmark's table, and a release's, which ``train/export.py`` measures at export).
 
-    ``students``: files :func:`~train.student.model.load_student` reads (a training ``.ckpt``,
+    ``students``: files :func:`vocos_distill.from_pretrained` reads (a training ``.ckpt``,
     a pruned or QAT checkpoint, an exported ``.safetensors``, an int8 ``.onnx``), one row each;
     none: the stock-size student with random weights. Each row gets ``name``, ``bytes`` (the
     weights as they run: fp32 safetensors, or the ``.onnx`` file) and its speed-up over the
@@ -234,7 +234,7 @@ def run(settings: CostSettings | None = None, students: Sequence[str | Path] = (
     models = [("teacher (HiFT)", stand_in_teacher(), "random")]
     if students:
         models += [
-            (name, load_student(path), str(path)) for name, path in zip(short_names(students), students, strict=True)
+            (name, from_pretrained(path), str(path)) for name, path in zip(short_names(students), students, strict=True)
         ]
     else:
         models.append(("student (Vocos)", build_student().eval().requires_grad_(False), "random"))

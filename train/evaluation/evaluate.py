@@ -33,7 +33,7 @@ from train.evaluation.pool import ScoringPool, resolve_workers
 from train.evaluation.score_cache import ScoreCache, signal_key
 from train.evaluation.windows import WINDOW_RULE
 from train.s3gen.hift import HiFTGenerator
-from train.student.model import load_student
+from train.student import from_pretrained
 from train.utils.devices import resolve_device
 from train.utils.instantiate import instantiate_dict, load_optional_teacher
 from train.utils.progress import progress
@@ -106,9 +106,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = find_checkpoint(cfg.get("checkpoint"), cfg.paths.log_dir)
     device = resolve_device(cfg.device)
     log.info("evaluating %s on %s", checkpoint, device)
-    student = load_student(checkpoint, device)
+    student = from_pretrained(checkpoint, device=device)
     parent_path = Path(cfg.parent).expanduser() if cfg.get("parent") else None
-    parent = load_student(parent_path, device) if parent_path else None
+    parent = from_pretrained(parent_path, device=device) if parent_path else None
     teacher, teacher_info = load_optional_teacher(cfg.get("teacher"), cfg.require_teacher)
     datamodule = hydra.utils.instantiate(cfg.data, teacher=teacher)
     datamodule.prepare_data()

@@ -182,7 +182,7 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
     )
     verification = facts["verification"]
     prior = StudentConfig.from_dict(config).amplitude_prior
-    vocos_check = "its backbone and head as `load_release` runs them" if prior else "`decode(mel)`"
+    vocos_check = "its backbone and head as `from_pretrained` runs them" if prior else "`decode(mel)`"
     checks = [
         f"- `vocos` (`Vocos.from_hparams` + strict `load_state_dict`): {vocos_check} differs from the trained "
         f"student by at most {verification['vocos_max_abs']:.2g}.",
@@ -195,7 +195,7 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
             f"{verification['int8_snr_min_db']:.1f} dB (limit {verification['int8_limit_db']:g} dB), checked on "
             f"{verification['cpu']}. Its integer weights are 7-bit (`{verification.get('int8_scheme', 'u8s8-7bit')}`), "
             "so no CPU's int8 kernels can overflow; it also carries a probe, and this project's loaders "
-            "(`use_student`, `load_vocoder`) rerun it on each new machine and fall back to fp32 if it fails there."
+            "(`use_student`, `from_pretrained`) rerun it on each new machine and fall back to fp32 if it fails there."
         )
     checks.append(f"- on {verification['utterances']} validation mels of up to {verification['max_frames']} frames.")
     residual = facts.get("feature_residual") or {}
@@ -244,12 +244,12 @@ def model_card(facts: Mapping[str, Any]) -> ModelCard:
             )
         )
         usage_vocos = (
-            "```python\nimport torch\nfrom vocos_distill import load_release\n\n"
-            f'runtime, vocoder = load_release("{facts["repo_hint"]}", runtime="torch")\n'
+            "```python\nimport torch\nfrom vocos_distill import from_pretrained\n\n"
+            f'vocoder = from_pretrained("{facts["repo_hint"]}", runtime="torch")\n'
             "mel = ...  # (B, 80, T) S3Gen log-mel (Chatterbox: what s3gen's flow returns), 50 frames/s\n"
             "with torch.inference_mode():\n    wav = vocoder(mel)  # (B, T * 480) at 24 kHz\n```"
         )
-        local_copy = 'A local copy of this folder loads the same way: `load_release("path/to/folder")`.'
+        local_copy = 'A local copy of this folder loads the same way: `from_pretrained("path/to/folder")`.'
     usage_onnx = (
         '```python\nimport numpy as np\nimport onnxruntime as ort\n\nsession = ort.InferenceSession("'
         + ("model.int8.onnx" if facts.get("int8") else "model.onnx")

@@ -351,7 +351,7 @@ def _verify(
 
     vocos_diff, onnx_diff = 0.0, 0.0
     # vocos' own decode, or for a head with the amplitude prior (which needs the mel too) vocos'
-    # modules as vocos_distill.load_release runs them
+    # modules as vocos_distill.from_pretrained runs them
     decode = VocosStudent(vocos.backbone, vocos.head) if plain.config.amplitude_prior else vocos.decode
     with torch.inference_mode():
         for mel in mels:

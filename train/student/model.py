@@ -17,11 +17,9 @@ from torch import Tensor
 from vocos_distill.config import StudentConfig
 from vocos_distill.errors import ConfigError, MissingFileError
 from vocos_distill.hub import fetch_file
-from vocos_distill.loader import StudentFileError, read_student_file, student_of_state
-from vocos_distill.loader import load_student as load_runtime_student
+from vocos_distill.loader import StudentFileError, read_student_file, register_fake_quantiser, student_of_state
 from vocos_distill.onnx import OnnxArtifactError, is_onnx
 from vocos_distill.student import VocosStudent
-from vocos_distill.vocoder import Vocoder
 
 log = logging.getLogger(__name__)
 INIT_HINT = (
@@ -80,8 +78,9 @@ def student_from_file(path: str | Path, option: str = "checkpoint") -> VocosStud
     fake-quantised again if it trained so."""
     if is_onnx(path):
         raise OnnxArtifactError(
-            f"{option}={path} is an ONNX student: it runs (load_student, train/evaluate.py, train.bench) but "
-            "cannot be trained, quantised or exported again. Start from the checkpoint it was made from (its .ckpt)."
+            f"{option}={path} is an ONNX student: it runs (vocos_distill.from_pretrained, train/evaluate.py, "
+            "train/bench.py) but cannot be trained, quantised or exported again. Start from the checkpoint it was "
+            "made from (its .ckpt)."
         )
     state, config = read_student_file(path, option)
     if config is None:
@@ -156,10 +155,4 @@ class WarmStartError(ConfigError, ValueError):
     """A warm start would copy less than the student's backbone."""
 
 
-def load_student(path: str | Path, device: str | torch.device = "cpu") -> Vocoder:
-    """Rebuild a trained student from its file, in eval mode with gradients off: as
-    :func:`vocos_distill.loader.load_student`, and a QAT checkpoint comes back fake-quantised,
-    as it trained."""
-    if is_onnx(path):
-        return load_runtime_student(path, device)
-    return student_from_file(path).to(device).eval().requires_grad_(False)
+register_fake_quantiser(fake_quantise)  # vocos_distill.from_pretrained rebuilds QAT checkpoints with it

@@ -5,7 +5,7 @@ the head: 95 % of the weights at 256/768 x 6, most of the FLOPs) for torchao's
 ``FakeQuantizedLinear``: int8 weights, symmetric, one scale per output channel; int8
 activations quantised on the fly, one scale and zero point per frame (torchao's QAT has no
 symmetric per-token quantiser). The state dict keeps its keys, so a QAT checkpoint loads like
-any other; the student's config records ``fake_quant: int8`` so that ``load_student`` rebuilds
+any other; the student's config records ``fake_quant: int8`` so that ``vocos_distill.from_pretrained`` rebuilds
 it prepared. The embedding and depthwise convs stay fp32 (README, "Which int8 runtime": int8
 convs were slower and cost SNR).
 

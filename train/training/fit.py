@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import train.utils.hydra_setup  # noqa: F401  (resolvers the configs use)
 from train.compress.stage import CompressionError, CompressionStage
-from train.student.model import load_student
+from train.student import from_pretrained
 from train.training.module import check_precision
 from train.utils.instantiate import instantiate, instantiate_dict, instantiate_with_weights
 from vocos_distill.config import HOP_LENGTH, N_MELS
@@ -121,7 +121,7 @@ def parent_of(cfg: DictConfig, generator: Any) -> Any:
     if option == "student.init_from":
         return copy.deepcopy(generator).eval().requires_grad_(False)
 
-    return load_student(str(source))
+    return from_pretrained(str(source))
 
 
 def warm_start_discriminators(module: Any, source: str) -> None:
