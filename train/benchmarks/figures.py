@@ -28,7 +28,8 @@ from train.benchmarks.throughput import train_throughput
 from train.data.audio import corpus_mels
 from train.data.prepare import prepare_throughput
 from train.evaluation.cost import CostSettings, run, short_names
-from train.evaluation.report import cost_table, rows_table, table
+from train.evaluation.report import cost_table
+from train.utils.tables import rows_table, table
 from vocos_distill.files import atomic_write_text
 from vocos_distill.int8_check import describe_cpu
 from vocos_distill.timing import threads

@@ -12,10 +12,10 @@ from omegaconf import DictConfig
 
 from train.compress.compare import compare
 from train.data.held_out import held_out_items
-from train.evaluation.report import rows_table
 from train.student.graph import Int8GraphError, write_int8_graph
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared
+from train.utils.tables import rows_table
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 from vocos_distill.errors import ConfigError
 from vocos_distill.files import atomic_write_text, sha256_file

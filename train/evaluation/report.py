@@ -22,6 +22,7 @@ import jsonschema
 from scipy import stats
 
 from train.evaluation.metrics import NO_REFERENCE, PAIRED, MetricInfo
+from train.utils.tables import fmt, format_stat, table
 from vocos_distill.files import atomic_write_text
 
 SCHEMA_VERSION = 5  # 3: the parent comparison; 4: the Griffin-Lim floor, gates against another comparison;
@@ -226,35 +227,6 @@ def read_report(path: str | Path) -> dict[str, Any]:
 
 
 # -- Markdown -------------------------------------------------------------------------------
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.{digits}f}"
-
-
-def format_stat(stat: Mapping[str, Any] | None, spec: str = ".3f", count: bool = False, missing: str = "–") -> str:
-    """A summary statistic as ``mean [low, high]`` (and ``(n=...)`` with ``count``)."""
-    if stat is None or stat.get("mean") is None:
-        return missing
-    low, high = stat.get("ci95") or (None, None)
-    interval = f" [{low:{spec}}, {high:{spec}}]" if low is not None and high is not None else ""
-    return f"{stat['mean']:{spec}}{interval}" + (f" (n={stat.get('n')})" if count else "")
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def rows_table(rows: list[Mapping[str, Any]], number: str = "{:.3f}") -> str:
-    """A Markdown table of dict rows with the same keys; floats formatted with ``number``."""
-    cells = [[number.format(v) if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
-    return table(list(rows[0]), cells)
-
-
 def cost_table(rows: list[Mapping[str, Any]]) -> str:
     chunks = list(rows[0]["first_chunk_ms_cpu"]) if rows else []
     header = ["model", "params", "weights bytes", "s/s CPU 1 thread", "s/s CPU all threads", "s/s CUDA"]
@@ -262,11 +234,11 @@ def cost_table(rows: list[Mapping[str, Any]]) -> str:
     body = []
     for row in rows:
         latency = row["first_chunk_ms_cuda"] or row["first_chunk_ms_cpu"]
-        cells = [row["model"], _fmt(row["params"]), _fmt(row["weights_bytes"])]
-        cells += [_fmt(row[k], 4) for k in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda")]
-        rss = _fmt(row["peak_rss_mb"], 0) + (f" (+{row['peak_rss_increase_mb']:.0f})" if row["peak_rss_mb"] else "")
-        cells += [rss, _fmt(row["cuda_peak_allocated_mb"], 1)]
-        cells += [_fmt(latency.get(n), 1) for n in chunks]
+        cells = [row["model"], fmt(row["params"]), fmt(row["weights_bytes"])]
+        cells += [fmt(row[k], 4) for k in ("rtf_cpu_1_thread", "rtf_cpu_all_threads", "rtf_cuda")]
+        rss = fmt(row["peak_rss_mb"], 0) + (f" (+{row['peak_rss_increase_mb']:.0f})" if row["peak_rss_mb"] else "")
+        cells += [rss, fmt(row["cuda_peak_allocated_mb"], 1)]
+        cells += [fmt(latency.get(n), 1) for n in chunks]
         body.append(cells)
     return table(header, body)
 
@@ -345,7 +317,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         table(
             ["gate", "metric", "comparison", "condition", "value", "bar", "status"],
             [
-                [g["name"], g["metric"], g["comparison"], g["condition"], _fmt(g["value"]), _fmt(g["threshold"])]
+                [g["name"], g["metric"], g["comparison"], g["condition"], fmt(g["value"]), fmt(g["threshold"])]
                 + [g["status"] + (f" ({g['reason']})" if g["reason"] else "")]
                 for g in report["gates"]
             ],

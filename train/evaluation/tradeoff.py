@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from train.evaluation.report import format_stat, read_report, summarise
+from train.evaluation.report import read_report, summarise
+from train.utils.tables import format_stat
 from vocos_distill.errors import ConfigError
 
 HIFT_PARAMS = 20_821_295  # Chatterbox's HiFT (docs/conformance.md; tests/test_tradeoff.py counts it)

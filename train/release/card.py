@@ -15,7 +15,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from train.evaluation.report import format_stat, listening_lines, mel_words, table
+from train.evaluation.report import listening_lines, mel_words
+from train.utils.tables import format_stat, table
 from vocos_distill.config import StudentConfig
 
 # (metric, comparison) pairs the card reports; the list, in this order

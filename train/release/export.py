@@ -39,7 +39,7 @@ import vocos_distill
 from train.data.held_out import held_out_items
 from train.evaluation import cost as benchmark
 from train.evaluation.cost import CostSettings
-from train.evaluation.report import read_report, table
+from train.evaluation.report import read_report
 from train.release import card, listening_page
 from train.release.provenance import history, training_data
 from train.release.publish import MANIFEST
@@ -48,6 +48,7 @@ from train.student.graph import ISTFT_FORMS, Int8GraphError, export_onnx, write_
 from train.student.model import student_from_file
 from train.student.quantized import is_prepared, strip
 from train.utils.instantiate import load_optional_teacher
+from train.utils.tables import table
 from vocos_distill.config import StudentConfig
 from vocos_distill.errors import ConfigError
 from vocos_distill.files import sha256_file, temporary_path
