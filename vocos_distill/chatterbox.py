@@ -109,9 +109,8 @@ def load_vocoder(
     warnings.warn("vocos_distill.load_vocoder is deprecated: use ChatterboxVocoder(vocos_distill.from_pretrained(...)) "
                   "or use_student", DeprecationWarning, stacklevel=2)  # fmt: skip
     vocoder, loaded = _open(source, runtime, device, local_files_only, mel_spec)
-    said = loaded.warning(str(source)) if loaded is not None else None
-    if said is not None:
-        warnings.warn(said[0], said[1], stacklevel=2)
+    if loaded is not None:
+        loaded.warn(str(source), stacklevel=2)
     return vocoder
 
 
@@ -255,9 +254,8 @@ def use_student(
     s3gen.mel2wav = vocoder
     log.info("s3gen.mel2wav is now %s (%s; Chatterbox's own: %s)", vocoder.source, vocoder.runtime,
              type(original).__name__)  # fmt: skip
-    said = loaded.warning(str(source)) if loaded is not None else None
-    if said is not None:
-        warnings.warn(said[0], said[1], stacklevel=2)
+    if loaded is not None:
+        loaded.warn(str(source), stacklevel=2)
     return original
 
 

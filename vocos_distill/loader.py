@@ -123,9 +123,7 @@ def from_pretrained(
     if path.suffix in (*STUDENT_FILES, ".onnx"):
         raise MissingFileError(f"student file not found: {path}")
     loaded = open_release(str(source), runtime, device, local_files_only, mel_spec)
-    said = loaded.warning(str(source))
-    if said is not None:
-        warnings.warn(said[0], said[1], stacklevel=2)
+    loaded.warn(str(source), stacklevel=2)
     return loaded.vocoder
 
 

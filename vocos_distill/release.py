@@ -267,6 +267,12 @@ class Loaded:
         )
         return message, Int8FallbackWarning if self.int8_refused else VocoderFallbackWarning
 
+    def warn(self, source: str, stacklevel: int) -> None:
+        """Give :meth:`warning`, if any, at the frame ``stacklevel`` above the caller (as ``warnings.warn``)."""
+        said = self.warning(source)
+        if said is not None:
+            warnings.warn(said[0], said[1], stacklevel=stacklevel + 1)
+
 
 def open_release(
     source: str | Path,
@@ -367,7 +373,5 @@ def load_release(
     warnings.warn("vocos_distill.load_release is deprecated: use vocos_distill.from_pretrained (vocoder.runtime "
                   "says the form)", DeprecationWarning, stacklevel=2)  # fmt: skip
     loaded = open_release(source, runtime, device, local_files_only, mel_spec)
-    said = loaded.warning(str(source))
-    if said is not None:
-        warnings.warn(said[0], said[1], stacklevel=2)
+    loaded.warn(str(source), stacklevel=2)
     return loaded.runtime, loaded.vocoder
