@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 from train.evaluation.report import read_report, to_markdown, verdict, write_report
-from train.listening.aggregate import aggregate, answers_csv, box_plot
-from train.listening.answers import BLOCKS, EXPERIMENT, ListeningDataError
+from train.listening.aggregate import aggregate, answers_csv, box_plot, student_of_report
+from train.listening.answers import BLOCKS
 from train.listening.experiment import make_experiment
 from train.listening.serve import read_password
 from train.listening.serve import serve as serve_pages
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         report = None
         if args.report is not None:
             report = read_report(args.report)
-            section = {**section, **bind(section, report, args.report)}
+            section = {**section, "student": student_of_report(section, report, args.report)}
         if section["trials"]["mushra"]:
             box_plot(args.experiment, section, args.experiment / "listening.png")
         atomic_write_text(args.experiment / "listening.json", json.dumps(section, indent=1))
@@ -110,23 +110,6 @@ def main(argv: list[str] | None = None) -> int:
             + (f" ({gate['reason']})" if gate["reason"] else "")
         )
     return 0
-
-
-def bind(section: dict, report: dict, where: Path) -> dict:
-    """The experiment's condition that ``report`` evaluates (by the checkpoint's SHA-256, which a
-    release's ``release.json`` records), and each student's gate results; refuses a report of a
-    checkpoint that is none of the experiment's conditions."""
-
-    experiment = json.loads((Path(section["experiment"]) / EXPERIMENT).read_text())
-    sha = report["checkpoint"]["sha256"]
-    matches = [c for c, v in experiment["conditions"].items() if sha in v.get("sha256", [])]
-    if not matches:
-        raise ListeningDataError(
-            f"{where}: evaluates {report['checkpoint']['path']} (sha256 {sha[:12]}), which is none of the "
-            f"experiment's students ({', '.join(c for c, v in experiment['conditions'].items() if v['role'] == 'student')}"  # noqa: E501
-            "; matched by the release.json of each release): nothing was written"
-        )
-    return {"student": matches[0]}
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any
 from scipy import stats
 
 from train.evaluation.report import summarise
-from train.listening.answers import EXPERIMENT, Answer, read_answers
+from train.listening.answers import EXPERIMENT, Answer, ListeningDataError, read_answers
 from vocos_distill.files import atomic_write
 
 REFERENCE_FLOOR = 90.0  # BS.1534-3: the hidden reference rated below this ...
@@ -305,6 +305,22 @@ def answers_csv(folder: str | Path) -> str:
         for condition, value in rows:
             writer.writerow([a.listener, a.page, a.block, a.trial, condition, value, plays.get(condition, ""), seconds])
     return out.getvalue()
+
+
+def student_of_report(section: Mapping[str, Any], report: Mapping[str, Any], where: Path) -> str:
+    """The experiment's condition that ``report`` evaluates, matched by the checkpoint's SHA-256
+    (which each release's ``release.json`` records); a report of a checkpoint that is none of the
+    experiment's students is refused, naming it."""
+    experiment = json.loads((Path(section["experiment"]) / EXPERIMENT).read_text())
+    sha = report["checkpoint"]["sha256"]
+    matches = [c for c, v in experiment["conditions"].items() if sha in v.get("sha256", [])]
+    if not matches:
+        students = ", ".join(c for c, v in experiment["conditions"].items() if v["role"] == "student")
+        raise ListeningDataError(
+            f"{where}: evaluates {report['checkpoint']['path']} (sha256 {sha[:12]}), which is none of the "
+            f"experiment's students ({students}; matched by the release.json of each release): nothing was written"
+        )
+    return matches[0]
 
 
 def box_plot(folder: str | Path, section: Mapping[str, Any], out: str | Path) -> Path:
