@@ -20,11 +20,11 @@ from helpers import write_release
 
 from train.release.vocos_layout import write_vocos_layout
 from train.student.model import build_student
+from vocos_distill import from_pretrained
 from vocos_distill.chatterbox import (
     ChatterboxStream,
     ChatterboxVocoder,
     VocoderFallbackWarning,
-    load_vocoder,
     restore_hift,
     s3gen_mel_spec,
     use_student,
@@ -289,7 +289,7 @@ def test_the_s3gen_mel_is_read_from_chatterbox(s3gen):
 
 
 def test_the_drop_in_takes_half_precision_and_refuses_bad_mels(release):
-    vocoder = load_vocoder(release, runtime="torch")
+    vocoder = ChatterboxVocoder(from_pretrained(release, runtime="torch"))
     mel = torch.randn(1, 80, 20) - 5
     wav, source = vocoder.inference(speech_feat=mel.half(), cache_source=torch.zeros(1, 1, 0))
     assert wav.dtype == torch.float32 and wav.shape == (1, 20 * 480) and source.shape == (1, 1, 0)
@@ -300,10 +300,10 @@ def test_the_drop_in_takes_half_precision_and_refuses_bad_mels(release):
     with pytest.raises(ValueError, match="NaN or inf"):
         vocoder.inference(speech_feat=torch.full((1, 80, 4), float("nan")))
     with pytest.raises(ValueError, match="runtime='tensorrt'"):
-        load_vocoder(release, runtime="tensorrt")
+        from_pretrained(release, runtime="tensorrt")
     from train.student.quantized import int8_kernels  # torchao: the training install's int8 PyTorch form
 
-    torchao = load_vocoder(int8_kernels(load_vocoder(release, runtime="torch").vocoder))
+    torchao = ChatterboxVocoder(int8_kernels(from_pretrained(release, runtime="torch")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantised, _ = torchao.inference(speech_feat=mel)

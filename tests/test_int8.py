@@ -226,31 +226,31 @@ def release(tmp_path_factory, fake):
 
 
 def with_speed(monkeypatch, int8_s, fp32_s):
-    import vocos_distill.release as module  # where load_release looks speed_check up
+    import vocos_distill.release as module  # where from_pretrained looks speed_check up
 
     monkeypatch.setattr(module, "speed_check", lambda *a, **k: {"int8_s": int8_s, "fp32_s": fp32_s})
 
 
 @pytest.mark.slow
 def test_auto_takes_the_int8_graph_when_it_passes_and_is_faster(release, monkeypatch):
-    from vocos_distill.chatterbox import load_vocoder
+    from vocos_distill import from_pretrained
 
     with_speed(monkeypatch, 0.001, 0.002)
-    vocoder = load_vocoder(release)
-    assert vocoder.runtime == "int8" and vocoder.vocoder.int8_check.ok
+    vocoder = from_pretrained(release)
+    assert vocoder.runtime == "int8" and vocoder.int8_check.ok
 
 
 def test_auto_takes_fp32_where_int8_is_not_faster_here(release, monkeypatch):
-    from vocos_distill.chatterbox import load_vocoder
+    from vocos_distill import from_pretrained
 
     with_speed(monkeypatch, 0.002, 0.002)
-    vocoder = load_vocoder(release)
-    assert vocoder.runtime == "onnx" and not vocoder.vocoder.is_int8
-    assert load_vocoder(release, runtime="int8").runtime == "int8"  # asked for by name: no speed test
+    vocoder = from_pretrained(release)
+    assert vocoder.runtime == "onnx" and not vocoder.is_int8
+    assert from_pretrained(release, runtime="int8").runtime == "int8"  # asked for by name: no speed test
 
 
 def test_a_wrong_int8_graph_makes_auto_fall_back_and_int8_refuse(release, tmp_path, monkeypatch):
-    from vocos_distill.chatterbox import load_vocoder
+    from vocos_distill import from_pretrained
     from vocos_distill.release import Int8FallbackWarning
 
     planted = tmp_path / "release"
@@ -260,14 +260,14 @@ def test_a_wrong_int8_graph_makes_auto_fall_back_and_int8_refuse(release, tmp_pa
     with pytest.warns(
         Int8FallbackWarning, match=r"not using the int8 graph: .*wrong on this machine, .* dB SNR"
     ) as seen:
-        vocoder = load_vocoder(planted)
+        vocoder = from_pretrained(planted)
     assert describe_cpu() in str(seen[0].message)
-    assert vocoder.runtime == "onnx" and not vocoder.vocoder.is_int8
+    assert vocoder.runtime == "onnx" and not vocoder.is_int8
     with pytest.raises(Int8MismatchError, match=r"model.int8.onnx: the int8 graph is wrong on this machine, .* dB SNR"):
-        load_vocoder(planted, runtime="int8")
+        from_pretrained(planted, runtime="int8")
     (planted / "model.onnx").unlink()  # no fp32 graph: auto goes on to the vocos weights
     with pytest.warns(Int8FallbackWarning):
-        assert load_vocoder(planted).runtime == "torch"
+        assert from_pretrained(planted).runtime == "torch"
 
 
 def test_a_probe_whose_process_dies_fails_the_check_instead_of_the_caller(graphs, tmp_path, monkeypatch):

@@ -229,10 +229,10 @@ def test_using_a_release_beside_a_users_train_py_loads_nothing_of_the_training_s
         path.write_text(shadow)
     (project / "app" / "main.py").write_text(f"""
 import sys, torch
-from vocos_distill import ChatterboxStream, load_vocoder
+from vocos_distill import ChatterboxStream, ChatterboxVocoder, from_pretrained
 mel = torch.randn(1, 80, 30) - 5
 for runtime in ("torch", "onnx", "int8"):
-    vocoder = load_vocoder({str(folder)!r}, runtime=runtime)
+    vocoder = ChatterboxVocoder(from_pretrained({str(folder)!r}, runtime=runtime))
     wav, _ = vocoder.inference(speech_feat=mel)
     stream = ChatterboxStream(vocoder)
     streamed = torch.cat([stream.push(mel[..., :13]), stream.push(mel[..., 13:]), stream.flush()], -1)

@@ -24,7 +24,6 @@ from train.training.fit import fit
 from vocos_distill import from_pretrained
 from vocos_distill.backbone import LookaheadConv1d
 from vocos_distill.config import StudentConfig, StudentConfigError
-from vocos_distill.release import load_release
 
 HOP = 480
 SHAPE = {"dim": 32, "intermediate_dim": 64, "num_layers": 2}  # stock look-ahead: 3 * 3 + 2 = 11 frames
@@ -162,7 +161,7 @@ def test_a_release_names_the_classes_vocos_builds_it_with(tmp_path, mel):
         assert config["backbone"]["class_path"] == "vocos_distill.backbone.LookaheadBackbone"
         assert config["backbone"]["init_args"]["lookahead"] == list(student.config.lookahead_plan()[0])
         assert config["head"]["class_path"] == head
-        runtime, vocoder = load_release(folder, runtime="torch")
+        vocoder = from_pretrained(folder, runtime="torch")
         vocos = load_vocos(folder)
         with torch.no_grad():
             expected = student(mel)
