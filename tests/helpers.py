@@ -156,6 +156,21 @@ def read_wandb_history(path: Path) -> list[dict]:
     return rows
 
 
+def wandb_logged(path: Path, keys: tuple[str, ...], timeout: float = 60.0) -> dict:
+    """Every key an offline ``run-*.wandb`` file's history holds (the last value of each), once it
+    holds ``keys``: W&B's own service process writes the file, and on a loaded machine its last
+    records can reach the disk after ``wandb.finish()`` returns, so the file is read again until
+    they are there (or ``timeout`` seconds have passed, and the caller's assertion says which is missing)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = {key: value for row in read_wandb_history(path) for key, value in row.items()}
+        if all(key in logged for key in keys) or time.monotonic() > deadline:
+            return logged
+        time.sleep(0.5)
+
+
 class Interrupted(RuntimeError):
     """Raised by :class:`StopAt`: a run cut short, as by a crash or a lost node."""
 
