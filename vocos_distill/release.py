@@ -213,7 +213,7 @@ def vocos_model(config: dict[str, Any], where: Path | str = CONFIG) -> Vocos:
     return Vocos(**parts)
 
 
-def _torch_student(release: ReleaseFiles, mel: dict[str, Any], device: torch.device) -> Vocoder:
+def _torch_student(release: ReleaseFiles, weights: Path, mel: dict[str, Any], device: torch.device) -> Vocoder:
     config = release.config
     head, backbone = config.get("head"), config.get("backbone")
     for part, node, key, name in (("head", head, "n_fft", "n_fft"), ("head", head, "hop_length", "hop_length"),
@@ -227,7 +227,6 @@ def _torch_student(release: ReleaseFiles, mel: dict[str, Any], device: torch.dev
                     f"{part}.init_args.{key} {args[key]} (the mel's {name}: {mel[name]:g})"
                 )
     model = vocos_model(config, release.config_path)
-    weights = release.get("torch")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
@@ -257,21 +256,17 @@ class Loaded:
     passed_over: list[str] = field(default_factory=list)
     int8_refused: bool = False  # the int8 graph was passed over because its self-check failed here
 
-    def warning(self, source: str) -> tuple[str, type[Warning]] | None:
-        """The one warning to give, or None when the first choice was taken."""
+    def warn(self, source: str, stacklevel: int) -> None:
+        """The one warning of a fall-through, at the frame ``stacklevel`` above the caller (as
+        ``warnings.warn``); nothing when the first choice was taken."""
         if not self.passed_over:
-            return None
+            return
         message = (
             f"student {source}: runtime='auto' is using runtime '{self.runtime}' ({FILES[self.runtime]}, "
             f"{FORMS[self.runtime]}): {'; '.join(self.passed_over)}"
         )
-        return message, Int8FallbackWarning if self.int8_refused else VocoderFallbackWarning
-
-    def warn(self, source: str, stacklevel: int) -> None:
-        """Give :meth:`warning`, if any, at the frame ``stacklevel`` above the caller (as ``warnings.warn``)."""
-        said = self.warning(source)
-        if said is not None:
-            warnings.warn(said[0], said[1], stacklevel=stacklevel + 1)
+        category = Int8FallbackWarning if self.int8_refused else VocoderFallbackWarning
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
 
 
 def open_release(
@@ -317,11 +312,11 @@ def open_release(
 def _open_form(
     release: ReleaseFiles, form: str, mel: dict[str, Any], device: torch.device, auto: bool, notes: list[str]
 ) -> Vocoder | tuple[str, Vocoder]:
+    path = release.get(form)  # once: for a Hub id, each get is a download or a cache look-up
     if form == "torch":
-        vocoder = _torch_student(release, mel, device)
-        _smoke(vocoder, release.get("torch"))
+        vocoder = _torch_student(release, path, mel, device)
+        _smoke(vocoder, path)
         return vocoder
-    path = release.get(form)
     vocoder = OnnxVocoder(path).eval()  # an int8 graph runs its self-check here
     check_shape(vocoder.config, mel, f"{path} (its config metadata)")
     if vocoder.is_int8 != (form == "int8"):
