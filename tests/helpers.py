@@ -190,10 +190,10 @@ class StopAt:
         return _Stop()
 
 
-def student(dim=32, intermediate_dim=64, num_layers=2, seed=0):
-    """A small student with random weights that look trained."""
+def student(dim=32, intermediate_dim=64, num_layers=2, seed=0, **shape):
+    """A small student with random weights that look trained (``shape``: more build settings)."""
     torch.manual_seed(seed)
-    s = build_student(dim=dim, intermediate_dim=intermediate_dim, num_layers=num_layers).eval()
+    s = build_student(dim=dim, intermediate_dim=intermediate_dim, num_layers=num_layers, **shape).eval()
     for block in s.backbone.convnext:  # a trained-looking layer scale (Vocos initialises it near zero)
         block.gamma.data.uniform_(0.2, 0.6)
     return s

@@ -171,7 +171,8 @@ def test_the_wheel_holds_the_runtime_only(tmp_path):
 # safetensors and huggingface_hub, and vocos brings PyYAML). ONNX Runtime only inside the functions
 # that run a graph (numpy with it: its own dependency), so the PyTorch runtime never needs it.
 RUNTIME_IMPORTS = {"torch", "vocos", "yaml", "safetensors", "huggingface_hub"}
-RUNTIME_LAZY_IMPORTS = RUNTIME_IMPORTS | {"onnxruntime", "numpy", "torchaudio"}  # vocos depends on torchaudio
+# vocos depends on torchaudio; onnx (s3tokenizer requires it) only for the conditional decoder's int8 check
+RUNTIME_LAZY_IMPORTS = RUNTIME_IMPORTS | {"onnxruntime", "numpy", "torchaudio", "onnx"}
 TRAINING_SIDE = ("lightning", "hydra", "omegaconf", "wandb", "torchao", "torch_pruning", "onnx", "onnxscript")
 
 

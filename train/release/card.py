@@ -162,6 +162,41 @@ def cost_section(cost: Mapping[str, Any] | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def decoder_section(decoders: Mapping[str, Any] | None) -> str:
+    """The conditional decoder graphs, their checks and their speed (``train/export.py conditional_decoder=true``)."""
+    if not decoders:
+        return ""
+    timed = decoders["timed"]
+    rows = [
+        [
+            f"`{name}`",
+            f"{d['bytes']:,} ({_mib(d['bytes'])})",
+            d["kind"],
+            f"{d['session_s']:.2f} s",
+            f"{d['seconds']:.3f} s",
+            f"{d['check']['max_abs_diff']:.2g}" if d["kind"] == "fp32" else f"{d['check']['snr_db']:.1f} dB SNR",
+        ]
+        for name, d in decoders["files"].items()
+    ]
+    speed = f"{timed['speech_s']:g} s of speech, {timed['reference_s']:g} s reference, 1 thread"
+    return f"""## For ONNX Chatterbox pipelines
+
+`conditional_decoder.onnx` replaces the file of that name in the four-graph ONNX pipelines (onnx-community's
+exports, transformers.js, onnxvoice, chatterbox-onnx): S3Gen's {decoders["family"]} flow
+({decoders["steps"]} steps, from `{decoders["s3gen"]}`) and this model in one graph, with Chatterbox's 960-sample
+fade. Inputs `speech_tokens` int64 [batch, tokens] (the reference's, then the new ones), `speaker_embeddings`
+float32 [batch, 192], `speaker_features` float32 [batch, frames, 80]; output `waveform` float32 [batch,
+samples]; the flow's noise is drawn inside; opset {decoders["opset"]} (the student graph's, written by
+PyTorch's dynamo exporter, which starts at 18).
+
+{table(["file", "bytes", "student", "session", speed, "vs PyTorch"], rows)}
+
+"vs PyTorch": the graph with its noise as an input against Chatterbox's flow, this model and the fade in
+PyTorch (largest difference for fp32; SNR against the QAT model for int8), at two lengths.
+
+"""
+
+
 def model_card(facts: Mapping[str, Any]) -> ModelCard:
     """The card of a release described by ``facts`` (what ``train/export.py`` gathers)."""
     config = facts["config"]
@@ -295,7 +330,7 @@ head: iSTFT, n_fft {config["n_fft"]}, hop {config["hop_length"]}. {facts["parame
 ## Cost against the teacher
 
 {cost_section(facts.get("cost"))}
-## How it was made
+{decoder_section(facts.get("conditional_decoder"))}## How it was made
 
 {history}
 

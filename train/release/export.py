@@ -6,6 +6,8 @@ The folder (``checkpoints/release/<name>/`` by default)::
     model.safetensors                the same weights, with the student's build config
     model.onnx                       fp32, the iSTFT in the graph (train.student.graph)
     model.int8.onnx                  QAT students: the int8 runtime (train/quantize.py's numerics)
+    conditional_decoder[_int8].onnx  conditional_decoder=true: S3Gen's flow + the student, for ONNX
+                                     Chatterbox pipelines (train.release.conditional_decoder)
     README.md                        the model card (train.release.card)
     listen.html, listen/             the A/B listening page (train.release.listening_page)
     release.json                     sizes, sha256s, source checkpoint, git commit, verdict, checks
@@ -63,6 +65,8 @@ FILE_NOTES = {
     "model.safetensors": "the same fp32 weights, with the build config in the metadata",
     "model.onnx": "fp32 ONNX, mel -> wav, iSTFT in the graph",
     "model.int8.onnx": "int8 ONNX (Linear layers), mel -> wav, iSTFT in the graph",
+    "conditional_decoder.onnx": "for ONNX Chatterbox pipelines: S3Gen's flow + this model, tokens -> waveform",
+    "conditional_decoder_int8.onnx": "the same with the int8 student inside (the flow fp32)",
     "README.md": "this card",
     "listen.html": "A/B listening page (with `listen/`)",
     "release.json": "sizes and sha256 of every file, source, commit, verdict, checks",
@@ -150,6 +154,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if out.exists() and not cfg.overwrite:
         raise ReleaseError(f"{out} already exists; nothing written. Pass overwrite=true to replace it, or out=...")
 
+    if cfg.conditional_decoder:  # its files and settings, before the long work
+        from train.release.conditional_decoder import preflight  # here: it imports Chatterbox's modules
+
+        preflight(cfg, plain.config)
     teacher, _ = load_optional_teacher(cfg.get("teacher"), required=False)
     items = held_out_items(cfg.data, cfg.max_utterances, cfg.get("max_frames"), teacher=teacher)
     if not items:
@@ -224,6 +232,12 @@ def _build(
                 f"(min_snr_db={cfg.min_snr_db}); nothing written"
             ) from None
 
+    decoders = None
+    if cfg.conditional_decoder:
+        from train.release.conditional_decoder import build_in_release  # chatterbox is imported only then
+
+        decoders = build_in_release(cfg, folder, student, plain, int8)
+
     vocos = load_vocos(folder)
     fp32 = OnnxVocoder(folder / "model.onnx")
     quantized = OnnxVocoder(folder / "model.int8.onnx") if int8 else None
@@ -292,6 +306,7 @@ def _build(
         "limitations": list(card.limitations(report, int8)) + list(cfg.card.limitations or []),
         "verification": verification,
         "feature_residual": residual,
+        "conditional_decoder": decoders,
         "git": git_commit(Path(cfg.paths.root_dir)),
         "runtime_version": vocos_distill.__version__,
         "runtime_install": vocos_distill.INSTALL,
@@ -333,6 +348,7 @@ def _build(
         "feature_residual": residual,
         "cost": cost,
         "istft": istft,
+        "conditional_decoder": decoders,
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest

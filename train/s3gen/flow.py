@@ -18,6 +18,7 @@ count, mel and audio are both cut to the shorter.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ PARTS = {
 MEANFLOW_KEY = "flow.decoder.estimator.time_embed_mixer."  # only meanflow estimators have it
 # Buffers Chatterbox rebuilds itself and its checkpoints leave out (``S3Token2Wav.ignore_state_dict_missing``)
 REBUILT = ("tokenizer._mel_filters", "tokenizer.window")
+FLOW_CONFIG = "flow_config"  # a stand-in's metadata: the small flow it holds (save_stand_in)
 
 
 class FlowError(CheckpointError):
@@ -91,20 +93,23 @@ def detect_family(state: Mapping[str, Tensor], path: str | Path) -> str:
     return "multilingual" if Path(path).suffix in (".pt", ".pth", ".bin") else "chatterbox"
 
 
-def check_family(state: Mapping[str, Tensor], path: str | Path, family: str, steps: int | None) -> Family:
+def check_family(
+    state: Mapping[str, Tensor], path: str | Path, family: str, steps: int | None, option: str = "data.flow.family"
+) -> Family:
     """The family a checkpoint is (``family="auto"``: as detected), refusing a contradiction:
-    a declared family whose flow the file does not hold, or a step count not the family's own."""
+    a declared family whose flow the file does not hold, or a step count not the family's own.
+    ``option``: the setting that chose ``family``, as errors name it."""
     found = detect_family(state, path)
     if family == "auto":
         family = found
     if family not in FAMILIES:
-        raise FlowError(f"data.flow.family={family!r}: choose auto, {', '.join(FAMILIES)}")
+        raise FlowError(f"{option}={family!r}: choose auto, {', '.join(FAMILIES)}")
     chosen = FAMILIES[family]
     if chosen.meanflow != FAMILIES[found].meanflow:
         has = "a meanflow" if FAMILIES[found].meanflow else "a CFM (not meanflow)"
         raise FlowError(
-            f"{path} holds {has} flow, but data.flow.family={family} runs "
-            f"{'a meanflow' if chosen.meanflow else 'a CFM'} flow (set data.flow.family={found} or auto)"
+            f"{path} holds {has} flow, but {option}={family} runs "
+            f"{'a meanflow' if chosen.meanflow else 'a CFM'} flow (set {option}={found} or auto)"
         )
     if steps is not None and steps != chosen.steps:
         raise FlowError(
@@ -126,17 +131,39 @@ def check_parts(state: Mapping[str, Tensor], path: str | Path) -> None:
         )
 
 
-def load_s3gen(path: str | Path, family: str = "auto", steps: int | None = None, device: str = "auto") -> Any:
+def load_s3gen(
+    path: str | Path,
+    family: str = "auto",
+    steps: int | None = None,
+    device: str = "auto",
+    option: str = "data.flow.family",
+) -> Any:
     """Chatterbox's ``S3Gen`` with the checkpoint's weights, in eval mode, frozen; its
     ``family`` (a :class:`Family`) is set on it. Every tensor of the file must fit, as
     ``ChatterboxTurboTTS.from_local`` loads it (strictly, but for the buffers S3Gen rebuilds)."""
     from chatterbox.models.s3gen import S3Gen
 
-    state, _ = read_checkpoint(path)
+    state, metadata = read_checkpoint(path)
     check_parts(state, path)
-    chosen = check_family(state, path, family, steps)
+    chosen = check_family(state, path, family, steps, option)
     model = S3Gen(meanflow=chosen.meanflow)
-    result = model.load_state_dict(state, strict=False)
+    if FLOW_CONFIG in metadata:  # a stand-in with a small flow (save_stand_in(..., flow_width=N))
+        from train.s3gen.flow_graph import small_flow  # here: only stand-ins need it
+
+        try:
+            model.flow = small_flow(chosen.meanflow, **json.loads(metadata[FLOW_CONFIG]))
+        except (TypeError, ValueError) as err:
+            raise FlowError(
+                f"{path}: metadata {FLOW_CONFIG}={metadata[FLOW_CONFIG]!r} does not build a flow: {err}"
+            ) from err
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of other shapes: name the first few
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
+        raise FlowError(
+            f"{path} does not match Chatterbox's S3Gen ({chosen.name}): {'; '.join(lines[:3])}{more}"
+        ) from None
     missing = [k for k in result.missing_keys if k not in REBUILT]
     if missing or result.unexpected_keys:
         parts = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
@@ -201,15 +228,28 @@ def teacher_forced(model: Any, audio: Tensor, ref: Mapping[str, Tensor], seed: i
     }
 
 
-def save_stand_in(path: str | Path, meanflow: bool = False, seed: int = 0) -> Path:
+def save_stand_in(path: str | Path, meanflow: bool = False, seed: int = 0, flow_width: int | None = None) -> Path:
     """Write Chatterbox's S3Gen with random weights as its checkpoint is laid out (full size:
-    what the flow and HiFT cost does not depend on the values), for cost figures and GPU checks."""
+    what the flow and HiFT cost does not depend on the values), for cost figures and GPU checks.
+    ``flow_width``: the flow made small (:func:`train.s3gen.flow_graph.small_flow`), recorded in
+    the file's metadata (:data:`FLOW_CONFIG`) for :func:`load_s3gen`: a flow that exports and runs
+    in seconds, for tests of what is built from it."""
     from chatterbox.models.s3gen import S3Gen
     from safetensors.torch import save
 
+    metadata = None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        state = {k: v.contiguous() for k, v in S3Gen(meanflow=meanflow).state_dict().items() if k not in REBUILT}
+        model = S3Gen(meanflow=meanflow)
+        if flow_width is not None:
+            from train.s3gen.flow_graph import small_flow  # here: only small stand-ins need it
+
+            model.flow = small_flow(meanflow, width=flow_width, seed=seed)
+            metadata = {FLOW_CONFIG: json.dumps({"width": flow_width, "seed": seed})}
+        state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in REBUILT}
     path = Path(path)
-    atomic_write(path, lambda f: f.write(save(state)))
+    if path.suffix == ".safetensors":
+        atomic_write(path, lambda f: f.write(save(state, metadata)))
+    else:  # the multilingual model's torch file (s3gen.pt)
+        atomic_write(path, lambda f: torch.save({"state_dict": state, "metadata": metadata or {}}, f))
     return path

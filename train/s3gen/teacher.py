@@ -48,11 +48,14 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> tuple[dict[str, Ten
             metadata = f.metadata() or {}
         return load_file(str(path)), metadata
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    metadata: dict[str, str] = {}
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        found = state.get("metadata")  # {"state_dict": ..., "metadata": {str: str}}: a stand-in's, as in .safetensors
+        metadata = {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else {}
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return dict(state), {}
+    return dict(state), metadata
 
 
 def hift_state_dict(state: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
