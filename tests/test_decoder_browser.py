@@ -36,8 +36,9 @@ ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;
 async function decode(graph) {
   const x = await (await fetch("inputs.json")).json();
   const session = await ort.InferenceSession.create(graph, {executionProviders: ["wasm"]});
+  const ids = BigInt64Array.from(x.speech_tokens.map(BigInt));
   const feeds = {
-    speech_tokens: new ort.Tensor("int64", BigInt64Array.from(x.speech_tokens.map(BigInt)), [1, x.speech_tokens.length]),
+    speech_tokens: new ort.Tensor("int64", ids, [1, ids.length]),
     speaker_embeddings: new ort.Tensor("float32", Float32Array.from(x.speaker_embeddings), [1, 192]),
     speaker_features: new ort.Tensor("float32", Float32Array.from(x.speaker_features), [1, x.frames, 80]),
   };
