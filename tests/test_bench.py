@@ -36,3 +36,19 @@ def test_prepare_throughput_rows_for_one_and_two_processes(monkeypatch, tmp_path
     rows = preparation.prepare_throughput([1, 2], [f"data.audio_dirs=[{clips}]"])
     assert [r["processes"] for r in rows] == [1, 2]
     assert all(r["audio_s"] == pytest.approx(4 * 0.6, abs=0.05) and r["audio_s_per_s"] > 0 for r in rows)
+
+
+def test_the_conditional_decoder_table_times_hift_and_the_student_side_by_side():
+    """``train/bench.py --conditional-decoder``'s rows, on small flows and a short utterance."""
+    from train.benchmarks.decoder_figures import decoder_rows
+    from vocos_distill.timing import threads
+
+    with threads(1):
+        rows = decoder_rows(families=("turbo",), reference_s=(0.4, 0.8), speech_s=0.6, flow_width=64)
+    assert [r["decoder"] for r in rows] == ["HiFT (flow ONNX + HiFT PyTorch)", "student fp32", "student int8"]
+    for row in rows:
+        assert row["family"] == "turbo" and row["steps"] == 2 and row["file_mb"] > 1
+        assert row["ref_0.4s"] > 0 and row["ref_0.8s"] > 0 and row["session_s"] > 0
+        hift = rows[0]
+        assert row["faster_0.4s"] == pytest.approx(1 - row["ref_0.4s"] / hift["ref_0.4s"])
+    assert rows[0]["faster_0.4s"] == 0

@@ -4,7 +4,8 @@ Teacher and student side by side in one run, on the same mel (inference cost), t
 training step with the real data pipeline and with the same batches in memory. See
 :mod:`train.benchmarks.side_by_side`. ``--streaming``: first audio, look-ahead and seams
 (:mod:`train.benchmarks.stream_figures`); ``--chatterbox``: what the swap buys inside Chatterbox's
-own S3Gen (:mod:`train.benchmarks.in_chatterbox`).
+own S3Gen (:mod:`train.benchmarks.in_chatterbox`); ``--conditional-decoder``: the ONNX conditional
+decoder with HiFT and with the student (:mod:`train.benchmarks.decoder_figures`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def main(argv: list[str] | None = None) -> None:
         help="the end-to-end table instead: Chatterbox's own S3Gen (random weights) at each --cfm-steps, its flow "
         "and its vocoder (HiFT, then each of --students: files or release folders) per second of audio",
     )
+    parser.add_argument(
+        "--conditional-decoder",
+        action="store_true",
+        help="the ONNX conditional decoder table instead: S3Gen's flow + HiFT against flow + the student (fp32, "
+        "int8: --students' first QAT checkpoint, or a random 256x768x6 one) for each of --families, at each "
+        "--reference-seconds before --speech-seconds of speech, one thread",
+    )
+    parser.add_argument("--families", nargs="+", default=["chatterbox", "turbo"], help="--conditional-decoder")
+    parser.add_argument("--reference-seconds", type=float, nargs="+", default=[3.0, 10.0], help="--conditional-decoder")
+    parser.add_argument("--speech-seconds", type=float, default=5.0, help="--conditional-decoder: new speech")
     parser.add_argument("--cfm-steps", type=int, nargs="+", default=[10, 2], help="S3Gen flow steps (--chatterbox)")
     parser.add_argument(
         "--t3-seconds", type=float, default=0.0, help="--chatterbox: also time T3 making this much speech (0: skip)"
@@ -96,6 +107,12 @@ def main(argv: list[str] | None = None) -> None:
         figures = streaming_figures(args.students, args.corpus, args.clips, args.clip_seconds, args.chunk_frames,
                                     args.repeats)  # fmt: skip
         write_figures(args.json, figures)
+        return
+    if args.conditional_decoder:
+        from train.benchmarks.decoder_figures import decoder_figures  # here: it imports chatterbox-tts
+
+        write_figures(args.json, decoder_figures(args.families, args.reference_seconds, args.speech_seconds,
+                                                 args.repeats, args.students))  # fmt: skip
         return
     if args.chatterbox:
         write_figures(args.json, chatterbox_figures(args.students, args.seconds, args.cfm_steps, args.repeats,
