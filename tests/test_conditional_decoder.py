@@ -84,6 +84,7 @@ def graph_inputs(ref_tokens, tokens, features, embedding):
     return torch.cat([ref_tokens, tokens], dim=1), embedding, features
 
 
+@pytest.mark.slow
 def test_the_decoder_equals_chatterbox_flow_inference_then_the_student_then_the_fade(family, release, tmp_path):
     folder, model = release
     flow = FlowGraph(family.flow, family.family.steps, family.family.meanflow)
