@@ -293,3 +293,31 @@ def test_export_names_what_is_wrong_and_writes_nothing(workspace, tmp_path):
         with pytest.raises(error, match=message):
             export(compose([*args, *extra, f"out={out}"], tmp_path / f"run{i}", "export"))
         assert not out.exists() and not list(tmp_path.glob(f".release{i}*"))
+
+
+def test_an_int8_decoder_wrong_here_falls_back_to_fp32_and_says_why(decoders, tmp_path):
+    """The int8 graph's probe is the runtime's check: a probe it cannot meet (planted: a 200 dB
+    floor) makes ``auto`` take the fp32 graph with an Int8FallbackWarning, and ``int8`` refuse."""
+    import shutil
+    import warnings
+
+    from vocos_distill.errors import Int8FallbackWarning
+    from vocos_distill.int8_check import PROBE_KEY, Int8MismatchError
+
+    folder = tmp_path / "decoders"
+    folder.mkdir()
+    shutil.copy(decoders / DECODER_FILES["fp32"], folder)
+    model = onnx.load(str(decoders / DECODER_FILES["int8"]))
+    entry = next(p for p in model.metadata_props if p.key == PROBE_KEY)
+    entry.value = json.dumps({**json.loads(entry.value), "min_snr_db": 200.0})
+    onnx.save(model, str(folder / DECODER_FILES["int8"]))
+    with pytest.warns(
+        Int8FallbackWarning, match=r"conditional_decoder_int8.onnx.*must reach 200 dB.*using conditional_decoder.onnx"
+    ):
+        decoder = ConditionalDecoder(folder)
+    assert decoder.path.name == DECODER_FILES["fp32"] and not decoder.is_int8
+    with pytest.raises(Int8MismatchError, match="the int8 decoder is wrong on this machine"):
+        ConditionalDecoder(folder, runtime="int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the untouched graph: int8, no warning
+        assert ConditionalDecoder(decoders).is_int8
