@@ -162,6 +162,12 @@ def fuse(flow: onnx.ModelProto, student: onnx.ModelProto, record: dict[str, Any]
     merged.graph.value_info.extend(merged.graph.output)  # the student's waveform: cut out by name for its int8 check
     del merged.graph.output[:]
     merged.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch_size", "num_samples"]))
+    # one import per domain (each part brought its own), and the oldest IR version those opsets allow:
+    # the exporters write IR 10, which ONNX Runtime before 1.18 refuses; IR 8 runs from 1.15 on
+    opsets = {o.domain: o.version for o in merged.opset_import}
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets.items())
+    merged.ir_version = helper.find_min_ir_version_for(list(merged.opset_import))
     del merged.metadata_props[:]
     for entry in student.metadata_props:
         merged.metadata_props.add(key=entry.key, value=entry.value)
