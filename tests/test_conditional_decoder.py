@@ -105,6 +105,12 @@ def test_the_decoder_equals_chatterbox_flow_inference_then_the_student_then_the_
         got = fp32(*x, noise=noise)
         assert got.shape == want.shape == (1, 2 * length * 480)
         assert np.abs(got - want.numpy()).max() < 1e-4, (ref_len, length)
+    # a batch: each row as it decodes alone (every row the same length, as the contract has no lengths)
+    other = voice(ref_len, length, seed=1)
+    _, want_other, noise_other = chatterbox_path(family, strip(model), *other)
+    both = [torch.cat(pair) for pair in zip(x, graph_inputs(*other), strict=True)]
+    got = fp32(*both, noise=torch.cat([noise, noise_other]))
+    assert np.abs(got - torch.cat([want, want_other]).numpy()).max() < 1e-4
     # the int8 student inside: against the QAT model Chatterbox's path runs
     _, want, noise = chatterbox_path(family, model, ref_tokens, tokens, features, embedding)
     assert snr_db(want, torch.from_numpy(int8(*x, noise=noise))) > 30.0
