@@ -61,7 +61,8 @@ from vocos_distill.release import check_shape
 
 log = logging.getLogger(__name__)
 EXTERNAL_DATA_BYTES = (2 << 30) - (64 << 20)  # protobuf's 2 GB limit, with room for the graph itself
-# A small example to trace at: sizes above 1 so that none is taken for a constant
+# A small example to trace at: lengths above 1 so that none is taken for a constant (its batch of 1
+# stays dynamic too: the tests decode a batch of 2)
 EXAMPLE = {"tokens": 24, "prompt_frames": 16}
 AXES = {
     "speech_tokens": {0: "batch_size", 1: "num_speech_tokens"},
@@ -123,7 +124,7 @@ def _is_table(model: onnx.ModelProto, name: str, table: torch.Tensor) -> bool:
     return False
 
 
-def _fade_nodes(source: str, opset: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def _fade_nodes(source: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """``waveform = source`` with Chatterbox's fade on its first :data:`FADE_SAMPLES` samples
     (fewer when the waveform is shorter)."""
     p = "fade/"
@@ -156,7 +157,7 @@ def fuse(flow: onnx.ModelProto, student: onnx.ModelProto, record: dict[str, Any]
     merged = onnx.compose.merge_models(flow, student, io_map=[(STUDENT_INPUT, student_in)], prefix2="student/")
     wav = "student/" + student_out
     assert wav == STUDENT_OUTPUT, wav
-    nodes, constants = _fade_nodes(wav, opset_of(student))
+    nodes, constants = _fade_nodes(wav)
     merged.graph.node.extend(nodes)
     merged.graph.initializer.extend(constants)
     merged.graph.value_info.extend(merged.graph.output)  # the student's waveform: cut out by name for its int8 check
@@ -173,7 +174,8 @@ def fuse(flow: onnx.ModelProto, student: onnx.ModelProto, record: dict[str, Any]
         merged.metadata_props.add(key=entry.key, value=entry.value)
     merged.metadata_props.add(key=DECODER_KEY, value=json.dumps(record))
     merged.producer_name, merged.doc_string = "vocos-distill", "Chatterbox conditional decoder: S3Gen flow + Vocos"
-    onnx.checker.check_model(merged) if merged.ByteSize() < EXTERNAL_DATA_BYTES else None
+    if merged.ByteSize() < EXTERNAL_DATA_BYTES:  # the checker takes a graph whole, up to protobuf's limit
+        onnx.checker.check_model(merged)
     return merged
 
 
@@ -191,7 +193,7 @@ def save(model: onnx.ModelProto, path: Path, external_above: int = EXTERNAL_DATA
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".decoder-") as tmp:
         staged = Path(tmp) / path.name
-        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's copy stays whole
+        model = _copy(model)  # the caller's stays whole
         # constants too: the traced flow keeps large tables (the positional encoding) in Constant nodes
         convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data.name,
                                        size_threshold=1024, convert_attribute=True)  # fmt: skip
@@ -201,6 +203,13 @@ def save(model: onnx.ModelProto, path: Path, external_above: int = EXTERNAL_DATA
             shutil.move(str(Path(tmp) / part.name), moved)
             moved.replace(part)
     return [path, data]
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy that never serialises (a message over 2 GB cannot be)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def student_graph_checks(config: StudentConfig, where: str) -> None:
@@ -241,7 +250,7 @@ def write_decoders(
             "student_output": STUDENT_OUTPUT,
             "noise": "input" if noise_input else "drawn inside (RandomNormalLike)",
         }
-        model = fuse(onnx.ModelProto.FromString(flows[opset].SerializeToString()), student, record)
+        model = fuse(_copy(flows[opset]), student, record)
         name = DECODER_FILES[kind]
         if noise_input:
             name = name.replace(".onnx", "-noise.onnx")
