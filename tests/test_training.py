@@ -221,6 +221,21 @@ def test_wandb_offline_run_holds_scalars_and_audio(tmp_path, clips, wandb_offlin
 
 
 @pytest.mark.slow
+def test_two_runs_in_one_process_log_to_two_wandb_runs(tmp_path, clips, wandb_offline):
+    """Hydra's multirun launches its jobs one after another in one process: each fit finishes the
+    W&B run it began, so that the next job's WandbLogger starts a run of its own instead of finding
+    the last one open and logging into it."""
+    import wandb
+
+    for name in ("one", "two"):
+        fit(tiny_run(tmp_path, clips, name, "logger=wandb", "trainer.max_steps=2", "trainer.val_check_interval=2"))
+        assert wandb.run is None, f"fit left the W&B run of {name} open"
+    for name in ("one", "two"):
+        (run,) = (tmp_path / name).rglob("offline-run-*")
+        assert wandb_logged(next(run.glob("run-*.wandb")), ("train/loss_g",))["train/loss_g"] > 0
+
+
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_prepares_in_shares(tmp_path, clips, teacher_ckpt):
     """`trainer=ddp_cpu`: two gloo processes launched by Lightning from the real entry point; each
     synthesises its own share of the teacher's waveforms, and together all of them."""

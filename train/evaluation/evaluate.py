@@ -37,6 +37,7 @@ from train.student import from_pretrained
 from train.utils.devices import resolve_device
 from train.utils.instantiate import instantiate_dict, load_optional_teacher
 from train.utils.progress import progress
+from train.utils.tracking import finish_runs
 from vocos_distill.config import HOP_LENGTH, SAMPLE_RATE
 from vocos_distill.errors import ConfigError, MissingFileError
 from vocos_distill.files import atomic_write_text, sha256_file
@@ -212,7 +213,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     markdown = report.to_markdown(result)
     atomic_write_text(out / "summary.md", markdown)
     log.info("evaluation report: %s\n%s", out / "report.json", markdown)
-    log_to_loggers(instantiate_dict(cfg.get("logger")), cfg, result, plot_files, examples)
+    loggers = instantiate_dict(cfg.get("logger"))
+    try:
+        log_to_loggers(loggers, cfg, result, plot_files, examples)
+    finally:
+        finish_runs(loggers)
     return result
 
 

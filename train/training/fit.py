@@ -17,6 +17,7 @@ from train.compress.stage import CompressionError, CompressionStage
 from train.student import from_pretrained
 from train.training.module import check_precision
 from train.utils.instantiate import instantiate, instantiate_dict, instantiate_with_weights
+from train.utils.tracking import finish_runs
 from vocos_distill.config import HOP_LENGTH, N_MELS
 from vocos_distill.errors import ConfigError, MissingFileError
 from vocos_distill.files import remove_stale_temporaries
@@ -196,7 +197,10 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     elif cfg.get("validate_first"):
         initial = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
         log.info("step-0 validation: %s", _fmt(initial))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    finally:
+        finish_runs(trainer.loggers)
     next_stage = next((c.next_stage for c in trainer.callbacks if isinstance(c, CompressionStage)), None)
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     last = getattr(trainer.checkpoint_callback, "last_path", None)
