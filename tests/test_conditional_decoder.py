@@ -329,3 +329,27 @@ def test_an_int8_decoder_wrong_here_falls_back_to_fp32_and_says_why(decoders, tm
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the untouched graph: int8, no warning
         assert ConditionalDecoder(decoders).is_int8
+
+
+def test_a_broken_or_mistaken_decoder_file_is_named(decoders, release, tmp_path):
+    """A truncated int8 graph under ``auto`` gives the fp32 one, saying so; asked for by name, or
+    a file of the other kind asked for as this one, it is an error naming the file."""
+    import shutil
+
+    from vocos_distill.errors import ConfigError, Int8FallbackWarning, MissingFileError
+
+    folder = tmp_path / "decoders"
+    folder.mkdir()
+    shutil.copy(decoders / DECODER_FILES["fp32"], folder)
+    (folder / DECODER_FILES["int8"]).write_bytes((decoders / DECODER_FILES["int8"]).read_bytes()[:4096])
+    with pytest.warns(Int8FallbackWarning, match="conditional_decoder_int8.onnx: not a conditional decoder"):
+        assert ConditionalDecoder(folder).path.name == DECODER_FILES["fp32"]
+    with pytest.raises(ConfigError, match="conditional_decoder_int8.onnx: not a conditional decoder"):
+        ConditionalDecoder(folder, runtime="int8")
+    with pytest.raises(ConfigError, match=r"conditional_decoder_int8.onnx: an int8 decoder, not the runtime='fp32'"):
+        ConditionalDecoder(decoders / DECODER_FILES["int8"], runtime="fp32")
+    with pytest.raises(ConfigError, match="model.onnx: not a conditional decoder"):
+        ConditionalDecoder(release[0] / "model.onnx")  # the student's own graph
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingFileError, match="empty: no conditional_decoder_int8.onnx or conditional_decoder.onnx"):
+        ConditionalDecoder(tmp_path / "empty")

@@ -117,8 +117,8 @@ class ConditionalDecoder:
     """A conditional decoder graph under ONNX Runtime (CPU).
 
     ``path``: a ``.onnx`` file, or a folder holding :data:`DECODER_FILES`. ``runtime``: ``"int8"``
-    or ``"fp32"`` (that file, or an error), or ``"auto"``: the int8 graph where it passes its
-    self-check here, else the fp32 one with an :class:`~vocos_distill.errors.Int8FallbackWarning`
+    or ``"fp32"`` (that file, or an error), or ``"auto"``: the int8 graph where it loads and passes
+    its self-check here, else the fp32 one with an :class:`~vocos_distill.errors.Int8FallbackWarning`
     saying why. ``decoder(speech_tokens, speaker_embeddings, speaker_features)`` returns the
     waveform ``(B, samples)`` as a numpy array; ``noise`` feeds the test variant's fourth input."""
 
@@ -140,15 +140,18 @@ class ConditionalDecoder:
             raise MissingFileError(f"conditional decoder not found: {path}")
         self.threads = threads
         for i, candidate in enumerate(found):
-            self._open(candidate)
-            if not self.is_int8:
-                break
             try:
-                self.int8_check = self.check()
+                self._open(candidate)
+                if runtime != "auto" and self.is_int8 != (runtime == "int8"):
+                    kind = "an int8" if self.is_int8 else "an fp32"
+                    raise ConfigError(f"{candidate}: {kind} decoder, not the runtime={runtime!r} asked for")
+                if self.is_int8:
+                    self.int8_check = self.check()
                 break
-            except Int8MismatchError as err:
+            except ConfigError as err:  # a broken file, an int8 graph wrong here (Int8MismatchError)
                 if runtime != "auto" or i == len(found) - 1:
                     raise
+                # under auto only the int8 graph has a file after it: the fall-back is always from int8
                 warnings.warn(f"{err}; using {found[i + 1].name} instead", Int8FallbackWarning, stacklevel=2)
 
     def _open(self, path: Path) -> None:
