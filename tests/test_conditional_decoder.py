@@ -280,6 +280,7 @@ def test_export_names_what_is_wrong_and_writes_nothing(workspace, tmp_path):
 
     from train.release.export import export
     from train.s3gen.hift import HiFTGenerator
+    from vocos_distill.hub import WeightsUnavailableError
 
     root, args = workspace
     misshapen = write_s3gen_checkpoint(tmp_path / "tiny.safetensors", HiFTGenerator(**tiny_config()))
@@ -292,7 +293,11 @@ def test_export_names_what_is_wrong_and_writes_nothing(workspace, tmp_path):
             r"does not match Chatterbox's S3Gen \(chatterbox\): size mismatch",
         ),
         (["decoder_family=turbo"], FlowError, "holds a CFM .*decoder_family=turbo"),
-    ]
+        # no local file: the Hub's, here from an empty cache without asking the network
+        (["teacher.checkpoint=null", "teacher.repo_id=acme/s3gen", "teacher.filename=s3gen_meanflow.safetensors",
+          f"teacher.cache_dir={tmp_path / 'hub'}", "teacher.local_files_only=true"],
+         WeightsUnavailableError, "could not get 's3gen_meanflow.safetensors' from the Hugging Face Hub repo 'acme/s"),
+    ]  # fmt: skip
     other = tmp_path / "hop256.ckpt"
     save_ckpt(prepare(student(dim=32, intermediate_dim=64, num_layers=2, hop_length=256, n_fft=1024)), other)
     cases.append(([f"checkpoint={other}"], DecoderExportError, "hop_length 256"))

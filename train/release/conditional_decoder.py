@@ -283,7 +283,8 @@ def s3gen_path(teacher: Any) -> Path:
             raise MissingFileError(f"teacher.checkpoint={path}: not found (the S3Gen file the flow is read from)")
         return path
     return fetch_file(teacher.repo_id, teacher.filename, revision=teacher.get("revision"),
-                      local_files_only=bool(teacher.get("local_files_only")), hint=LOCAL_HINT)  # fmt: skip
+                      cache_dir=teacher.get("cache_dir"), local_files_only=bool(teacher.get("local_files_only")),
+                      hint=LOCAL_HINT)  # fmt: skip
 
 
 def inputs(tokens: int, frames: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
