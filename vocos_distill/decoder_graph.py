@@ -12,7 +12,6 @@ environment has it: ``s3tokenizer`` requires it), imported only then.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import warnings
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vocos_distill.errors import ConfigError, Int8FallbackWarning, MissingFileError
+from vocos_distill.files import sha256_file
 from vocos_distill.int8_check import Int8MismatchError, self_check
 from vocos_distill.onnx import session
 
@@ -169,7 +169,7 @@ class ConditionalDecoder:
     def check(self):  # -> Int8Check
         """The int8 graph's self-check on this machine (its probe, on its student part); raises
         :class:`~vocos_distill.int8_check.Int8MismatchError` when it fails."""
-        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        digest = sha256_file(self.path)  # in blocks: a full-size graph is about 480 MB
         with tempfile.TemporaryDirectory() as tmp:
             part = Path(tmp) / f"{self.path.stem}.student.onnx"
             part.write_bytes(student_part(self.path))
